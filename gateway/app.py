@@ -1,0 +1,74 @@
+"""The app factory: the one place where the packages are assembled into a Litestar app."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar, get
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway.database import create_engine, session_factory
+from gateway.doorbell import LocalDoorbell
+from gateway.events.controller import EventController
+from gateway.ingest.controller import ingest
+from gateway.ingest.service import IngestService
+from gateway.problems import EXCEPTION_HANDLERS
+from gateway.settings import Settings, get_settings
+from tenants.controller import TenantController
+from tenants.crypto import SecretBox
+from tenants.sources.controller import SourceController
+from tenants.sources.directory import SourceDirectory
+
+
+@get("/healthz", operation_id="healthz", summary="The process is serving", tags=["health"])
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    settings = settings or get_settings()
+    engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
+    sessions = session_factory(engine)
+    box = SecretBox(settings.secret_key)
+    doorbell = LocalDoorbell()
+    directory = SourceDirectory(sessions, box, settings.source_cache_ttl_seconds)
+    ingest_service = IngestService(
+        sessions,
+        directory,
+        doorbell,
+        tolerance=settings.stripe_tolerance_seconds,
+    )
+
+    async def provide_session() -> AsyncIterator[AsyncSession]:
+        async with sessions() as session:
+            yield session
+
+    @asynccontextmanager
+    async def lifespan(_app: Litestar) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await engine.dispose()
+
+    def _constant(value: object) -> Provide:
+        return Provide(lambda: value, use_cache=True, sync_to_thread=False)
+
+    return Litestar(
+        route_handlers=[healthz, ingest, TenantController, SourceController, EventController],
+        dependencies={
+            "db_session": Provide(provide_session),
+            "settings": _constant(settings),
+            "secret_box": _constant(box),
+            "ingest_service": _constant(ingest_service),
+            "source_directory": _constant(directory),
+        },
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        openapi_config=OpenAPIConfig(title="Hookgate", version="0.1.0", path="/schema"),
+        request_max_body_size=settings.max_body_bytes,
+        state=State({"settings": settings, "sessions": sessions, "doorbell": doorbell}),
+        lifespan=[lifespan],
+    )

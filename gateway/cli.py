@@ -1,0 +1,82 @@
+"""The ``hookgate`` command: dev, serve, migrate, worker, settings."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from gateway.settings import get_settings, settings_from_env, settings_reference
+
+_APP = "gateway.app:create_app"
+
+
+def _granian(host: str, port: int, workers: int) -> None:
+    from granian import Granian
+    from granian.constants import Interfaces
+
+    Granian(_APP, factory=True, address=host, port=port, workers=workers, interface=Interfaces.ASGI).serve()
+
+
+def _dev(args: argparse.Namespace) -> None:
+    from gateway.embedded import dev_environment, prepare
+
+    env = dev_environment(Path(args.data_dir), args.host, args.port)
+    os.environ.update(env)
+    settings = settings_from_env(env)
+    info = prepare(settings, Path(args.data_dir))
+    print(
+        "Hookgate is running in embedded mode (SQLite, no Redis).\n"
+        f"  API:          {settings.public_url}/api/v1   (OpenAPI: {settings.public_url}/schema)\n"
+        f"  operator key: {info.operator_key}\n"
+        f"  tenant key:   {info.api_key}\n"
+        f"  ingest URL:   {info.ingest_url}\n"
+        f"  Stripe secret (whsec_): {info.source_secret}\n"
+        f"  data:         {Path(args.data_dir).resolve()}\n",
+        flush=True,
+    )
+    _granian(args.host, args.port, 1)
+
+
+def _serve(args: argparse.Namespace) -> None:
+    get_settings()  # fail fast on bad settings, before forking workers
+    _granian(args.host, args.port, args.workers)
+
+
+def _migrate(_args: argparse.Namespace) -> None:
+    from gateway.migrate import upgrade
+
+    upgrade(get_settings().database_url)
+    print("database is at the latest schema")
+
+
+def _settings(_args: argparse.Namespace) -> None:
+    print(settings_reference())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="hookgate", description="Multi-tenant webhook gateway")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    dev = commands.add_parser("dev", help="embedded mode: one process, SQLite, no Redis")
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=8000)
+    dev.add_argument("--data-dir", default=".hookgate")
+    dev.set_defaults(run=_dev)
+
+    serve = commands.add_parser("serve", help="production HTTP tier on Granian")
+    serve.add_argument("--host", default="0.0.0.0")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    serve.set_defaults(run=_serve)
+
+    commands.add_parser("migrate", help="apply database migrations").set_defaults(run=_migrate)
+    commands.add_parser("settings", help="print every HOOKGATE_* setting").set_defaults(run=_settings)
+
+    args = parser.parse_args(argv)
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

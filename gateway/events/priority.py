@@ -1,0 +1,42 @@
+"""Event priority from its type: the design's defaults, overridable per source by patterns."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+Priority = Literal["critical", "high", "normal", "low"]
+PRIORITIES: tuple[Priority, ...] = ("critical", "high", "normal", "low")
+
+# Checked in order: the first matching pattern wins (so payment invoice events beat invoice.*).
+DEFAULT_RULES: tuple[tuple[str, Priority], ...] = (
+    ("charge.*", "critical"),
+    ("payment_intent.*", "critical"),
+    ("invoice.payment_*", "critical"),
+    ("invoice.paid", "critical"),
+    ("checkout.session.completed", "critical"),
+    ("customer.subscription.*", "high"),
+    ("invoice.*", "high"),
+    ("product.*", "low"),
+    ("price.*", "low"),
+    ("plan.*", "low"),
+)
+
+
+def matches(pattern: str, event_type: str) -> bool:
+    """``*`` matches all, a trailing ``*`` matches a prefix, anything else must be equal."""
+    if pattern.endswith("*"):
+        return event_type.startswith(pattern[:-1])
+    return pattern == event_type
+
+
+def classify(event_type: str, overrides: Mapping[str, Priority] | None = None) -> Priority:
+    """Overrides first, most specific (longest) pattern winning; then the defaults; else normal."""
+    if overrides:
+        for pattern in sorted(overrides, key=len, reverse=True):
+            if matches(pattern, event_type):
+                return overrides[pattern]
+    for pattern, priority in DEFAULT_RULES:
+        if matches(pattern, event_type):
+            return priority
+    return "normal"

@@ -1,0 +1,111 @@
+"""GCRA rate limiting: in-process for embedded mode, one Lua round trip on Redis in production.
+
+GCRA keeps one number per key, the theoretical arrival time (TAT) of the next request. With
+emission interval ``T = 1 / per_second`` and tolerance ``T * (burst - 1)``, exactly ``burst``
+requests pass at once from idle, then one per ``T``. Both backends count in whole microseconds,
+so that boundary is exact (float seconds drift by a few ulps per step and can refuse the last
+request of a burst).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import redis.asyncio as aioredis
+
+_MICROS = 1_000_000
+# MemoryLimiter sweeps idle keys once the table reaches this size, then twice the live size.
+_SWEEP_MIN = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    per_second: float
+    burst: int
+
+    def __post_init__(self) -> None:
+        if not self.per_second > 0:
+            raise ValueError(f"per_second must be > 0, got {self.per_second}")
+        if self.burst < 1:
+            raise ValueError(f"burst must be >= 1, got {self.burst}")
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    retry_after: float  # seconds until one would be allowed (0.0 when allowed)
+
+
+_ALLOWED = Decision(allowed=True, retry_after=0.0)
+
+
+class Limiter(Protocol):
+    async def hit(self, key: str, rate: Rate) -> Decision: ...
+
+
+def _gcra(rate: Rate) -> tuple[int, int]:
+    """Emission interval and tolerance in microseconds (the interval rounded, at least 1)."""
+    interval = max(1, round(_MICROS / rate.per_second))
+    return interval, interval * (rate.burst - 1)
+
+
+class MemoryLimiter:
+    """One process's limiter. Hits never await, so each is atomic on the event loop."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._tat: dict[str, int] = {}
+        self._sweep_at = _SWEEP_MIN
+
+    async def hit(self, key: str, rate: Rate) -> Decision:
+        interval, tolerance = _gcra(rate)
+        now = round(self._clock() * _MICROS)
+        tat = max(self._tat.get(key, now), now)
+        wait = tat - tolerance - now
+        if wait > 0:
+            return Decision(allowed=False, retry_after=wait / _MICROS)
+        self._tat[key] = tat + interval
+        if len(self._tat) >= self._sweep_at:
+            self._sweep(now)
+        return _ALLOWED
+
+    def _sweep(self, now: int) -> None:
+        """Drop keys whose TAT is past (they mean the same as absent); amortised O(1) per hit."""
+        self._tat = {key: tat for key, tat in self._tat.items() if tat > now}
+        self._sweep_at = max(_SWEEP_MIN, 2 * len(self._tat))
+
+
+_HIT_LUA = """
+-- GCRA on one key holding the TAT in microseconds of Redis time (one clock for every process).
+-- ARGV[1]: emission interval (us), ARGV[2]: tolerance = interval * (burst - 1) (us).
+-- Returns {1, 0} when allowed, else {0, microseconds until one would be}.
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+-- absent or past TAT: the key is idle
+local tat = math.max(tonumber(redis.call('GET', KEYS[1])) or now, now)
+local wait = tat - tolerance - now
+if wait > 0 then
+  return {0, wait}
+end
+tat = tat + interval
+-- once the TAT is past, the key says nothing an absent one would not: expire it then
+redis.call('SET', KEYS[1], tat, 'PX', math.ceil((tat - now) / 1000))
+return {1, 0}
+"""
+
+
+class RedisLimiter:
+    """Limits shared by every gateway and worker process: one atomic script call per hit."""
+
+    def __init__(self, redis: aioredis.Redis, prefix: str = "hg:rl:") -> None:
+        self._prefix = prefix
+        self._hit = redis.register_script(_HIT_LUA)
+
+    async def hit(self, key: str, rate: Rate) -> Decision:
+        allowed, wait = await self._hit(keys=[self._prefix + key], args=list(_gcra(rate)))
+        return _ALLOWED if allowed else Decision(allowed=False, retry_after=wait / _MICROS)

@@ -1,0 +1,86 @@
+"""RFC 9457 problem details: the one error shape of every 4xx/5xx the app answers."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from http import HTTPStatus
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+
+_log = logging.getLogger("hookgate.errors")
+_TYPE_BASE = "https://hookgate.dev/problems/"
+PROBLEM_JSON = "application/problem+json"
+
+
+class Problem(HTTPException):
+    """An error with a stable machine-readable ``kind`` and a sentence for humans."""
+
+    def __init__(
+        self,
+        status_code: int,
+        kind: str,
+        detail: str,
+        *,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(status_code=status_code, detail=detail, headers=headers, extra=extra or None)
+        self.kind = kind
+
+
+def not_found(what: str) -> Problem:
+    return Problem(404, "not-found", f"{what} not found")
+
+
+def _title(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def _kind_for(exc: HTTPException) -> str:
+    if isinstance(exc, Problem):
+        return exc.kind
+    if isinstance(exc, ValidationException):
+        return "validation-error"
+    return _title(exc.status_code).lower().replace(" ", "-").replace("'", "")
+
+
+def problem_response(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    """Render any exception as ``application/problem+json``; unexpected ones as an opaque 500."""
+    if isinstance(exc, HTTPException):
+        status, detail = exc.status_code, exc.detail
+        if status == 413 and not isinstance(exc, Problem):
+            detail = f"the body is larger than the limit of {request.app.request_max_body_size} bytes"
+        body: dict[str, Any] = {
+            "type": _TYPE_BASE + _kind_for(exc),
+            "title": _title(status),
+            "status": status,
+            "detail": detail,
+            "instance": request.url.path,
+        }
+        if isinstance(exc, ValidationException) and exc.extra:
+            body["errors"] = exc.extra
+        elif isinstance(exc.extra, dict):
+            body.update(exc.extra)
+        headers = dict(exc.headers or {})
+    else:
+        _log.exception("unhandled error on %s", request.url.path)
+        status = HTTP_500_INTERNAL_SERVER_ERROR
+        body = {
+            "type": _TYPE_BASE + "internal-error",
+            "title": _title(status),
+            "status": status,
+            "detail": "an unexpected error occurred; it has been logged",
+            "instance": request.url.path,
+        }
+        headers = {}
+    return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+EXCEPTION_HANDLERS = {HTTPException: problem_response, Exception: problem_response}

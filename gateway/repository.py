@@ -1,0 +1,45 @@
+"""Tenant scoping lives here: every repository query starts from the tenant's own rows.
+
+Another tenant's id is indistinguishable from a missing one (404), never a 403.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, ClassVar, Generic, TypeVar
+
+from sqlalchemy import Select, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway.database import Base
+from gateway.problems import not_found
+
+M = TypeVar("M", bound=Base)
+
+
+class TenantRepository(Generic[M]):
+    model: ClassVar[type[Any]]
+    noun: ClassVar[str]
+
+    def __init__(self, session: AsyncSession, tenant_id: uuid.UUID) -> None:
+        self.session = session
+        self.tenant_id = tenant_id
+
+    def scoped(self) -> Select[tuple[M]]:
+        """The tenant's live rows (soft-deleted ones are gone for every caller)."""
+        query = select(self.model).where(self.model.tenant_id == self.tenant_id)
+        if hasattr(self.model, "deleted_at"):
+            query = query.where(self.model.deleted_at.is_(None))
+        return query
+
+    async def get(self, row_id: uuid.UUID, *, for_update: bool = False) -> M:
+        query = self.scoped().where(self.model.id == row_id)
+        if for_update:
+            query = query.with_for_update()
+        row = await self.session.scalar(query)
+        if row is None:
+            raise not_found(self.noun)
+        return row
+
+    async def fetch(self, query: Select[tuple[M]]) -> list[M]:
+        return list(await self.session.scalars(query))

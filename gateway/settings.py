@@ -1,0 +1,126 @@
+"""One typed settings object, read once from ``HOOKGATE_*`` environment variables.
+
+Every field below is documented where it is declared; ``docs/SETTINGS.md`` is generated from
+the same place by ``hookgate settings``, so the documentation cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from typing import Annotated, Literal
+
+import msgspec
+
+_PREFIX = "HOOKGATE_"
+
+
+def _doc(text: str) -> msgspec.Meta:
+    return msgspec.Meta(description=text)
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    mode: Annotated[
+        Literal["embedded", "production"],
+        _doc("`embedded`: one process, in-process dispatcher and limiters (set by `hookgate dev`). "
+             "`production`: Redis-backed queue, breaker and limiters."),
+    ] = "production"
+    database_url: Annotated[
+        str,
+        _doc("SQLAlchemy URL: `postgresql+asyncpg://…` in production, `sqlite+aiosqlite:///…` embedded."),
+    ] = "sqlite+aiosqlite:///./hookgate.db"
+    redis_url: Annotated[str, _doc("Redis URL for the queue, breakers and limiters (production).")] = (
+        "redis://127.0.0.1:6379/0"
+    )
+    secret_key: Annotated[
+        str,
+        _doc("Key that encrypts signing secrets at rest. Any high-entropy string; several, "
+             "comma-separated, to rotate (the first encrypts, all decrypt)."),
+    ] = ""
+    operator_key: Annotated[str, _doc("Bearer key of the operator (provisions tenants).")] = ""
+    public_url: Annotated[
+        str, _doc("Absolute base URL that providers reach, used to build ingest URLs.")
+    ] = "http://127.0.0.1:8000"
+    max_body_bytes: Annotated[int, _doc("Largest accepted ingest body; larger answers 413.")] = 1_048_576
+    stripe_tolerance_seconds: Annotated[
+        int, _doc("How old (or how far in the future) a signed timestamp may be.")
+    ] = 300
+    source_cache_ttl_seconds: Annotated[
+        float, _doc("How long the ingest route caches a source lookup (and a miss).")
+    ] = 5.0
+    secret_grace_seconds: Annotated[
+        int, _doc("Default time a replaced secret keeps verifying (sources) or signing (endpoints).")
+    ] = 86_400
+    db_pool_size: Annotated[int, _doc("Connections per process in the Postgres pool.")] = 10
+    log_level: Annotated[str, _doc("Python log level name.")] = "INFO"
+    allow_private_endpoints: Annotated[
+        bool, _doc("Allow deliveries to loopback/private/link-local addresses (true in `hookgate dev`).")
+    ] = False
+    retry_schedule: Annotated[
+        str,
+        _doc("Comma-separated delays in seconds between attempts; the first is the first attempt. "
+             "Each gets ±20 % jitter. After the last one a delivery is dead."),
+    ] = "0,5,300,1800,7200,18000,36000,50400,72000,86400"
+    retry_after_max_seconds: Annotated[
+        int, _doc("Upper bound on a receiver's `Retry-After` that Hookgate honours.")
+    ] = 3600
+    delivery_connect_timeout: Annotated[float, _doc("Seconds to connect to an endpoint.")] = 5.0
+    delivery_timeout: Annotated[float, _doc("Total seconds for one delivery attempt.")] = 15.0
+    delivery_concurrency: Annotated[int, _doc("Deliveries in flight per worker process.")] = 64
+    breaker_failure_threshold: Annotated[
+        int, _doc("Consecutive failures that open an endpoint's circuit.")
+    ] = 5
+    breaker_failure_ratio: Annotated[
+        float, _doc("Failure ratio over the window that also opens it (with the minimum volume).")
+    ] = 0.5
+    breaker_window_seconds: Annotated[int, _doc("Window for the failure ratio.")] = 60
+    breaker_min_volume: Annotated[int, _doc("Attempts in the window before the ratio counts.")] = 20
+    breaker_cooldown_seconds: Annotated[
+        float, _doc("First cool-down before a half-open probe; doubles per failed probe.")
+    ] = 30.0
+    breaker_max_cooldown_seconds: Annotated[float, _doc("Cap on the doubling cool-down.")] = 600.0
+    sweeper_interval_seconds: Annotated[
+        float, _doc("How often the sweeper looks for due or orphaned work.")
+    ] = 5.0
+    lease_seconds: Annotated[
+        float, _doc("How long a claimed delivery is held before the sweeper may hand it out again.")
+    ] = 60.0
+
+    @property
+    def is_embedded(self) -> bool:
+        return self.mode == "embedded"
+
+    @property
+    def retry_delays(self) -> tuple[float, ...]:
+        return tuple(float(part) for part in self.retry_schedule.split(",") if part.strip())
+
+
+def settings_from_env(environ: dict[str, str] | os._Environ[str] = os.environ) -> Settings:
+    """Build settings from ``HOOKGATE_*`` variables; strings are coerced to the field types."""
+    fields = {name for name in Settings.__struct_fields__}
+    raw = {
+        key[len(_PREFIX):].lower(): value
+        for key, value in environ.items()
+        if key.startswith(_PREFIX) and key[len(_PREFIX):].lower() in fields
+    }
+    try:
+        return msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise SystemExit(f"invalid HOOKGATE_* setting: {exc}") from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use."""
+    return settings_from_env()
+
+
+def settings_reference() -> str:
+    """Markdown table of every setting, its default and meaning."""
+    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    defaults = Settings()
+    for field in msgspec.structs.fields(Settings):
+        meta = [m for m in getattr(field.type, "__metadata__", ()) if isinstance(m, msgspec.Meta)]
+        text = meta[0].description if meta else ""
+        rows.append(f"| `{_PREFIX}{field.name.upper()}` | `{getattr(defaults, field.name)}` | {text} |")
+    return "\n".join(rows)

@@ -1,0 +1,48 @@
+"""Secrets at rest: Fernet encryption under keys derived from ``HOOKGATE_SECRET_KEY``.
+
+Several comma-separated keys allow rotation: the first encrypts, every one decrypts.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+
+
+class SecretBox:
+    def __init__(self, secret_key: str) -> None:
+        keys = [k.strip() for k in secret_key.split(",") if k.strip()]
+        if not keys:
+            raise ValueError("HOOKGATE_SECRET_KEY is empty: set it to a long random string")
+        self._fernet = MultiFernet([Fernet(self._derive(k)) for k in keys])
+
+    @staticmethod
+    def _derive(key: str) -> bytes:
+        return base64.urlsafe_b64encode(hashlib.sha256(b"hookgate-secrets:" + key.encode()).digest())
+
+    def encrypt(self, plaintext: str) -> bytes:
+        return self._fernet.encrypt(plaintext.encode())
+
+    def decrypt(self, ciphertext: bytes) -> str:
+        try:
+            return self._fernet.decrypt(ciphertext).decode()
+        except InvalidToken:
+            raise ValueError("a stored secret cannot be decrypted with HOOKGATE_SECRET_KEY") from None
+
+
+def new_token(nbytes: int = 24) -> str:
+    """A url-safe random token (``nbytes`` of entropy)."""
+    return secrets.token_urlsafe(nbytes)
+
+
+def sha256_hex(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def same(a: str, b: str) -> bool:
+    """Constant-time string equality."""
+    return hmac.compare_digest(a.encode(), b.encode())

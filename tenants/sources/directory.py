@@ -1,0 +1,91 @@
+"""Ingest-side source lookup: an in-process TTL cache of token → source and decrypted secrets.
+
+Misses are cached too, so a flood of unknown tokens costs one query per token per TTL. A cached
+source whose signature check fails is reloaded (at most once a second) so that a freshly added
+secret works at once in every process.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from gateway.database import utcnow
+from tenants.crypto import SecretBox
+from tenants.secrets import active_rows
+from tenants.sources.models import Source
+
+_MAX_ENTRIES = 10_000
+_RELOAD_AFTER = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class SourceKey:
+    id: uuid.UUID
+    tenant_id: uuid.UUID
+    provider: str
+    priorities: Mapping[str, str] | None
+    secrets: tuple[tuple[str, datetime | None], ...]  # (plaintext, expires_at), newest first
+
+    def active_secrets(self, now: datetime) -> list[str]:
+        return [secret for secret, expires in self.secrets if expires is None or expires > now]
+
+
+@dataclass(slots=True)
+class _Entry:
+    key: SourceKey | None
+    loaded: float
+
+
+class SourceDirectory:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], box: SecretBox, ttl: float) -> None:
+        self._sessions = sessions
+        self._box = box
+        self._ttl = ttl
+        self._cache: dict[str, _Entry] = {}
+
+    async def find(self, token: str) -> SourceKey | None:
+        entry = self._cache.get(token)
+        now = time.monotonic()
+        if entry is None or now - entry.loaded >= self._ttl:
+            entry = await self._load(token, now)
+        return entry.key
+
+    def forget(self, token: str) -> None:
+        """Drop a changed source here; other processes see the change within the TTL."""
+        self._cache.pop(token, None)
+
+    async def reload_if_stale(self, token: str) -> SourceKey | None:
+        """A fresher copy when the cached one is older than a second, else None."""
+        entry = self._cache.get(token)
+        now = time.monotonic()
+        if entry is None or now - entry.loaded < _RELOAD_AFTER:
+            return None
+        return (await self._load(token, now)).key
+
+    async def _load(self, token: str, now: float) -> _Entry:
+        async with self._sessions() as session:
+            source = await session.scalar(
+                select(Source).where(Source.ingest_token == token, Source.deleted_at.is_(None))
+            )
+            key = self._key(source) if source is not None else None
+        if len(self._cache) >= _MAX_ENTRIES:
+            self._cache.clear()
+        entry = self._cache[token] = _Entry(key, now)
+        return entry
+
+    def _key(self, source: Source) -> SourceKey:
+        rows = active_rows(source.secrets, utcnow())
+        return SourceKey(
+            id=source.id,
+            tenant_id=source.tenant_id,
+            provider=source.provider,
+            priorities=source.priorities,
+            secrets=tuple((self._box.decrypt(s.ciphertext), s.expires_at) for s in rows),
+        )

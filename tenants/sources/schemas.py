@@ -1,0 +1,53 @@
+"""API shapes of sources (snake_case on the wire)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Literal
+
+import msgspec
+
+from gateway.events.priority import Priority
+
+Provider = Literal["stripe", "standard_webhooks", "github", "shopify", "hmac_sha256"]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+SecretText = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+Seconds = Annotated[int, msgspec.Meta(ge=0, le=30 * 86_400)]
+
+
+class SourceCreate(msgspec.Struct, forbid_unknown_fields=True):
+    name: Name
+    provider: Provider
+    secret: SecretText | None = None
+
+
+class SourceUpdate(msgspec.Struct, forbid_unknown_fields=True):
+    name: Name | msgspec.UnsetType = msgspec.UNSET
+    priorities: dict[str, Priority] | None | msgspec.UnsetType = msgspec.UNSET
+
+
+class SecretCreate(msgspec.Struct, forbid_unknown_fields=True):
+    secret: SecretText | None = None
+    expire_previous_after_seconds: Seconds | None = None
+
+
+class SecretInfo(msgspec.Struct):
+    id: uuid.UUID
+    created_at: datetime
+    expires_at: datetime | None
+
+
+class SecretOut(SecretInfo):
+    secret: str
+
+
+class SourceOut(msgspec.Struct, omit_defaults=True):
+    id: uuid.UUID
+    name: str
+    provider: str
+    ingest_url: str
+    priorities: dict[str, str] | None
+    secrets: list[SecretInfo]
+    created_at: datetime
+    secret: str | None = None  # only in the answer to create: the secret generated or given

@@ -1,0 +1,114 @@
+"""Creating and changing sources; the secrets' plaintext leaves only through return values."""
+
+from __future__ import annotations
+
+import uuid
+
+import msgspec
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway.database import utcnow
+from gateway.ingest import providers
+from gateway.problems import Problem
+from gateway.repository import TenantRepository
+from gateway.settings import Settings
+from tenants.crypto import SecretBox, new_token
+from tenants.secrets import add_secret
+from tenants.sources.directory import SourceDirectory
+from tenants.sources.models import Source, SourceSecret
+from tenants.sources.schemas import SecretCreate, SecretInfo, SecretOut, SourceCreate, SourceOut, SourceUpdate
+
+
+class SourceRepository(TenantRepository[Source]):
+    model = Source
+    noun = "source"
+
+
+class SourceService:
+    def __init__(
+        self,
+        session: AsyncSession,
+        tenant_id: uuid.UUID,
+        box: SecretBox,
+        settings: Settings,
+        directory: SourceDirectory | None = None,
+    ) -> None:
+        self.session = session
+        self.directory = directory
+        self.repo = SourceRepository(session, tenant_id)
+        self.tenant_id = tenant_id
+        self.box = box
+        self.settings = settings
+
+    def shape(self, source: Source, secret: str | None = None) -> SourceOut:
+        return SourceOut(
+            id=source.id,
+            name=source.name,
+            provider=source.provider,
+            ingest_url=f"{self.settings.public_url.rstrip('/')}/ingest/{source.ingest_token}",
+            priorities=source.priorities,
+            secrets=[SecretInfo(s.id, s.created_at, s.expires_at) for s in source.secrets],
+            created_at=source.created_at,
+            secret=secret,
+        )
+
+    def _checked_secret(self, provider: str, secret: str | None) -> str:
+        if secret is None:
+            return providers.generate_secret(provider)
+        try:
+            providers.validate_secret(provider, secret)
+        except ValueError as exc:
+            raise Problem(422, "invalid-secret", str(exc)) from None
+        return secret
+
+    async def create(self, data: SourceCreate) -> tuple[Source, str]:
+        secret = self._checked_secret(data.provider, data.secret)
+        source = Source(
+            tenant_id=self.tenant_id,
+            name=data.name,
+            provider=data.provider,
+            ingest_token=new_token(24),
+            secrets=[SourceSecret(ciphertext=self.box.encrypt(secret), created_at=utcnow())],
+        )
+        self.session.add(source)
+        await self.session.commit()
+        return source, secret
+
+    async def _commit(self, source: Source) -> None:
+        await self.session.commit()
+        if self.directory is not None:
+            self.directory.forget(source.ingest_token)
+
+    async def update(self, source_id: uuid.UUID, data: SourceUpdate) -> Source:
+        source = await self.repo.get(source_id)
+        if data.name is not msgspec.UNSET:
+            source.name = data.name
+        if data.priorities is not msgspec.UNSET:
+            source.priorities = data.priorities or None
+        await self._commit(source)
+        return source
+
+    async def delete(self, source_id: uuid.UUID) -> None:
+        """Soft delete: the token stops working, the events it brought stay in the log."""
+        source = await self.repo.get(source_id)
+        source.deleted_at = utcnow()
+        await self._commit(source)
+
+    async def add_secret(self, source_id: uuid.UUID, data: SecretCreate) -> SecretOut:
+        source = await self.repo.get(source_id)
+        secret = self._checked_secret(source.provider, data.secret)
+        now = utcnow()
+        row = SourceSecret(ciphertext=self.box.encrypt(secret), created_at=now)
+        grace = data.expire_previous_after_seconds
+        add_secret(source.secrets, row, grace_seconds=self.settings.secret_grace_seconds if grace is None else grace, now=now)
+        await self._commit(source)
+        return SecretOut(id=row.id, created_at=row.created_at, expires_at=row.expires_at, secret=secret)
+
+    async def reveal(self, source_id: uuid.UUID) -> list[SecretOut]:
+        source = await self.repo.get(source_id)
+        now = utcnow()
+        return [
+            SecretOut(id=s.id, created_at=s.created_at, expires_at=s.expires_at, secret=self.box.decrypt(s.ciphertext))
+            for s in source.secrets
+            if s.active_at(now)
+        ]

@@ -1,0 +1,228 @@
+"""Circuit breaker: one behavioural suite, run in-process (fake clock) and on real Redis (real time).
+
+On Redis, ``peer`` is a second breaker on a second connection, standing in for another worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import pytest
+import redis.asyncio as aioredis
+
+from delivery.breaker import Breaker, BreakerConfig, BreakerView, MemoryBreaker, RedisBreaker
+
+CONFIG = BreakerConfig(
+    failure_threshold=3,
+    failure_ratio=0.5,
+    window_seconds=60,
+    min_volume=10,
+    cooldown=0.2,
+    max_cooldown=0.5,
+    probe_timeout=0.3,
+    probe_wait=0.05,
+)
+RATIO_ONLY = BreakerConfig(failure_threshold=100, min_volume=10, failure_ratio=0.5, window_seconds=1, cooldown=0.2)
+EP = "ep_1"
+SLACK = 0.05  # real time that passes on Redis between a transition and the assertion
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+async def _sleep(seconds: float) -> None:
+    await asyncio.sleep(seconds + 0.02)  # never wake before Redis TIME has moved on far enough
+
+
+@dataclass
+class _Env:
+    breaker: Breaker
+    peer: Breaker  # shares the breaker's state
+    now: Callable[[], float]
+    advance: Callable[[float], Awaitable[None]]
+
+    async def open(self, endpoint_id: str = EP) -> None:
+        for _ in range(CONFIG.failure_threshold):
+            await self.breaker.record(endpoint_id, False)
+        assert (await self.breaker.view(endpoint_id)).state == "open"
+
+    async def probe(self) -> None:
+        """Wait out the cool-down and take the probe."""
+        await self.advance((await self.breaker.view(EP)).cooldown)
+        assert await self.breaker.acquire(EP) is None
+
+
+Make = Callable[[BreakerConfig], _Env]
+
+
+@pytest.fixture
+async def peer_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def make(request: pytest.FixtureRequest) -> Make:
+    if request.param == "memory":
+        clock = _Clock()
+
+        def memory(config: BreakerConfig) -> _Env:
+            breaker = MemoryBreaker(config, clock=clock)
+            return _Env(breaker, breaker, clock, clock.advance)
+
+        return memory
+    client, peer = request.getfixturevalue("redis_client"), request.getfixturevalue("peer_client")
+
+    def redis(config: BreakerConfig) -> _Env:
+        return _Env(RedisBreaker(client, config), RedisBreaker(peer, config), time.time, _sleep)
+
+    return redis
+
+
+@pytest.fixture
+def env(make: Make) -> _Env:
+    return make(CONFIG)
+
+
+async def test_unknown_endpoint_is_closed(env: _Env) -> None:
+    assert await env.breaker.view(EP) == BreakerView("closed", 0, None, CONFIG.cooldown)
+    assert await env.breaker.acquire(EP) is None
+
+
+async def test_opens_after_consecutive_failures(env: _Env) -> None:
+    assert [await env.breaker.record(EP, False) for _ in range(3)] == [None, None, "opened"]
+    view = await env.breaker.view(EP)
+    assert (view.state, view.consecutive_failures, view.cooldown) == ("open", 3, CONFIG.cooldown)
+    assert view.retry_at == pytest.approx(env.now() + CONFIG.cooldown, abs=SLACK)
+    # results of requests sent before it opened change nothing
+    assert await env.breaker.record(EP, False) is None
+    assert await env.breaker.record(EP, True) is None
+    assert await env.breaker.view(EP) == view
+
+
+async def test_success_resets_the_consecutive_count(env: _Env) -> None:
+    for success in (False, False, True, False, False):
+        assert await env.breaker.record(EP, success) is None
+    assert await env.breaker.view(EP) == BreakerView("closed", 2, None, CONFIG.cooldown)
+    assert await env.breaker.record(EP, False) == "opened"
+
+
+async def test_opened_is_reported_once_across_workers(env: _Env) -> None:
+    breakers = (env.breaker, env.peer)
+    results = await asyncio.gather(*(breakers[i % 2].record(EP, False) for i in range(20)))
+    assert results.count("opened") == 1
+    assert results.count(None) == 19
+
+
+async def test_ratio_opens_only_at_min_volume(make: Make) -> None:
+    env = make(RATIO_ONLY)
+    assert [await env.breaker.record(EP, False) for _ in range(10)] == [None] * 9 + ["opened"]
+
+
+async def test_ratio_opens_when_failures_reach_the_ratio(make: Make) -> None:
+    env = make(RATIO_ONLY)
+    for success in [True] * 6 + [False] * 4:
+        assert await env.breaker.record(EP, success) is None  # 4 of 10
+    assert await env.breaker.record(EP, False) is None  # 5 of 11
+    assert await env.breaker.record(EP, False) == "opened"  # 6 of 12
+
+
+async def test_results_leave_the_window(make: Make) -> None:
+    env = make(RATIO_ONLY)
+    for _ in range(9):
+        await env.breaker.record(EP, False)
+    await env.advance(RATIO_ONLY.window_seconds + RATIO_ONLY.bucket_seconds / 2)
+    assert [await env.breaker.record(EP, False) for _ in range(10)] == [None] * 9 + ["opened"]
+
+
+async def test_open_acquire_returns_the_probe_time(env: _Env) -> None:
+    await env.open()
+    retry_at = await env.peer.acquire(EP)
+    assert retry_at is not None and retry_at > env.now()
+    assert retry_at == pytest.approx((await env.breaker.view(EP)).retry_at, abs=1e-5)
+
+
+async def test_exactly_one_probe_after_the_cooldown(env: _Env) -> None:
+    await env.open()
+    await env.advance(CONFIG.cooldown)
+    before = env.now()
+    breakers = (env.breaker, env.peer)
+    results = await asyncio.gather(*(breakers[i % 2].acquire(EP) for i in range(20)))
+    after = env.now()
+    assert results.count(None) == 1
+    waits = [r for r in results if r is not None]
+    assert all(before < r <= after + CONFIG.probe_wait + 1e-5 for r in waits)
+    view = await env.breaker.view(EP)
+    assert view.state == "half_open"
+    assert view.retry_at == pytest.approx(before + CONFIG.probe_timeout, abs=SLACK)
+
+
+async def test_probe_success_closes(env: _Env) -> None:
+    await env.open()
+    await env.probe()
+    assert await env.peer.record(EP, True) == "closed"
+    assert await env.breaker.view(EP) == BreakerView("closed", 0, None, CONFIG.cooldown)
+    assert await env.breaker.acquire(EP) is None
+    # a fresh count: it takes the full threshold to open again
+    assert [await env.breaker.record(EP, False) for _ in range(3)] == [None, None, "opened"]
+
+
+async def test_probe_failure_reopens_with_doubled_cooldown_capped(env: _Env) -> None:
+    await env.open()
+    await env.probe()
+    assert await env.breaker.record(EP, False) is None  # still open to the outside: no new event
+    view = await env.breaker.view(EP)
+    assert (view.state, view.consecutive_failures, view.cooldown) == ("open", 4, 0.4)
+    assert view.retry_at == pytest.approx(env.now() + 0.4, abs=SLACK)
+    assert await env.peer.acquire(EP) == pytest.approx(view.retry_at, abs=1e-5)
+
+    await env.probe()
+    assert await env.breaker.record(EP, False) is None
+    assert (await env.breaker.view(EP)).cooldown == CONFIG.max_cooldown  # 0.8, capped
+
+    await env.probe()
+    assert await env.breaker.record(EP, True) == "closed"
+    await env.open()
+    assert (await env.breaker.view(EP)).cooldown == CONFIG.cooldown
+
+
+async def test_unreported_probe_is_handed_out_again(env: _Env) -> None:
+    await env.open()
+    await env.probe()
+    assert await env.peer.acquire(EP) is not None
+    await env.advance(CONFIG.probe_timeout)
+    assert await env.peer.acquire(EP) is None
+    assert await env.breaker.acquire(EP) is not None
+    assert (await env.breaker.view(EP)).retry_at == pytest.approx(env.now() + CONFIG.probe_timeout, abs=SLACK)
+
+
+async def test_reset_closes(env: _Env) -> None:
+    await env.open()
+    await env.peer.reset(EP)
+    assert await env.breaker.view(EP) == BreakerView("closed", 0, None, CONFIG.cooldown)
+    assert await env.breaker.acquire(EP) is None
+
+
+async def test_endpoints_are_independent(env: _Env) -> None:
+    await env.open("ep_a")
+    assert await env.breaker.acquire("ep_b") is None
+    assert (await env.breaker.view("ep_b")).state == "closed"
+
+
+def test_config_rejects_nonsense() -> None:
+    with pytest.raises(ValueError):
+        BreakerConfig(failure_ratio=0)
+    with pytest.raises(ValueError):
+        BreakerConfig(cooldown=10, max_cooldown=5)

@@ -1,0 +1,66 @@
+"""``hookgate dev`` as a real process: what a newcomer does first, over real HTTP."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.processes import HOOKGATE, Process
+from tests.support.services import free_port
+from tests.support.stripe_events import signed_stripe, stripe_event
+
+pytestmark = pytest.mark.slow
+
+
+def _printed(output: str, label: str) -> str:
+    match = re.search(rf"{re.escape(label)}\s+(\S+)", output)
+    assert match, f"{label!r} not printed:\n{output}"
+    return match.group(1)
+
+
+def test_dev_mode_end_to_end(tmp_path: Path) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {"HOOKGATE_OPERATOR_KEY": "", "HOOKGATE_PUBLIC_URL": ""}
+    argv = [*HOOKGATE, "dev", "--port", str(port), "--data-dir", str(tmp_path / "data")]
+    with Process(argv, tmp_path / "dev.log", env={k: v for k, v in env.items() if v}) as dev:
+        dev.wait_http(f"{base}/healthz")
+        out = dev.output()
+        operator, demo_key = _printed(out, "operator key:"), _printed(out, "tenant key:")
+        demo_url, demo_secret = _printed(out, "ingest URL:"), _printed(out, "Stripe secret (whsec_):")
+        assert demo_url.startswith(f"{base}/ingest/") and demo_secret.startswith("whsec_")
+
+        with httpx.Client(base_url=base, timeout=10) as http:
+            # the printed demo source accepts a Stripe-signed charge.succeeded
+            event = stripe_event("charge_succeeded")
+            body, headers = signed_stripe(event, demo_secret)
+            accepted = http.post(demo_url, content=body, headers=headers)
+            assert accepted.status_code == 200 and accepted.json()["duplicate"] is False
+            listed = http.get("/api/v1/events", headers={"authorization": f"Bearer {demo_key}"}).json()["data"]
+            assert [e["external_id"] for e in listed] == [event["id"]]
+
+            # a new tenant and source, created over HTTP with the printed operator key
+            tenant = http.post("/api/v1/tenants", json={"name": "Newco"}, headers={"authorization": f"Bearer {operator}"})
+            assert tenant.status_code == 201
+            auth = {"authorization": f"Bearer {tenant.json()['api_key']}"}
+            source = http.post("/api/v1/sources", json={"name": "Stripe", "provider": "stripe"}, headers=auth).json()
+            sent = [stripe_event(name) for name in ("charge_succeeded", "invoice_paid", "customer_updated")]
+            for item in sent:
+                body, headers = signed_stripe(item, source["secret"])
+                assert http.post(source["ingest_url"], content=body, headers=headers).status_code == 200
+            body, headers = signed_stripe(sent[0], source["secret"])
+            assert http.post(source["ingest_url"], content=body, headers=headers).json()["duplicate"] is True
+            events = http.get("/api/v1/events", headers=auth).json()["data"]
+            assert sorted(e["external_id"] for e in events) == sorted(e["id"] for e in sent)
+            detail = http.get(f"/api/v1/events/{events[0]['id']}", headers=auth).json()
+            assert detail["payload"] == next(e for e in sent if e["id"] == detail["external_id"])
+
+    # a second start keeps the same demo tenant, keys and database
+    with Process(argv, tmp_path / "dev2.log") as again:
+        again.wait_http(f"{base}/healthz")
+        assert _printed(again.output(), "tenant key:") == demo_key
+        listed = httpx.get(f"{base}/api/v1/events", headers={"authorization": f"Bearer {demo_key}"}).json()["data"]
+        assert len(listed) == 1

@@ -1,0 +1,119 @@
+"""GCRA limiter: the same behaviour in-process (fake clock) and on real Redis (real time)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import pytest
+import redis.asyncio as aioredis
+
+from gateway.limiter import Limiter, MemoryLimiter, Rate, RedisLimiter
+
+RATE = Rate(per_second=5, burst=3)  # one every 0.2 s: slow enough that test overhead does not count
+INTERVAL = 1 / RATE.per_second
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+async def _sleep(seconds: float) -> None:
+    await asyncio.sleep(seconds + 0.01)  # never wake before Redis TIME has moved on far enough
+
+
+@dataclass
+class _Env:
+    limiter: Limiter
+    advance: Callable[[float], Awaitable[None]]
+
+
+@pytest.fixture(params=["memory", "redis"])
+def env(request: pytest.FixtureRequest) -> _Env:
+    if request.param == "memory":
+        clock = _Clock()
+        return _Env(MemoryLimiter(clock=clock), clock.advance)
+    return _Env(RedisLimiter(request.getfixturevalue("redis_client")), _sleep)
+
+
+async def _hits(env: _Env, key: str, n: int) -> list[bool]:
+    return [(await env.limiter.hit(key, RATE)).allowed for _ in range(n)]
+
+
+async def test_burst_passes_then_refuses_with_retry_after(env: _Env) -> None:
+    decisions = [await env.limiter.hit("k", RATE) for _ in range(4)]
+    assert [d.allowed for d in decisions] == [True, True, True, False]
+    assert [d.retry_after for d in decisions[:3]] == [0.0, 0.0, 0.0]
+    assert decisions[3].retry_after == pytest.approx(INTERVAL, abs=0.05)
+    # a refused hit costs nothing: asking again does not push the wait out
+    again = await env.limiter.hit("k", RATE)
+    assert not again.allowed and 0 < again.retry_after <= decisions[3].retry_after
+
+
+async def test_refills_at_the_rate(env: _Env) -> None:
+    await _hits(env, "k", 3)
+    refused = await env.limiter.hit("k", RATE)
+    await env.advance(refused.retry_after)
+    assert await _hits(env, "k", 2) == [True, False]
+    await env.advance(INTERVAL)
+    assert await _hits(env, "k", 2) == [True, False]
+    await env.advance(RATE.burst * INTERVAL)  # idle long enough: the whole burst is back
+    assert await _hits(env, "k", 4) == [True, True, True, False]
+
+
+async def test_keys_are_independent(env: _Env) -> None:
+    assert await _hits(env, "a", 4) == [True, True, True, False]
+    assert await _hits(env, "b", 4) == [True, True, True, False]
+
+
+def test_rate_rejects_nonsense() -> None:
+    with pytest.raises(ValueError):
+        Rate(per_second=0, burst=1)
+    with pytest.raises(ValueError):
+        Rate(per_second=1, burst=0)
+
+
+async def test_memory_limiter_forgets_idle_keys() -> None:
+    clock = _Clock()
+    limiter = MemoryLimiter(clock=clock)
+    rate = Rate(per_second=1, burst=1)
+    for i in range(3000):
+        await limiter.hit(f"old{i}", rate)
+    await clock.advance(2)
+    for i in range(3000):
+        await limiter.hit(f"new{i}", rate)
+    assert set(limiter._tat) == {f"new{i}" for i in range(3000)}
+
+
+async def test_redis_key_lives_for_the_burst_window(redis_client: aioredis.Redis) -> None:
+    limiter = RedisLimiter(redis_client)
+    for _ in range(RATE.burst):
+        await limiter.hit("k", RATE)
+    assert RATE.burst * INTERVAL * 1000 - 50 < await redis_client.pttl("hg:rl:k") <= RATE.burst * INTERVAL * 1000
+
+
+async def test_redis_limiters_share_one_budget(redis_client: aioredis.Redis, redis_url: str) -> None:
+    other = aioredis.from_url(redis_url)
+    try:
+        limiters = [RedisLimiter(redis_client), RedisLimiter(other)]
+        rate = Rate(per_second=50, burst=10)
+        allowed = 0
+        start = time.monotonic()
+        for round_ in range(5):
+            if round_:
+                await asyncio.sleep(0.05)  # 2.5 intervals: at least 2 more come back each round
+            decisions = await asyncio.gather(*(limiters[i % 2].hit("shared", rate) for i in range(100)))
+            allowed += sum(d.allowed for d in decisions)
+        elapsed = time.monotonic() - start
+    finally:
+        await other.aclose()
+    assert rate.burst + 4 * 2 <= allowed <= rate.burst + rate.per_second * elapsed
