@@ -22,7 +22,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, cast
+from typing import Literal, Protocol, cast, runtime_checkable
 
 import redis.asyncio as aioredis
 
@@ -71,6 +71,7 @@ class BreakerView:
     cooldown: float
 
 
+@runtime_checkable
 class Breaker(Protocol):
     async def acquire(self, endpoint_id: str) -> float | None:
         """None: send now. Otherwise the unix time to try again (without spending an attempt)."""

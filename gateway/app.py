@@ -11,15 +11,16 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.database import create_engine, session_factory
-from gateway.doorbell import LocalDoorbell
+from delivery.controller import DeliveryController
+from gateway.doorbell import ArqDoorbell, Doorbell
 from gateway.events.controller import EventController
 from gateway.ingest.controller import ingest
 from gateway.ingest.service import IngestService
 from gateway.problems import EXCEPTION_HANDLERS
 from gateway.settings import Settings, get_settings
+from gateway.wiring import Runtime
 from tenants.controller import TenantController
-from tenants.crypto import SecretBox
+from tenants.endpoints.controller import EndpointController
 from tenants.sources.controller import SourceController
 from tenants.sources.directory import SourceDirectory
 
@@ -31,15 +32,14 @@ async def healthz() -> dict[str, str]:
 
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or get_settings()
-    engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
-    sessions = session_factory(engine)
-    box = SecretBox(settings.secret_key)
-    doorbell = LocalDoorbell()
+    runtime = Runtime(settings)
+    sessions, box = runtime.sessions, runtime.box
+    dispatcher = runtime.dispatcher(sweep_grace=0.0) if settings.is_embedded else None
+    doorbell: Doorbell = dispatcher or ArqDoorbell(settings.redis_url)
     directory = SourceDirectory(sessions, box, settings.source_cache_ttl_seconds)
     ingest_service = IngestService(
         sessions,
         directory,
-        doorbell,
         tolerance=settings.stripe_tolerance_seconds,
     )
 
@@ -49,26 +49,42 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     @asynccontextmanager
     async def lifespan(_app: Litestar) -> AsyncIterator[None]:
+        if dispatcher is not None:
+            dispatcher.start()
         try:
             yield
         finally:
-            await engine.dispose()
+            if dispatcher is not None:
+                await dispatcher.stop()
+            if isinstance(doorbell, ArqDoorbell):
+                await doorbell.close()
+            await runtime.close()
 
     def _constant(value: object) -> Provide:
         return Provide(lambda: value, use_cache=True, sync_to_thread=False)
 
     return Litestar(
-        route_handlers=[healthz, ingest, TenantController, SourceController, EventController],
+        route_handlers=[
+            healthz,
+            ingest,
+            TenantController,
+            SourceController,
+            EndpointController,
+            EventController,
+            DeliveryController,
+        ],
         dependencies={
             "db_session": Provide(provide_session),
             "settings": _constant(settings),
             "secret_box": _constant(box),
             "ingest_service": _constant(ingest_service),
             "source_directory": _constant(directory),
+            "breaker": _constant(runtime.breaker),
+            "doorbell": _constant(doorbell),
         },
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         openapi_config=OpenAPIConfig(title="Hookgate", version="0.1.0", path="/schema"),
         request_max_body_size=settings.max_body_bytes,
-        state=State({"settings": settings, "sessions": sessions, "doorbell": doorbell}),
+        state=State({"settings": settings}),
         lifespan=[lifespan],
     )

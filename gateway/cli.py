@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -51,6 +52,15 @@ def _migrate(_args: argparse.Namespace) -> None:
     print("database is at the latest schema")
 
 
+def _worker(_args: argparse.Namespace) -> None:
+    import asyncio
+
+    from gateway.worker import run_worker
+
+    logging.basicConfig(level=get_settings().log_level)
+    asyncio.run(run_worker())
+
+
 def _settings(_args: argparse.Namespace) -> None:
     print(settings_reference())
 
@@ -72,6 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     serve.set_defaults(run=_serve)
 
     commands.add_parser("migrate", help="apply database migrations").set_defaults(run=_migrate)
+    commands.add_parser("worker", help="delivery worker (arq on Redis + dispatch loop)").set_defaults(run=_worker)
     commands.add_parser("settings", help="print every HOOKGATE_* setting").set_defaults(run=_settings)
 
     args = parser.parse_args(argv)

@@ -6,26 +6,22 @@ database row is the truth. Ringing therefore never raises into the caller.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
-from typing import Protocol
+
+from arq import create_pool
+from arq.connections import RedisSettings
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from arq.connections import ArqRedis
 
 _log = logging.getLogger("hookgate.doorbell")
 
 
+@runtime_checkable
 class Doorbell(Protocol):
     async def ring(self, event_ids: list[uuid.UUID]) -> None: ...
-
-
-class LocalDoorbell:
-    """Embedded mode: wakes the in-process dispatcher."""
-
-    def __init__(self) -> None:
-        self.wakeup = asyncio.Event()
-
-    async def ring(self, event_ids: list[uuid.UUID]) -> None:
-        self.wakeup.set()
 
 
 async def ring_safely(doorbell: Doorbell, event_ids: list[uuid.UUID]) -> None:
@@ -33,3 +29,25 @@ async def ring_safely(doorbell: Doorbell, event_ids: list[uuid.UUID]) -> None:
         await doorbell.ring(event_ids)
     except Exception:  # noqa: BLE001 - a lost ring only delays: the sweeper finds the rows
         _log.warning("doorbell failed; the sweeper will pick the work up", exc_info=True)
+
+
+FAN_OUT_JOB = "fan_out"
+
+
+class ArqDoorbell:
+    """Production: an arq job carrying only the event ids, picked up by any worker."""
+
+    def __init__(self, redis_url: str) -> None:
+        self._redis_settings = RedisSettings.from_dsn(redis_url)
+        self._redis_settings.conn_timeout = 1
+        self._redis_settings.conn_retries = 0
+        self._pool: ArqRedis | None = None
+
+    async def ring(self, event_ids: list[uuid.UUID]) -> None:
+        if self._pool is None:
+            self._pool = await create_pool(self._redis_settings)
+        await self._pool.enqueue_job(FAN_OUT_JOB, [str(event_id) for event_id in event_ids])
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.aclose()

@@ -6,10 +6,12 @@ Another tenant's id is indistinguishable from a missing one (404), never a 403.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from typing import Any, ClassVar, Generic, TypeVar
 
 from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
 
 from gateway.database import Base
 from gateway.problems import not_found
@@ -43,3 +45,11 @@ class TenantRepository(Generic[M]):
 
     async def fetch(self, query: Select[tuple[M]]) -> list[M]:
         return list(await self.session.scalars(query))
+
+
+def where_equal(query: Select[Any], filters: Mapping[InstrumentedAttribute[Any], object]) -> Select[Any]:
+    """Add ``column == value`` for each filter the caller gave (None and "" mean not given)."""
+    for column, value in filters.items():
+        if value is not None and value != "":
+            query = query.where(column == value)
+    return query

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway.events.models import Delivery, Event
 from gateway.events.schemas import DeliveryOut, EventOut
 from gateway.pagination import Page, page_of, paginate
-from gateway.repository import TenantRepository
+from gateway.repository import TenantRepository, where_equal
 from tenants.auth import authenticate_tenant
 
 
@@ -43,11 +43,7 @@ class EventController(Controller):
         cursor: str | None = None,
         limit: int = 50,
     ) -> Page[EventOut]:
-        query = repo.scoped()
-        if type:
-            query = query.where(Event.type == type)
-        if source_id:
-            query = query.where(Event.source_id == source_id)
+        query = where_equal(repo.scoped(), {Event.type: type, Event.source_id: source_id})
         if since:
             query = query.where(Event.received_at >= since)
         if until:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import uuid
 
 import msgspec
-from litestar import Request, post
+from litestar import Request, Response, post
+from litestar.background_tasks import BackgroundTask
 
+from gateway.doorbell import Doorbell, ring_safely
 from gateway.ingest.service import IngestService
 
 
@@ -30,6 +32,13 @@ def _headers(request: Request) -> dict[str, str]:  # type: ignore[type-arg]
     status_code=200,
     tags=["ingest"],
 )
-async def ingest(request: Request, token: str, ingest_service: IngestService) -> IngestReceipt:  # type: ignore[type-arg]
+async def ingest(
+    request: Request,  # type: ignore[type-arg]
+    token: str,
+    ingest_service: IngestService,
+    doorbell: Doorbell,
+) -> Response[IngestReceipt]:
+    """Answers only after the commit; the doorbell rings after the answer is sent."""
     accepted = await ingest_service.ingest(token, await request.body(), _headers(request))
-    return IngestReceipt(id=accepted.id, duplicate=accepted.duplicate)
+    ring = None if accepted.duplicate else BackgroundTask(ring_safely, doorbell, [accepted.id])
+    return Response(IngestReceipt(id=accepted.id, duplicate=accepted.duplicate), background=ring)

@@ -1,4 +1,4 @@
-"""The ingest hot path: verify, parse, classify, store once, ring the doorbell.
+"""The ingest hot path: verify, parse, classify, store once.
 
 No 2xx leaves before the event row is committed; a storage failure is a 503 so the
 provider retries, and nothing is half-written because the event is one INSERT.
@@ -18,7 +18,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.database import new_id, utcnow
-from gateway.doorbell import Doorbell, ring_safely
 from gateway.events.models import Event
 from gateway.events.priority import classify
 from gateway.ingest import providers
@@ -41,13 +40,11 @@ class IngestService:
         self,
         sessions: async_sessionmaker[AsyncSession],
         directory: SourceDirectory,
-        doorbell: Doorbell,
         *,
         tolerance: int,
     ) -> None:
         self._sessions = sessions
         self._directory = directory
-        self._doorbell = doorbell
         self._tolerance = tolerance
         dialect = sessions.kw["bind"].dialect.name
         self._insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
@@ -62,10 +59,7 @@ class IngestService:
         await self._verify(token, source, body, headers)
         payload = _parse(body)
         identity = providers.identify(source.provider, body, payload, headers)
-        accepted = await self._store(source, body, headers, identity)
-        if not accepted.duplicate:
-            await ring_safely(self._doorbell, [accepted.id])
-        return accepted
+        return await self._store(source, body, headers, identity)
 
     async def _verify(self, token: str, source: SourceKey, body: bytes, headers: Mapping[str, str]) -> None:
         try:

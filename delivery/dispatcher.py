@@ -1,0 +1,104 @@
+"""The dispatch loop: claim due deliveries up to a concurrency cap, attempt each, and sweep.
+
+It runs inside every worker process (and inside the app in embedded mode). A doorbell ring wakes
+it at once; otherwise it polls the database every ``poll_interval``, so due retries, expired
+leases and events that were stored but never fanned out are found even when Redis is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+
+from delivery.engine import DeliveryEngine
+
+_log = logging.getLogger("hookgate.dispatcher")
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        engine: DeliveryEngine,
+        *,
+        concurrency: int,
+        poll_interval: float,
+        sweep_interval: float,
+        sweep_grace: float,
+        wakeup: asyncio.Event | None = None,
+    ) -> None:
+        self._engine = engine
+        self._concurrency = concurrency
+        self._poll_interval = poll_interval
+        self._sweep_interval = sweep_interval
+        self._sweep_grace = sweep_grace
+        self.wakeup = wakeup or asyncio.Event()
+        self._rung: set[uuid.UUID] = set()
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._last_sweep = 0.0
+
+    def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._run(), name="hookgate-dispatcher")
+
+    async def ring(self, event_ids: list[uuid.UUID]) -> None:
+        """The doorbell: fan these events out on the next pass, which starts now."""
+        self._rung.update(event_ids)
+        self.wakeup.set()
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop claiming; let in-flight attempts finish for ``grace`` seconds (their leases cover the rest)."""
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        if self._in_flight:
+            _done, pending = await asyncio.wait(self._in_flight, timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            self.wakeup.clear()
+            try:
+                if self._rung:
+                    rung, self._rung = list(self._rung), set()
+                    await self._engine.fan_out(rung)
+                await self._sweep_if_due()
+                free = self._concurrency - len(self._in_flight)
+                claimed = await self._engine.claim(free)
+            except Exception:  # noqa: BLE001 - the database may be down; keep polling until it is back
+                _log.warning("dispatcher pass failed; retrying", exc_info=True)
+                claimed, free = [], -1
+            for delivery_id in claimed:
+                self._spawn(delivery_id)
+            if free > 0 and len(claimed) == free:
+                continue  # a full batch: more may be due right now
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wakeup.wait(), self._poll_interval)
+
+    async def _sweep_if_due(self) -> None:
+        now = time.monotonic()
+        if now - self._last_sweep >= self._sweep_interval:
+            self._last_sweep = now
+            recovered = await self._engine.fan_out_pending(self._sweep_grace)
+            if recovered:
+                _log.info("sweeper fanned out stranded events", extra={"deliveries": recovered})
+
+    def _spawn(self, delivery_id: uuid.UUID) -> None:
+        task = asyncio.create_task(self._attempt(delivery_id))
+        self._in_flight.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        self.wakeup.set()  # capacity is free again
+
+    async def _attempt(self, delivery_id: uuid.UUID) -> None:
+        try:
+            await self._engine.attempt(delivery_id)
+        except Exception:  # noqa: BLE001 - never crash the loop; the lease expires and the row is retried
+            _log.exception("delivery attempt failed unexpectedly", extra={"delivery_id": str(delivery_id)})

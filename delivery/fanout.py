@@ -1,0 +1,87 @@
+"""Fan-out: one delivery row per (event, matching endpoint), created idempotently."""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+
+from sqlalchemy import select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway.database import new_id, utcnow
+from gateway.events.models import Delivery, Event
+from gateway.events.priority import matches
+from tenants.endpoints.models import Endpoint
+
+# Hookgate's own events reach only endpoints that name them (exactly or by prefix), never "*":
+# a Stripe consumer subscribed to everything should not start receiving gateway internals.
+OPERATIONAL_PREFIXES = ("delivery.", "endpoint.", "anomaly.", "hookgate.")
+
+
+def subscribed(event_types: Sequence[str], event_type: str) -> bool:
+    operational = event_type.startswith(OPERATIONAL_PREFIXES)
+    return any(matches(p, event_type) for p in event_types if not (operational and p == "*"))
+
+
+def _insert(session: AsyncSession):  # type: ignore[no-untyped-def]
+    return postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
+
+
+async def insert_deliveries(session: AsyncSession, rows: list[dict[str, object]]) -> None:
+    """Insert original deliveries; one that already exists for (event, endpoint) is skipped."""
+    if not rows:
+        return
+    statement = (
+        _insert(session)(Delivery)
+        .values(rows)
+        .on_conflict_do_nothing(index_elements=["event_id", "endpoint_id"], index_where=text("NOT is_replay"))
+    )
+    await session.execute(statement)
+
+
+def delivery_row(event: Event, endpoint_id: uuid.UUID) -> dict[str, object]:
+    now = utcnow()
+    return {
+        "id": new_id(),
+        "tenant_id": event.tenant_id,
+        "event_id": event.id,
+        "endpoint_id": endpoint_id,
+        "priority": event.priority,
+        "is_replay": False,
+        "status": "pending",
+        "attempt_count": 0,
+        "next_attempt_at": now,
+        "created_at": now,
+    }
+
+
+async def endpoints_for(session: AsyncSession, tenant_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, list[Endpoint]]:
+    rows = await session.scalars(
+        select(Endpoint).where(
+            Endpoint.tenant_id.in_(set(tenant_ids)), Endpoint.enabled.is_(True), Endpoint.deleted_at.is_(None)
+        )
+    )
+    by_tenant: dict[uuid.UUID, list[Endpoint]] = defaultdict(list)
+    for endpoint in rows:
+        by_tenant[endpoint.tenant_id].append(endpoint)
+    return by_tenant
+
+
+async def fan_out(session: AsyncSession, events: Sequence[Event], *, exclude: uuid.UUID | None = None) -> int:
+    """Create the deliveries of ``events`` and mark them fanned out; returns how many were due."""
+    if not events:
+        return 0
+    endpoints = await endpoints_for(session, (e.tenant_id for e in events))
+    rows = [
+        delivery_row(event, endpoint.id)
+        for event in events
+        for endpoint in endpoints.get(event.tenant_id, ())
+        if endpoint.id != exclude and subscribed(endpoint.event_types, event.type)
+    ]
+    await insert_deliveries(session, rows)
+    await session.execute(
+        update(Event).where(Event.id.in_([e.id for e in events])).values(fanned_out_at=utcnow())
+    )
+    return len(rows)

@@ -1,0 +1,83 @@
+"""Shared runtime wiring for the app and the worker: one place that picks backends by mode.
+
+Embedded mode keeps the breaker and limiters in process; production shares them through Redis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import httpx
+import redis.asyncio as aioredis
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from delivery.breaker import Breaker, BreakerConfig, MemoryBreaker, RedisBreaker
+from delivery.dispatcher import Dispatcher
+from delivery.engine import DeliveryEngine
+from delivery.sender import build_client
+from gateway.database import create_engine, session_factory
+from gateway.limiter import Limiter, MemoryLimiter, RedisLimiter
+from gateway.settings import Settings
+from tenants.crypto import SecretBox
+
+
+def breaker_config(settings: Settings) -> BreakerConfig:
+    return BreakerConfig(
+        failure_threshold=settings.breaker_failure_threshold,
+        failure_ratio=settings.breaker_failure_ratio,
+        window_seconds=settings.breaker_window_seconds,
+        min_volume=settings.breaker_min_volume,
+        cooldown=settings.breaker_cooldown_seconds,
+        max_cooldown=settings.breaker_max_cooldown_seconds,
+        probe_timeout=settings.lease_seconds,
+        probe_wait=min(5.0, settings.breaker_cooldown_seconds),
+    )
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: AsyncEngine = field(init=False)
+    sessions: async_sessionmaker[AsyncSession] = field(init=False)
+    box: SecretBox = field(init=False)
+    redis: aioredis.Redis | None = field(init=False)
+    breaker: Breaker = field(init=False)
+    limiter: Limiter = field(init=False)
+    _client: httpx.AsyncClient | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        settings = self.settings
+        self.engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
+        self.sessions = session_factory(self.engine)
+        self.box = SecretBox(settings.secret_key)
+        config = breaker_config(settings)
+        if settings.is_embedded:
+            self.redis = None
+            self.breaker, self.limiter = MemoryBreaker(config), MemoryLimiter()
+        else:
+            self.redis = aioredis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=2)
+            self.breaker, self.limiter = RedisBreaker(self.redis, config), RedisLimiter(self.redis)
+
+    def dispatcher(self, *, sweep_grace: float) -> Dispatcher:
+        """The delivery loop of this process, with its own pooled HTTP client."""
+        settings = self.settings
+        self._client = build_client(
+            connect_timeout=settings.delivery_connect_timeout,
+            timeout=settings.delivery_timeout,
+            max_connections=settings.delivery_concurrency,
+        )
+        engine = DeliveryEngine(self.sessions, settings, self.box, self.breaker, self.limiter, self._client)
+        return Dispatcher(
+            engine,
+            concurrency=settings.delivery_concurrency,
+            poll_interval=min(1.0, settings.sweeper_interval_seconds),
+            sweep_interval=settings.sweeper_interval_seconds,
+            sweep_grace=sweep_grace,
+        )
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+        if self.redis is not None:
+            await self.redis.aclose()
+        await self.engine.dispose()

@@ -1,0 +1,81 @@
+"""``hookgate worker``: the dispatch loop plus an arq worker that carries doorbell jobs.
+
+The dispatch loop (delivery and sweeping) talks only to the database, so it keeps delivering
+while Redis is down; the arq side is restarted when Redis comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import uuid
+from typing import Any
+
+from arq.connections import RedisSettings
+from arq.worker import Worker, func
+
+from gateway.doorbell import FAN_OUT_JOB
+from gateway.settings import Settings, get_settings
+from gateway.wiring import Runtime
+
+_log = logging.getLogger("hookgate.worker")
+_ARQ_RESTART_DELAY = 2.0
+# The gateway's doorbell fans out within milliseconds; the sweeper waits this long before it
+# treats an event as stranded, so the two rarely race (if they do, fan-out is idempotent).
+SWEEP_GRACE_SECONDS = 2.0
+
+
+async def _fan_out(ctx: dict[str, Any], event_ids: list[str]) -> None:
+    await ctx["dispatcher"].ring([uuid.UUID(event_id) for event_id in event_ids])
+
+
+def _arq_worker(settings: Settings, ctx: dict[str, Any]) -> Worker:
+    return Worker(
+        functions=[func(_fan_out, name=FAN_OUT_JOB, keep_result=0, max_tries=1)],
+        redis_settings=RedisSettings.from_dsn(settings.redis_url),
+        ctx=ctx,
+        handle_signals=False,
+        poll_delay=0.05,
+        max_jobs=100,
+        keep_result=0,
+    )
+
+
+async def _run_arq(settings: Settings, ctx: dict[str, Any]) -> None:
+    """Keep an arq worker running; when Redis fails, wait and start a fresh one."""
+    while True:
+        worker = _arq_worker(settings, ctx)
+        try:
+            await worker.async_run()
+        except asyncio.CancelledError:
+            await worker.close()
+            raise
+        except Exception:  # noqa: BLE001 - Redis gone; deliveries go on from the database
+            _log.warning("arq worker stopped (Redis unavailable?); restarting", exc_info=True)
+        with contextlib.suppress(Exception):
+            await worker.close()
+        await asyncio.sleep(_ARQ_RESTART_DELAY)
+
+
+async def run_worker(settings: Settings | None = None, stop: asyncio.Event | None = None) -> None:
+    """Run until ``stop`` is set (by default: until SIGTERM/SIGINT), then drain in-flight attempts."""
+    settings = settings or get_settings()
+    runtime = Runtime(settings)
+    dispatcher = runtime.dispatcher(sweep_grace=SWEEP_GRACE_SECONDS)
+    if stop is None:
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    dispatcher.start()
+    arq = asyncio.create_task(_run_arq(settings, {"dispatcher": dispatcher}))
+    _log.info("worker started")
+    try:
+        await stop.wait()
+    finally:
+        arq.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await arq
+        await dispatcher.stop(grace=settings.delivery_timeout)
+        await runtime.close()

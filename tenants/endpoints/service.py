@@ -1,0 +1,160 @@
+"""Registering and changing endpoints; their signing secrets' plaintext leaves only through return values."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import msgspec
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from delivery.breaker import Breaker, BreakerView
+from delivery.signing import new_endpoint_secret
+from delivery.ssrf import UnsafeURL, check_url
+from gateway.database import utcnow
+from gateway.pagination import Page, page_of, paginate
+from gateway.problems import Problem
+from gateway.repository import TenantRepository
+from gateway.settings import Settings
+from tenants.crypto import SecretBox
+from tenants.endpoints.models import Endpoint, EndpointSecret
+from tenants.endpoints.schemas import BreakerOut, EndpointCreate, EndpointOut, EndpointUpdate, SecretRotate
+from tenants.secrets import active_rows, add_secret
+from tenants.sources.schemas import SecretOut
+
+MAX_EVENT_TYPES = 100
+MAX_EVENT_TYPE_LENGTH = 255
+
+
+class EndpointRepository(TenantRepository[Endpoint]):
+    model = Endpoint
+    noun = "endpoint"
+
+
+def _checked_event_types(event_types: list[str]) -> list[str]:
+    """``*``, exact types, or prefixes (``invoice.*``): the only filters fan-out knows how to match."""
+    if not 1 <= len(event_types) <= MAX_EVENT_TYPES:
+        raise Problem(422, "invalid-event-types", f"event_types must hold 1 to {MAX_EVENT_TYPES} entries")
+    for event_type in event_types:
+        if not 1 <= len(event_type) <= MAX_EVENT_TYPE_LENGTH:
+            raise Problem(
+                422, "invalid-event-types", f"each event type must be 1 to {MAX_EVENT_TYPE_LENGTH} characters long"
+            )
+        if "*" in event_type[:-1]:
+            raise Problem(
+                422,
+                "invalid-event-types",
+                f"{event_type!r}: '*' may only end an entry, as in '*' or 'invoice.*'",
+            )
+    return event_types
+
+
+def _breaker_out(view: BreakerView) -> BreakerOut:
+    retry_at = None if view.retry_at is None else datetime.fromtimestamp(view.retry_at, UTC)
+    return BreakerOut(state=view.state, consecutive_failures=view.consecutive_failures, retry_at=retry_at)
+
+
+def _out(endpoint: Endpoint, breaker: BreakerOut, secret: str | None = None) -> EndpointOut:
+    return EndpointOut(
+        id=endpoint.id,
+        url=endpoint.url,
+        description=endpoint.description,
+        event_types=endpoint.event_types,
+        rate_limit_per_second=endpoint.rate_limit_per_second,
+        enabled=endpoint.enabled,
+        created_at=endpoint.created_at,
+        breaker=breaker,
+        secret=secret,
+    )
+
+
+class EndpointService:
+    def __init__(
+        self,
+        session: AsyncSession,
+        tenant_id: uuid.UUID,
+        box: SecretBox,
+        settings: Settings,
+        breaker: Breaker,
+    ) -> None:
+        self.session = session
+        self.repo = EndpointRepository(session, tenant_id)
+        self.tenant_id = tenant_id
+        self.box = box
+        self.settings = settings
+        self.breaker = breaker
+
+    async def shape(self, endpoint: Endpoint, secret: str | None = None) -> EndpointOut:
+        return _out(endpoint, await self._breaker(endpoint), secret)
+
+    async def _breaker(self, endpoint: Endpoint) -> BreakerOut:
+        return _breaker_out(await self.breaker.view(str(endpoint.id)))
+
+    def _checked_url(self, url: str) -> str:
+        try:
+            check_url(url, allow_private=self.settings.allow_private_endpoints)
+        except UnsafeURL as exc:
+            raise Problem(422, "unsafe-url", str(exc)) from None
+        return url
+
+    async def page(self, cursor: str | None, limit: int) -> Page[EndpointOut]:
+        rows = await self.repo.fetch(paginate(self.repo.scoped(), Endpoint.created_at, Endpoint.id, cursor, limit))
+        breakers = {row.id: await self._breaker(row) for row in rows[:limit]}
+        return page_of(rows, limit, "created_at", lambda row: _out(row, breakers[row.id]))
+
+    async def create(self, data: EndpointCreate) -> tuple[Endpoint, str]:
+        endpoint = Endpoint(
+            tenant_id=self.tenant_id,
+            url=self._checked_url(data.url),
+            description=data.description,
+            event_types=_checked_event_types(data.event_types),
+            rate_limit_per_second=data.rate_limit_per_second,
+            enabled=data.enabled,
+        )
+        secret = new_endpoint_secret()
+        endpoint.secrets = [EndpointSecret(ciphertext=self.box.encrypt(secret), created_at=utcnow())]
+        self.session.add(endpoint)
+        await self.session.commit()
+        return endpoint, secret
+
+    async def update(self, endpoint_id: uuid.UUID, data: EndpointUpdate) -> Endpoint:
+        endpoint = await self.repo.get(endpoint_id)
+        if data.url is not msgspec.UNSET:
+            endpoint.url = self._checked_url(data.url)
+        if data.description is not msgspec.UNSET:
+            endpoint.description = data.description
+        if data.event_types is not msgspec.UNSET:
+            endpoint.event_types = _checked_event_types(data.event_types)
+        if data.rate_limit_per_second is not msgspec.UNSET:
+            endpoint.rate_limit_per_second = data.rate_limit_per_second
+        if data.enabled is not msgspec.UNSET:
+            endpoint.enabled = data.enabled
+        await self.session.commit()
+        return endpoint
+
+    async def delete(self, endpoint_id: uuid.UUID) -> None:
+        """Soft delete: fan-out stops choosing it, its past deliveries stay readable."""
+        endpoint = await self.repo.get(endpoint_id)
+        endpoint.deleted_at = utcnow()
+        await self.session.commit()
+
+    async def rotate_secret(self, endpoint_id: uuid.UUID, data: SecretRotate) -> SecretOut:
+        """A new secret; the previous ones keep signing through the grace period so receivers can switch.
+
+        The row lock serialises concurrent rotations: each sees the other's secret and expires it.
+        """
+        endpoint = await self.repo.get(endpoint_id, for_update=True)
+        secret = new_endpoint_secret()
+        now = utcnow()
+        row = EndpointSecret(ciphertext=self.box.encrypt(secret), created_at=now)
+        grace = self.settings.secret_grace_seconds if data.grace_seconds is None else data.grace_seconds
+        add_secret(endpoint.secrets, row, grace_seconds=grace, now=now)
+        await self.session.commit()
+        return SecretOut(id=row.id, created_at=row.created_at, expires_at=row.expires_at, secret=secret)
+
+    async def reveal(self, endpoint_id: uuid.UUID) -> list[SecretOut]:
+        endpoint = await self.repo.get(endpoint_id)
+        return [
+            SecretOut(id=s.id, created_at=s.created_at, expires_at=s.expires_at, secret=self.box.decrypt(s.ciphertext))
+            for s in active_rows(endpoint.secrets, utcnow())
+        ]
