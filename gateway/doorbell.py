@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import logging
 import uuid
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from arq import create_pool
 from arq.connections import RedisSettings
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from arq.connections import ArqRedis

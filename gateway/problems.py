@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import logging
+from http import HTTPStatus
 from typing import Any
 
-from http import HTTPStatus
-
 from litestar import Request, Response
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 _log = logging.getLogger("hookgate.errors")
 _TYPE_BASE = "https://hookgate.dev/problems/"
 PROBLEM_JSON = "application/problem+json"
+# A dependency being down is the service's state, not a bug and not the client's fault: 503.
+_UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeoutError, RedisConnectionError, RedisTimeoutError, OSError)
 
 
 class Problem(HTTPException):
@@ -53,6 +58,9 @@ def _kind_for(exc: HTTPException) -> str:
 
 def problem_response(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     """Render any exception as ``application/problem+json``; unexpected ones as an opaque 500."""
+    if isinstance(exc, _UNAVAILABLE):
+        _log.warning("dependency unavailable on %s: %s", request.url.path, type(exc).__name__)
+        exc = Problem(503, "service-unavailable", "a backing service is unavailable; retry later", headers={"Retry-After": "5"})
     if isinstance(exc, HTTPException):
         status, detail = exc.status_code, exc.detail
         if status == 413 and not isinstance(exc, Problem):

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -19,7 +19,7 @@ from gateway.app import create_app
 from gateway.settings import Settings
 from gateway.worker import run_worker
 from tests.conftest import TenantHandle, ingest_path, make_settings, new_source, new_tenant
-from tests.support.receiver import Received, Server, head, wait_until
+from tests.support.receiver import Received, Script, Server, wait_until
 from tests.support.services import free_port
 from tests.support.stripe_events import signed_stripe, stripe_event
 
@@ -35,22 +35,6 @@ FAST = {
     "sweeper_interval_seconds": 0.2,
     "lease_seconds": 5.0,
 }
-
-
-@dataclass
-class Script:
-    """What the receiver answers, request by request; the last entry repeats."""
-
-    answers: list[tuple[int, dict[str, str], float]] = field(default_factory=lambda: [(200, {}, 0.0)])
-    served: int = 0
-
-    async def __call__(self, request: Received, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        status, headers, delay = self.answers[min(self.served, len(self.answers) - 1)]
-        self.served += 1
-        if delay:
-            await asyncio.sleep(delay)
-        writer.write(head(status, {"content-length": "2", **headers}) + b"ok")
-        await writer.drain()
 
 
 @dataclass

@@ -11,14 +11,12 @@ import asyncio
 import base64
 import datetime as dt
 import functools
-import http
 import ipaddress
 import json
 import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
@@ -34,7 +32,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from delivery import ssrf
 from delivery.sender import EXCERPT_BYTES, build_client, send
 from delivery.signing import USER_AGENT, new_endpoint_secret, sign, webhook_headers
-from tests.support.receiver import Received, Responder, Server, head, reply
+from tests.support.receiver import Received, Server, head, reply
 
 BODY = b'{"type":"invoice.paid","data":{"id":"in_1","amount":4200}}'
 

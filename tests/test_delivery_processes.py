@@ -18,10 +18,9 @@ from standardwebhooks.webhooks import Webhook
 from gateway.migrate import upgrade_async
 from tests.conftest import OPERATOR_KEY, SECRET_KEY
 from tests.support.processes import HOOKGATE, Process
-from tests.support.receiver import Server, wait_until
-from tests.support.stripe_events import signed_stripe, stripe_event
+from tests.support.receiver import Script, Server, wait_until
 from tests.support.services import create_database, drop_database, free_port, test_postgres_url, test_redis_url
-from tests.test_delivery import Script
+from tests.support.stripe_events import signed_stripe, stripe_event
 
 pytestmark = pytest.mark.slow
 

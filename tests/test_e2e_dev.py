@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 
 import httpx
 import pytest
+from standardwebhooks.webhooks import Webhook
 
 from tests.support.processes import HOOKGATE, Process
+from tests.support.receiver import Script, Server, wait_until
 from tests.support.services import free_port
 from tests.support.stripe_events import signed_stripe, stripe_event
 
@@ -64,3 +67,25 @@ def test_dev_mode_end_to_end(tmp_path: Path) -> None:
         assert _printed(again.output(), "tenant key:") == demo_key
         listed = httpx.get(f"{base}/api/v1/events", headers={"authorization": f"Bearer {demo_key}"}).json()["data"]
         assert len(listed) == 1
+
+
+async def test_dev_mode_delivers_a_signed_event_to_a_local_endpoint(tmp_path: Path) -> None:
+    """The newcomer's path: register a local endpoint, post a Stripe event, receive it signed."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    argv = [*HOOKGATE, "dev", "--port", str(port), "--data-dir", str(tmp_path / "data")]
+    async with Server(Script()) as receiver:
+        with Process(argv, tmp_path / "dev.log") as dev:
+            await asyncio.to_thread(dev.wait_http, f"{base}/healthz")
+            out = dev.output()
+            auth = {"authorization": f"Bearer {_printed(out, 'tenant key:')}"}
+            async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+                created = await http.post("/api/v1/endpoints", json={"url": f"{receiver.url}/hook"}, headers=auth)
+                assert created.status_code == 201, created.text
+                event = stripe_event("charge_succeeded")
+                body, headers = signed_stripe(event, _printed(out, "Stripe secret (whsec_):"))
+                assert (await http.post(_printed(out, "ingest URL:"), content=body, headers=headers)).status_code == 200
+                await wait_until(lambda: receiver.requests, timeout=5, what="the delivery")
+                request = receiver.requests[0]
+                assert request.target == "/hook" and request.body == body
+                assert Webhook(created.json()["secret"]).verify(request.body, request.headers)["id"] == event["id"]

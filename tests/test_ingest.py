@@ -19,8 +19,8 @@ from litestar.testing import AsyncTestClient
 from standardwebhooks.webhooks import Webhook
 
 from gateway.app import create_app
-from gateway.migrate import upgrade_async
 from gateway.events.priority import classify
+from gateway.migrate import upgrade_async
 from tests.conftest import TenantHandle, ingest_path, make_settings, new_source, new_tenant
 from tests.support.services import ThrowawayPostgres
 from tests.support.stripe_events import fixture_names, signed_stripe, stripe_event, stripe_signature
@@ -266,3 +266,16 @@ async def test_sqlite_locked_answers_503_and_stores_nothing(tmp_path, redis_url:
         retried = await client.post(ingest_path(source), content=lost_body, headers=lost_headers)
         assert retried.status_code == 200 and retried.json()["duplicate"] is False
         assert len(await _events(client, tenant)) == 2
+
+
+@pytest.mark.slow
+async def test_management_api_answers_503_while_postgres_is_down(redis_url: str) -> None:
+    with ThrowawayPostgres() as server:
+        await upgrade_async(server.url)
+        async with AsyncTestClient(create_app(make_settings(server.url, redis_url))) as client:
+            tenant = await new_tenant(client)
+            await asyncio.to_thread(server.stop)
+            response = await client.get("/api/v1/sources", headers=tenant.auth)
+            assert response.status_code == 503 and response.json()["type"].endswith("service-unavailable")
+            await asyncio.to_thread(server.start)
+            assert (await client.get("/api/v1/sources", headers=tenant.auth)).status_code == 200

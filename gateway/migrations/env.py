@@ -7,7 +7,6 @@ import asyncio
 from alembic import context
 from sqlalchemy.engine import Connection
 
-import gateway.events.models
 import tenants.endpoints.models
 import tenants.models
 import tenants.sources.models  # noqa: F401  (register every table on the metadata)

@@ -84,3 +84,19 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 15.0, what:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+@dataclass
+class Script:
+    """What the receiver answers, request by request; the last entry repeats."""
+
+    answers: list[tuple[int, dict[str, str], float]] = field(default_factory=lambda: [(200, {}, 0.0)])
+    served: int = 0
+
+    async def __call__(self, request: Received, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        status, headers, delay = self.answers[min(self.served, len(self.answers) - 1)]
+        self.served += 1
+        if delay:
+            await asyncio.sleep(delay)
+        writer.write(head(status, {"content-length": "2", **headers}) + b"ok")
+        await writer.drain()
