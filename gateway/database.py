@@ -54,9 +54,12 @@ def new_id() -> uuid.UUID:
 
 
 def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
-    """An engine tuned per backend: pooled asyncpg, or SQLite in WAL mode with a busy timeout."""
+    """An engine tuned per backend: pooled asyncpg, or SQLite in WAL mode with a busy timeout.
+
+    Statement parameters (event bodies, encrypted secrets) are kept out of error messages and logs.
+    """
     if url.startswith("sqlite"):
-        engine = create_async_engine(url, connect_args={"timeout": 5})
+        engine = create_async_engine(url, connect_args={"timeout": 5}, hide_parameters=True)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
@@ -68,7 +71,7 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
 
         return engine
     return create_async_engine(
-        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_timeout=5
+        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_timeout=5, hide_parameters=True
     )
 
 
