@@ -27,14 +27,13 @@ class Dispatcher:
         poll_interval: float,
         sweep_interval: float,
         sweep_grace: float,
-        wakeup: asyncio.Event | None = None,
     ) -> None:
         self._engine = engine
         self._concurrency = concurrency
         self._poll_interval = poll_interval
         self._sweep_interval = sweep_interval
         self._sweep_grace = sweep_grace
-        self.wakeup = wakeup or asyncio.Event()
+        self.wakeup = asyncio.Event()
         self._rung: set[uuid.UUID] = set()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import httpx
+from redis.exceptions import RedisError
 from sqlalchemy import case, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -34,6 +35,7 @@ from tenants.secrets import active_plaintexts
 _log = logging.getLogger("hookgate.delivery")
 _RANK = case({"critical": 0, "high": 1, "normal": 2, "low": 3}, value=Delivery.priority, else_=2)
 _FAN_OUT_BATCH = 500
+_SHARED_STATE_ERRORS = (RedisError, OSError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,10 +130,7 @@ class DeliveryEngine:
         job = await self._prepare(delivery_id)
         if job is None:
             return
-        retry_at = await self._breaker.acquire(str(job.endpoint_id))
-        if retry_at is None and job.rate:
-            decision = await self._limiter.hit(f"ep:{job.endpoint_id}", Rate(job.rate, max(1, int(job.rate))))
-            retry_at = None if decision.allowed else time.time() + decision.retry_after
+        retry_at = await self._gate(job)
         if retry_at is not None:
             await self._postpone(delivery_id, datetime.fromtimestamp(retry_at, UTC))
             return
@@ -145,8 +144,31 @@ class DeliveryEngine:
             allow_private=self._settings.allow_private_endpoints,
             timeout=self._settings.delivery_timeout,
         )
-        transition = await self._breaker.record(str(job.endpoint_id), result.ok)
-        await self._record(job, started, result, transition)
+        await self._record(job, started, result, await self._report(job, result.ok))
+
+    async def _gate(self, job: _Job) -> float | None:
+        """When may this endpoint be sent to: None for now, else a unix time (breaker or rate limit).
+
+        Both live in Redis in production. If it is unreachable the gate opens: a missed limit
+        costs less than deliveries that stall until Redis returns.
+        """
+        try:
+            retry_at = await self._breaker.acquire(str(job.endpoint_id))
+            if retry_at is None and job.rate:
+                decision = await self._limiter.hit(f"ep:{job.endpoint_id}", Rate(job.rate, max(1, int(job.rate))))
+                retry_at = None if decision.allowed else time.time() + decision.retry_after
+        except _SHARED_STATE_ERRORS:
+            _log.warning("breaker/limiter unreachable; sending without them", exc_info=True)
+            return None
+        return retry_at
+
+    async def _report(self, job: _Job, ok: bool) -> str | None:
+        """Tell the breaker; an unreachable one must not stop the outcome from being recorded."""
+        try:
+            return await self._breaker.record(str(job.endpoint_id), ok)
+        except _SHARED_STATE_ERRORS:
+            _log.warning("breaker unreachable; outcome recorded without it", exc_info=True)
+            return None
 
     async def _prepare(self, delivery_id: uuid.UUID) -> _Job | None:
         async with self._sessions() as session, session.begin():
@@ -196,9 +218,9 @@ class DeliveryEngine:
                     response_excerpt=result.response_excerpt or None,
                 )
             )
-            delivery.last_status_code, delivery.last_error = result.status_code, result.error
-            delivery.last_attempt_at = started
-            if delivery.status in OPEN_STATUSES:
+            if delivery.status in OPEN_STATUSES:  # a duplicate after a lease expiry leaves a finished row as is
+                delivery.last_status_code, delivery.last_error = result.status_code, result.error
+                delivery.last_attempt_at = started
                 await self._advance(session, delivery, job, result)
             if transition is not None:
                 kind = operational.CIRCUIT_OPENED if transition == "opened" else operational.CIRCUIT_CLOSED

@@ -1,7 +1,7 @@
 """``hookgate worker``: the dispatch loop plus an arq worker that carries doorbell jobs.
 
-The dispatch loop (delivery and sweeping) talks only to the database, so it keeps delivering
-while Redis is down; the arq side is restarted when Redis comes back.
+The dispatch loop (delivery and sweeping) needs only the database: while Redis is down it keeps
+delivering without breaker and rate limit, and the arq side is restarted when Redis comes back.
 """
 
 from __future__ import annotations

@@ -90,7 +90,8 @@ async def stack_factory(database_url: str, redis_url: str, redis_client: Any) ->
     stacks: list[contextlib.AsyncExitStack] = []
 
     async def build(**overrides: Any) -> Stack:
-        settings = make_settings(database_url, redis_url, **{**FAST, **overrides})
+        options = {**FAST, "redis_url": redis_url, **overrides}
+        settings = make_settings(database_url, options.pop("redis_url"), **options)
         exit_stack = contextlib.AsyncExitStack()
         stacks.append(exit_stack)
         client = await exit_stack.enter_async_context(AsyncTestClient(create_app(settings)))
@@ -293,3 +294,18 @@ async def test_deliveries_api_filters_and_isolation(stack: Stack) -> None:
         for path in (f"/api/v1/deliveries/{delivery['id']}", f"/api/v1/deliveries/{delivery['id']}/attempts"):
             assert (await stack.client.get(path, headers=bob.auth)).status_code == 404
         assert (await stack.client.post(f"/api/v1/endpoints/{endpoint['id']}/test", headers=bob.auth)).status_code == 404
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+async def test_redis_down_still_stores_and_delivers(stack_factory: Callable[..., Any]) -> None:
+    """Nothing listens at the Redis URL: no doorbell, no breaker, no limiter — and still delivered."""
+    stack = await stack_factory(redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    tenant = await new_tenant(stack.client)
+    source = await new_source(stack.client, tenant)
+    async with Server(Script()) as receiver:
+        await stack.endpoint(tenant, receiver.url, rate_limit_per_second=50)
+        event = stripe_event("charge_succeeded")
+        await stack.ingest(source, event)
+        [delivery] = await stack.settled(tenant, 1, timeout=30)
+        assert delivery["attempts"] == 1
+        assert [json.loads(r.body)["id"] for r in receiver.requests] == [event["id"]]

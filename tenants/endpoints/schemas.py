@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -40,8 +40,8 @@ class SecretRotate(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class BreakerOut(msgspec.Struct):
-    state: State
-    consecutive_failures: int
+    state: State | Literal["unknown"]  # unknown: the shared breaker store (Redis) is unreachable
+    consecutive_failures: int | None
     retry_at: datetime | None  # open: when the next probe may go
 
 

@@ -6,6 +6,7 @@ import uuid
 from datetime import UTC, datetime
 
 import msgspec
+from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from delivery.breaker import Breaker, BreakerView
@@ -88,7 +89,11 @@ class EndpointService:
         return _out(endpoint, await self._breaker(endpoint), secret)
 
     async def _breaker(self, endpoint: Endpoint) -> BreakerOut:
-        return _breaker_out(await self.breaker.view(str(endpoint.id)))
+        """Display only: an unreachable breaker store must not fail reads or registrations."""
+        try:
+            return _breaker_out(await self.breaker.view(str(endpoint.id)))
+        except (RedisError, OSError):
+            return BreakerOut(state="unknown", consecutive_failures=None, retry_at=None)
 
     def _checked_url(self, url: str) -> str:
         try:
