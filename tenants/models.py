@@ -38,6 +38,7 @@ class ApiKey(Base):
 class SecretColumns:
     """A signing secret, encrypted at rest; rotation keeps several active until they expire."""
 
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
     ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)

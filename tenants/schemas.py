@@ -1,4 +1,4 @@
-"""API shapes of tenants (operator API)."""
+"""API shapes of tenants (operator API), and the secret shapes sources and endpoints share."""
 
 from __future__ import annotations
 
@@ -18,3 +18,16 @@ class TenantOut(msgspec.Struct, omit_defaults=True):
     name: str
     created_at: datetime
     api_key: str | None = None  # only in the answer to create: shown once, stored hashed
+
+
+GraceSeconds = Annotated[int, msgspec.Meta(ge=0, le=30 * 86_400)]
+
+
+class SecretInfo(msgspec.Struct):
+    id: uuid.UUID
+    created_at: datetime
+    expires_at: datetime | None
+
+
+class SecretOut(SecretInfo):
+    secret: str

@@ -15,7 +15,7 @@ from tenants.auth import authenticate_tenant
 from tenants.crypto import SecretBox
 from tenants.endpoints.schemas import EndpointCreate, EndpointOut, EndpointUpdate, SecretRotate
 from tenants.endpoints.service import EndpointService
-from tenants.sources.schemas import SecretOut
+from tenants.schemas import SecretOut
 
 
 def _service(

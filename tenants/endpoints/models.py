@@ -33,5 +33,4 @@ class Endpoint(Base):
 class EndpointSecret(SecretColumns, Base):
     __tablename__ = "endpoint_secrets"
 
-    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
     endpoint_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("endpoints.id", ondelete="CASCADE"), index=True)

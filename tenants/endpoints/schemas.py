@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from delivery.breaker import State
-from tenants.sources.schemas import Seconds
+from tenants.schemas import GraceSeconds
 
 Description = Annotated[str, msgspec.Meta(max_length=1000)]
 RatePerSecond = Annotated[float, msgspec.Meta(gt=0, le=10_000)]
@@ -36,7 +36,7 @@ class EndpointUpdate(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class SecretRotate(msgspec.Struct, forbid_unknown_fields=True):
-    grace_seconds: Seconds | None = None  # None: the operator's default grace period
+    grace_seconds: GraceSeconds | None = None  # None: the operator's default grace period
 
 
 class BreakerOut(msgspec.Struct):

@@ -20,8 +20,8 @@ from gateway.settings import Settings
 from tenants.crypto import SecretBox
 from tenants.endpoints.models import Endpoint, EndpointSecret
 from tenants.endpoints.schemas import BreakerOut, EndpointCreate, EndpointOut, EndpointUpdate, SecretRotate
-from tenants.secrets import active_rows, add_secret
-from tenants.sources.schemas import SecretOut
+from tenants.schemas import SecretOut
+from tenants.secrets import revealed, rotate
 
 MAX_EVENT_TYPES = 100
 MAX_EVENT_TYPE_LENGTH = 255
@@ -149,17 +149,10 @@ class EndpointService:
         The row lock serialises concurrent rotations: each sees the other's secret and expires it.
         """
         endpoint = await self.repo.get(endpoint_id, for_update=True)
-        secret = new_endpoint_secret()
-        now = utcnow()
-        row = EndpointSecret(ciphertext=self.box.encrypt(secret), created_at=now)
         grace = self.settings.secret_grace_seconds if data.grace_seconds is None else data.grace_seconds
-        add_secret(endpoint.secrets, row, grace_seconds=grace, now=now)
+        added = rotate(self.box, endpoint.secrets, EndpointSecret, new_endpoint_secret(), grace_seconds=grace)
         await self.session.commit()
-        return SecretOut(id=row.id, created_at=row.created_at, expires_at=row.expires_at, secret=secret)
+        return added
 
     async def reveal(self, endpoint_id: uuid.UUID) -> list[SecretOut]:
-        endpoint = await self.repo.get(endpoint_id)
-        return [
-            SecretOut(id=s.id, created_at=s.created_at, expires_at=s.expires_at, secret=self.box.decrypt(s.ciphertext))
-            for s in active_rows(endpoint.secrets, utcnow())
-        ]
+        return revealed(self.box, (await self.repo.get(endpoint_id)).secrets)

@@ -12,9 +12,10 @@ from gateway.pagination import Page, page_of, paginate
 from gateway.settings import Settings
 from tenants.auth import authenticate_tenant
 from tenants.crypto import SecretBox
+from tenants.schemas import SecretOut
 from tenants.sources.directory import SourceDirectory
 from tenants.sources.models import Source
-from tenants.sources.schemas import SecretCreate, SecretOut, SourceCreate, SourceOut, SourceUpdate
+from tenants.sources.schemas import SecretCreate, SourceCreate, SourceOut, SourceUpdate
 from tenants.sources.service import SourceService
 
 

@@ -32,5 +32,4 @@ class Source(Base):
 class SourceSecret(SecretColumns, Base):
     __tablename__ = "source_secrets"
 
-    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
     source_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("sources.id", ondelete="CASCADE"), index=True)

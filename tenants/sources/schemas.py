@@ -9,11 +9,11 @@ from typing import Annotated, Literal
 import msgspec
 
 from gateway.events.priority import Priority
+from tenants.schemas import GraceSeconds, SecretInfo
 
 Provider = Literal["stripe", "standard_webhooks", "github", "shopify", "hmac_sha256"]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 SecretText = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
-Seconds = Annotated[int, msgspec.Meta(ge=0, le=30 * 86_400)]
 
 
 class SourceCreate(msgspec.Struct, forbid_unknown_fields=True):
@@ -29,17 +29,7 @@ class SourceUpdate(msgspec.Struct, forbid_unknown_fields=True):
 
 class SecretCreate(msgspec.Struct, forbid_unknown_fields=True):
     secret: SecretText | None = None
-    expire_previous_after_seconds: Seconds | None = None
-
-
-class SecretInfo(msgspec.Struct):
-    id: uuid.UUID
-    created_at: datetime
-    expires_at: datetime | None
-
-
-class SecretOut(SecretInfo):
-    secret: str
+    expire_previous_after_seconds: GraceSeconds | None = None
 
 
 class SourceOut(msgspec.Struct, omit_defaults=True):

@@ -13,10 +13,11 @@ from gateway.problems import Problem
 from gateway.repository import TenantRepository
 from gateway.settings import Settings
 from tenants.crypto import SecretBox, new_token
-from tenants.secrets import add_secret
+from tenants.schemas import SecretInfo, SecretOut
+from tenants.secrets import revealed, rotate
 from tenants.sources.directory import SourceDirectory
 from tenants.sources.models import Source, SourceSecret
-from tenants.sources.schemas import SecretCreate, SecretInfo, SecretOut, SourceCreate, SourceOut, SourceUpdate
+from tenants.sources.schemas import SecretCreate, SourceCreate, SourceOut, SourceUpdate
 
 
 class SourceRepository(TenantRepository[Source]):
@@ -95,20 +96,17 @@ class SourceService:
         await self._commit(source)
 
     async def add_secret(self, source_id: uuid.UUID, data: SecretCreate) -> SecretOut:
-        source = await self.repo.get(source_id)
-        secret = self._checked_secret(source.provider, data.secret)
-        now = utcnow()
-        row = SourceSecret(ciphertext=self.box.encrypt(secret), created_at=now)
+        source = await self.repo.get(source_id, for_update=True)
         grace = data.expire_previous_after_seconds
-        add_secret(source.secrets, row, grace_seconds=self.settings.secret_grace_seconds if grace is None else grace, now=now)
+        added = rotate(
+            self.box,
+            source.secrets,
+            SourceSecret,
+            self._checked_secret(source.provider, data.secret),
+            grace_seconds=self.settings.secret_grace_seconds if grace is None else grace,
+        )
         await self._commit(source)
-        return SecretOut(id=row.id, created_at=row.created_at, expires_at=row.expires_at, secret=secret)
+        return added
 
     async def reveal(self, source_id: uuid.UUID) -> list[SecretOut]:
-        source = await self.repo.get(source_id)
-        now = utcnow()
-        return [
-            SecretOut(id=s.id, created_at=s.created_at, expires_at=s.expires_at, secret=self.box.decrypt(s.ciphertext))
-            for s in source.secrets
-            if s.active_at(now)
-        ]
+        return revealed(self.box, (await self.repo.get(source_id)).secrets)
