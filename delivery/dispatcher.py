@@ -16,6 +16,7 @@ import uuid
 from delivery.engine import DeliveryEngine
 
 _log = logging.getLogger("hookgate.dispatcher")
+_CLAIM_GAP = 0.02  # seconds between passes that only freed capacity started
 
 
 class Dispatcher:
@@ -33,7 +34,8 @@ class Dispatcher:
         self._poll_interval = poll_interval
         self._sweep_interval = sweep_interval
         self._sweep_grace = sweep_grace
-        self.wakeup = asyncio.Event()
+        self.wakeup = asyncio.Event()  # new work: a ring
+        self._freed = asyncio.Event()  # an attempt finished: capacity is free again
         self._rung: set[uuid.UUID] = set()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
@@ -61,7 +63,9 @@ class Dispatcher:
 
     async def _run(self) -> None:
         while True:
+            started = time.monotonic()
             self.wakeup.clear()
+            self._freed.clear()
             try:
                 if self._rung:
                     rung, self._rung = list(self._rung), set()
@@ -76,8 +80,24 @@ class Dispatcher:
                 self._spawn(delivery_id)
             if free > 0 and len(claimed) == free:
                 continue  # a full batch: more may be due right now
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wakeup.wait(), self._poll_interval)
+            await self._idle(started)
+
+    async def _idle(self, pass_started: float) -> None:
+        """Wait for a ring (go at once), freed capacity or the poll interval.
+
+        Freed capacity starts a pass at most every ``_CLAIM_GAP``: a busy worker then claims in
+        batches rather than once per finished attempt, which would cost a query each.
+        """
+        ring = asyncio.ensure_future(self.wakeup.wait())
+        freed = asyncio.ensure_future(self._freed.wait())
+        try:
+            done, _ = await asyncio.wait((ring, freed), timeout=self._poll_interval, return_when=asyncio.FIRST_COMPLETED)
+            gap = pass_started + _CLAIM_GAP - time.monotonic()
+            if ring not in done and freed in done and gap > 0:
+                await asyncio.wait((ring,), timeout=gap)
+        finally:
+            ring.cancel()
+            freed.cancel()
 
     async def _sweep_if_due(self) -> None:
         now = time.monotonic()
@@ -94,7 +114,7 @@ class Dispatcher:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
-        self.wakeup.set()  # capacity is free again
+        self._freed.set()
 
     async def _attempt(self, delivery_id: uuid.UUID) -> None:
         try:

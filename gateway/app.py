@@ -12,6 +12,8 @@ from litestar.openapi import OpenAPIConfig
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from delivery.controller import DeliveryController
+from gateway.admission.controller import usage
+from gateway.admission.service import Admission
 from gateway.doorbell import ArqDoorbell, Doorbell
 from gateway.events.controller import EventController
 from gateway.ingest.controller import ingest
@@ -21,6 +23,7 @@ from gateway.settings import Settings, get_settings
 from gateway.wiring import Runtime
 from tenants.controller import TenantController
 from tenants.endpoints.controller import EndpointController
+from tenants.limits import default_rates
 from tenants.sources.controller import SourceController
 from tenants.sources.directory import SourceDirectory
 
@@ -37,9 +40,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
     dispatcher = runtime.dispatcher(sweep_grace=0.0) if settings.is_embedded else None
     doorbell: Doorbell = dispatcher or ArqDoorbell(settings.redis_url)
     directory = SourceDirectory(sessions, box, settings.source_cache_ttl_seconds)
+    admission = Admission(runtime.limiter, window_seconds=settings.usage_window_seconds)
     ingest_service = IngestService(
         sessions,
         directory,
+        admission,
+        defaults=default_rates(settings),
         tolerance=settings.stripe_tolerance_seconds,
     )
 
@@ -67,6 +73,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         route_handlers=[
             healthz,
             ingest,
+            usage,
             TenantController,
             SourceController,
             EndpointController,
@@ -78,6 +85,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "settings": _constant(settings),
             "secret_box": _constant(box),
             "ingest_service": _constant(ingest_service),
+            "admission": _constant(admission),
             "source_directory": _constant(directory),
             "breaker": _constant(runtime.breaker),
             "doorbell": _constant(doorbell),

@@ -42,8 +42,23 @@ class Decision:
 _ALLOWED = Decision(allowed=True, retry_after=0.0)
 
 
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """Count a hit's outcome in a hash, in the same atomic step: ``field + ":admitted"|":refused"``."""
+
+    key: str
+    field: str
+    ttl_seconds: int
+
+
 class Limiter(Protocol):
-    async def hit(self, key: str, rate: Rate) -> Decision: ...
+    async def hit(self, key: str, rate: Rate, tally: Tally | None = None) -> Decision: ...
+
+    async def tallies(self, key: str) -> dict[str, int]: ...
+
+
+def _outcome(tally: Tally, allowed: bool) -> str:
+    return f"{tally.field}:{'admitted' if allowed else 'refused'}"
 
 
 def _gcra(rate: Rate) -> tuple[int, int]:
@@ -59,18 +74,35 @@ class MemoryLimiter:
         self._clock = clock
         self._tat: dict[str, int] = {}
         self._sweep_at = _SWEEP_MIN
+        self._tallies: dict[str, tuple[float, dict[str, int]]] = {}  # key -> (expires at, counts)
 
-    async def hit(self, key: str, rate: Rate) -> Decision:
+    async def hit(self, key: str, rate: Rate, tally: Tally | None = None) -> Decision:
         interval, tolerance = _gcra(rate)
         now = round(self._clock() * _MICROS)
         tat = max(self._tat.get(key, now), now)
         wait = tat - tolerance - now
-        if wait > 0:
-            return Decision(allowed=False, retry_after=wait / _MICROS)
-        self._tat[key] = tat + interval
-        if len(self._tat) >= self._sweep_at:
-            self._sweep(now)
-        return _ALLOWED
+        decision = Decision(allowed=False, retry_after=wait / _MICROS) if wait > 0 else _ALLOWED
+        if decision.allowed:
+            self._tat[key] = tat + interval
+            if len(self._tat) >= self._sweep_at:
+                self._sweep(now)
+        if tally is not None:
+            self._count(tally, decision.allowed)
+        return decision
+
+    async def tallies(self, key: str) -> dict[str, int]:
+        expires, counts = self._tallies.get(key, (0.0, {}))
+        return dict(counts) if expires > self._clock() else {}
+
+    def _count(self, tally: Tally, allowed: bool) -> None:
+        now = self._clock()
+        entry = self._tallies.get(tally.key)
+        if entry is None or entry[0] <= now:
+            self._tallies = {k: v for k, v in self._tallies.items() if v[0] > now}  # a new key: drop the expired
+            entry = self._tallies[tally.key] = (now + tally.ttl_seconds, {})
+        counts = entry[1]
+        field = _outcome(tally, allowed)
+        counts[field] = counts.get(field, 0) + 1
 
     def _sweep(self, now: int) -> None:
         """Drop keys whose TAT is past (they mean the same as absent); amortised O(1) per hit."""
@@ -81,6 +113,8 @@ class MemoryLimiter:
 _HIT_LUA = """
 -- GCRA on one key holding the TAT in microseconds of Redis time (one clock for every process).
 -- ARGV[1]: emission interval (us), ARGV[2]: tolerance = interval * (burst - 1) (us).
+-- KEYS[2] (optional): a hash that counts the outcome in field ARGV[3] (allowed) or ARGV[4]
+-- (refused), kept for ARGV[5] seconds.
 -- Returns {1, 0} when allowed, else {0, microseconds until one would be}.
 local interval = tonumber(ARGV[1])
 local tolerance = tonumber(ARGV[2])
@@ -89,13 +123,20 @@ local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
 -- absent or past TAT: the key is idle
 local tat = math.max(tonumber(redis.call('GET', KEYS[1])) or now, now)
 local wait = tat - tolerance - now
-if wait > 0 then
-  return {0, wait}
+local allowed = wait <= 0
+if allowed then
+  tat = tat + interval
+  -- once the TAT is past, the key says nothing an absent one would not: expire it then
+  redis.call('SET', KEYS[1], tat, 'PX', math.ceil((tat - now) / 1000))
 end
-tat = tat + interval
--- once the TAT is past, the key says nothing an absent one would not: expire it then
-redis.call('SET', KEYS[1], tat, 'PX', math.ceil((tat - now) / 1000))
-return {1, 0}
+if KEYS[2] then
+  redis.call('HINCRBY', KEYS[2], allowed and ARGV[3] or ARGV[4], 1)
+  redis.call('EXPIRE', KEYS[2], ARGV[5])
+end
+if allowed then
+  return {1, 0}
+end
+return {0, wait}
 """
 
 
@@ -103,9 +144,18 @@ class RedisLimiter:
     """Limits shared by every gateway and worker process: one atomic script call per hit."""
 
     def __init__(self, redis: aioredis.Redis, prefix: str = "hg:rl:") -> None:
+        self._redis = redis
         self._prefix = prefix
         self._hit = redis.register_script(_HIT_LUA)
 
-    async def hit(self, key: str, rate: Rate) -> Decision:
-        allowed, wait = await self._hit(keys=[self._prefix + key], args=list(_gcra(rate)))
+    async def hit(self, key: str, rate: Rate, tally: Tally | None = None) -> Decision:
+        keys, args = [self._prefix + key], list(_gcra(rate))
+        if tally is not None:
+            keys.append(self._prefix + tally.key)
+            args += [_outcome(tally, True), _outcome(tally, False), tally.ttl_seconds]
+        allowed, wait = await self._hit(keys=keys, args=args)
         return _ALLOWED if allowed else Decision(allowed=False, retry_after=wait / _MICROS)
+
+    async def tallies(self, key: str) -> dict[str, int]:
+        counts = await self._redis.hgetall(self._prefix + key)
+        return {field.decode(): int(value) for field, value in counts.items()}

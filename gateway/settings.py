@@ -19,6 +19,9 @@ def _doc(text: str) -> msgspec.Meta:
     return msgspec.Meta(description=text)
 
 
+_RATE = msgspec.Meta(pattern=r"^\d+(\.\d+)?/\d+$")
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     mode: Annotated[
         Literal["embedded", "production"],
@@ -86,6 +89,27 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         float, _doc("How long a claimed delivery is held before the sweeper may hand it out again.")
     ] = 60.0
 
+    ingest_limit_critical: Annotated[
+        str, _RATE, _doc("Default admission limit for critical events per tenant: `events_per_second/burst`.")
+    ] = "100/500"
+    ingest_limit_high: Annotated[str, _RATE, _doc("Default admission limit for high-priority events.")] = "50/250"
+    ingest_limit_normal: Annotated[str, _RATE, _doc("Default admission limit for normal events.")] = "50/250"
+    ingest_limit_low: Annotated[str, _RATE, _doc("Default admission limit for low-priority events.")] = "20/100"
+    usage_window_seconds: Annotated[
+        int, msgspec.Meta(ge=60), _doc("Length of the fixed windows `GET /api/v1/usage` counts admissions in.")
+    ] = 3600
+    tenant_delivery_concurrency: Annotated[
+        int,
+        msgspec.Meta(ge=1),
+        _doc("Deliveries one tenant may have in flight across all workers while others wait "
+             "(operator override per tenant); idle capacity beyond it may be borrowed."),
+    ] = 16
+
+    def __post_init__(self) -> None:
+        for name in ("ingest_limit_critical", "ingest_limit_high", "ingest_limit_normal", "ingest_limit_low"):
+            if float(getattr(self, name).split("/")[0]) <= 0 or int(getattr(self, name).split("/")[1]) < 1:
+                raise ValueError(f"{name} needs a rate above 0 and a burst of at least 1")
+
     @property
     def is_embedded(self) -> bool:
         return self.mode == "embedded"
@@ -121,6 +145,6 @@ def settings_reference() -> str:
     defaults = Settings()
     for field in msgspec.structs.fields(Settings):
         meta = [m for m in getattr(field.type, "__metadata__", ()) if isinstance(m, msgspec.Meta)]
-        text = meta[0].description if meta else ""
+        text = next((m.description for m in meta if m.description), "")
         rows.append(f"| `{_PREFIX}{field.name.upper()}` | `{getattr(defaults, field.name)}` | {text} |")
     return "\n".join(rows)

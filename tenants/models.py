@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, LargeBinary, String, Uuid
+from sqlalchemy import JSON, ForeignKey, Integer, LargeBinary, String, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
 from gateway.database import Base, UTCDateTime, new_id, utcnow
@@ -17,7 +17,10 @@ class Tenant(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(200))
+    # Operator overrides of the admission limits, per priority (see tenants/limits.py).
     limits: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    # Operator override of HOOKGATE_TENANT_DELIVERY_CONCURRENCY.
+    delivery_concurrency: Mapped[int | None] = mapped_column(Integer, default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

@@ -1,10 +1,13 @@
 """Shared fixtures: real Postgres and Redis (or throwaway ones), schemas built by Alembic,
-every test starting from empty tables, on both backends where it says ``backend``."""
+every test starting from empty tables, on both backends where it says ``backend``; and the
+delivery stack (app + worker on Postgres, app with its in-process dispatcher on SQLite)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +22,9 @@ from gateway.app import create_app
 from gateway.database import Base, create_engine
 from gateway.migrate import upgrade_async
 from gateway.settings import Settings
-from tests.support.services import create_database, drop_database, test_postgres_url, test_redis_url
+from gateway.worker import run_worker
+from tests.support.services import create_database, drop_database, free_port, fresh_services, test_postgres_url, test_redis_url
+from tests.support.stripe_events import signed_stripe, stripe_event
 
 OPERATOR_KEY = "hgop_test-operator-key"
 SECRET_KEY = "test-secret-key-for-encryption-at-rest"
@@ -38,6 +43,26 @@ async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     yield client
     await client.flushdb()
     await client.aclose()
+
+
+@pytest.fixture
+async def production_env() -> AsyncIterator[dict[str, str]]:
+    """Environment for real ``hookgate serve``/``worker`` processes: a database and a Redis db of their own."""
+    async with fresh_services("hookgate_proc", redis_db=2) as (url, redis_url):
+        port = free_port()
+        yield {
+            "HOOKGATE_DATABASE_URL": url,
+            "HOOKGATE_REDIS_URL": redis_url,
+            "HOOKGATE_SECRET_KEY": SECRET_KEY,
+            "HOOKGATE_OPERATOR_KEY": OPERATOR_KEY,
+            "HOOKGATE_PUBLIC_URL": f"http://127.0.0.1:{port}",
+            "HOOKGATE_ALLOW_PRIVATE_ENDPOINTS": "true",
+            "HOOKGATE_RETRY_SCHEDULE": "0,0.5,0.5,0.5,0.5",
+            "HOOKGATE_LEASE_SECONDS": "2",
+            "HOOKGATE_SWEEPER_INTERVAL_SECONDS": "0.5",
+            "HOOKGATE_DELIVERY_TIMEOUT": "5",
+            "PORT": str(port),
+        }
 
 
 @pytest.fixture(scope="session")
@@ -162,3 +187,88 @@ async def tenant(client: AsyncTestClient[Litestar]) -> TenantHandle:
 @pytest.fixture
 def repo_root() -> Path:
     return Path(__file__).resolve().parents[1]
+
+
+# Schedules and cool-downs short enough for tests.
+FAST = {
+    "retry_schedule": "0,0.3,0.3",
+    "delivery_timeout": 1.0,
+    "delivery_connect_timeout": 1.0,
+    "breaker_failure_threshold": 3,
+    "breaker_cooldown_seconds": 1.0,
+    "breaker_max_cooldown_seconds": 2.0,
+    "sweeper_interval_seconds": 0.2,
+    "lease_seconds": 5.0,
+}
+
+
+@dataclass
+class Stack:
+    client: AsyncTestClient[Litestar]
+    settings: Settings
+
+    async def endpoint(self, tenant: TenantHandle, url: str, **fields: Any) -> dict[str, Any]:
+        response = await self.client.post("/api/v1/endpoints", json={"url": url, **fields}, headers=tenant.auth)
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    async def ingest(self, source: dict[str, Any], event: dict[str, Any] | None = None) -> str:
+        body, headers = signed_stripe(event or stripe_event(), source["secret"])
+        response = await self.client.post(ingest_path(source), content=body, headers=headers)
+        assert response.status_code == 200, response.text
+        return response.json()["id"]
+
+    async def deliveries(self, tenant: TenantHandle, **filters: str) -> list[dict[str, Any]]:
+        query = "&".join(f"{k}={v}" for k, v in filters.items())
+        response = await self.client.get(f"/api/v1/deliveries?limit=200&{query}", headers=tenant.auth)
+        return response.json()["data"]
+
+    async def settled(self, tenant: TenantHandle, count: int, status: str = "succeeded", timeout: float = 20.0) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+
+        async def check() -> bool:
+            nonlocal found
+            found = await self.deliveries(tenant, status=status)
+            return len(found) >= count
+
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not await check():
+            assert asyncio.get_running_loop().time() < deadline, f"{len(found)}/{count} deliveries {status}"
+            await asyncio.sleep(0.05)
+        return found
+
+
+@contextlib.asynccontextmanager
+async def running_worker(settings: Settings) -> AsyncIterator[None]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_worker(settings, stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+@pytest.fixture
+async def stack_factory(database_url: str, redis_url: str, redis_client: Any) -> AsyncIterator[Callable[..., Any]]:
+    """Builds the app (and, on Postgres, a worker) with the fast settings plus overrides."""
+    stacks: list[contextlib.AsyncExitStack] = []
+
+    async def build(**overrides: Any) -> Stack:
+        options = {**FAST, "redis_url": redis_url, **overrides}
+        settings = make_settings(database_url, options.pop("redis_url"), **options)
+        exit_stack = contextlib.AsyncExitStack()
+        stacks.append(exit_stack)
+        client = await exit_stack.enter_async_context(AsyncTestClient(create_app(settings)))
+        if not settings.is_embedded:
+            await exit_stack.enter_async_context(running_worker(settings))
+        return Stack(client, settings)
+
+    yield build
+    for exit_stack in reversed(stacks):
+        await exit_stack.aclose()
+
+
+@pytest.fixture
+async def stack(stack_factory: Callable[..., Any]) -> Stack:
+    return await stack_factory()

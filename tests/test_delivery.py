@@ -4,10 +4,8 @@ embedded SQLite (in-app dispatcher). Schedules and cool-downs are shortened by s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -15,98 +13,12 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from standardwebhooks.webhooks import Webhook
 
-from gateway.app import create_app
-from gateway.settings import Settings
-from gateway.worker import run_worker
-from tests.conftest import TenantHandle, ingest_path, make_settings, new_source, new_tenant
+from tests.conftest import Stack, new_source, new_tenant
 from tests.support.receiver import Received, Script, Server, wait_until
 from tests.support.services import free_port
-from tests.support.stripe_events import signed_stripe, stripe_event
+from tests.support.stripe_events import stripe_event
 
 Client = AsyncTestClient[Litestar]
-
-FAST = {
-    "retry_schedule": "0,0.3,0.3",
-    "delivery_timeout": 1.0,
-    "delivery_connect_timeout": 1.0,
-    "breaker_failure_threshold": 3,
-    "breaker_cooldown_seconds": 1.0,
-    "breaker_max_cooldown_seconds": 2.0,
-    "sweeper_interval_seconds": 0.2,
-    "lease_seconds": 5.0,
-}
-
-
-@dataclass
-class Stack:
-    client: Client
-    settings: Settings
-
-    async def endpoint(self, tenant: TenantHandle, url: str, **fields: Any) -> dict[str, Any]:
-        response = await self.client.post("/api/v1/endpoints", json={"url": url, **fields}, headers=tenant.auth)
-        assert response.status_code == 201, response.text
-        return response.json()
-
-    async def ingest(self, source: dict[str, Any], event: dict[str, Any] | None = None) -> str:
-        body, headers = signed_stripe(event or stripe_event(), source["secret"])
-        response = await self.client.post(ingest_path(source), content=body, headers=headers)
-        assert response.status_code == 200, response.text
-        return response.json()["id"]
-
-    async def deliveries(self, tenant: TenantHandle, **filters: str) -> list[dict[str, Any]]:
-        query = "&".join(f"{k}={v}" for k, v in filters.items())
-        response = await self.client.get(f"/api/v1/deliveries?limit=200&{query}", headers=tenant.auth)
-        return response.json()["data"]
-
-    async def settled(self, tenant: TenantHandle, count: int, status: str = "succeeded", timeout: float = 20.0) -> list[dict[str, Any]]:
-        found: list[dict[str, Any]] = []
-
-        async def check() -> bool:
-            nonlocal found
-            found = await self.deliveries(tenant, status=status)
-            return len(found) >= count
-
-        deadline = asyncio.get_running_loop().time() + timeout
-        while not await check():
-            assert asyncio.get_running_loop().time() < deadline, f"{len(found)}/{count} deliveries {status}"
-            await asyncio.sleep(0.05)
-        return found
-
-
-@contextlib.asynccontextmanager
-async def _worker(settings: Settings) -> AsyncIterator[None]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(run_worker(settings, stop))
-    try:
-        yield
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
-
-
-@pytest.fixture
-async def stack_factory(database_url: str, redis_url: str, redis_client: Any) -> AsyncIterator[Callable[..., Any]]:
-    """Builds the app (and, on Postgres, a worker) with the fast settings plus overrides."""
-    stacks: list[contextlib.AsyncExitStack] = []
-
-    async def build(**overrides: Any) -> Stack:
-        options = {**FAST, "redis_url": redis_url, **overrides}
-        settings = make_settings(database_url, options.pop("redis_url"), **options)
-        exit_stack = contextlib.AsyncExitStack()
-        stacks.append(exit_stack)
-        client = await exit_stack.enter_async_context(AsyncTestClient(create_app(settings)))
-        if not settings.is_embedded:
-            await exit_stack.enter_async_context(_worker(settings))
-        return Stack(client, settings)
-
-    yield build
-    for exit_stack in reversed(stacks):
-        await exit_stack.aclose()
-
-
-@pytest.fixture
-async def stack(stack_factory: Callable[..., Any]) -> Stack:
-    return await stack_factory()
 
 
 def _verify(endpoint_secret: str, request: Received) -> dict[str, Any]:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,45 +13,12 @@ import pytest
 import redis.asyncio as aioredis
 from standardwebhooks.webhooks import Webhook
 
-from gateway.migrate import upgrade_async
-from tests.conftest import OPERATOR_KEY, SECRET_KEY
-from tests.support.processes import HOOKGATE, Process
+from tests.conftest import OPERATOR_KEY
+from tests.support.processes import HOOKGATE, Process, serve
 from tests.support.receiver import Script, Server, wait_until
-from tests.support.services import create_database, drop_database, free_port, test_postgres_url, test_redis_url
 from tests.support.stripe_events import signed_stripe, stripe_event
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-async def production_env(tmp_path: Path) -> AsyncIterator[dict[str, str]]:
-    admin, name = test_postgres_url(), f"hookgate_proc_{uuid.uuid4().hex[:10]}"
-    url = await create_database(admin, name)
-    await upgrade_async(url)
-    redis_url = test_redis_url().rsplit("/", 1)[0] + "/2"  # a Redis database of its own
-    redis = aioredis.from_url(redis_url)
-    await redis.flushdb()
-    port = free_port()
-    yield {
-        "HOOKGATE_DATABASE_URL": url,
-        "HOOKGATE_REDIS_URL": redis_url,
-        "HOOKGATE_SECRET_KEY": SECRET_KEY,
-        "HOOKGATE_OPERATOR_KEY": OPERATOR_KEY,
-        "HOOKGATE_PUBLIC_URL": f"http://127.0.0.1:{port}",
-        "HOOKGATE_ALLOW_PRIVATE_ENDPOINTS": "true",
-        "HOOKGATE_RETRY_SCHEDULE": "0,0.5,0.5,0.5,0.5",
-        "HOOKGATE_LEASE_SECONDS": "2",
-        "HOOKGATE_SWEEPER_INTERVAL_SECONDS": "0.5",
-        "HOOKGATE_DELIVERY_TIMEOUT": "5",
-        "PORT": str(port),
-    }
-    await redis.flushdb()
-    await redis.aclose()
-    await drop_database(admin, name)
-
-
-def _serve(env: dict[str, str], tmp_path: Path) -> Process:
-    return Process([*HOOKGATE, "serve", "--workers", "1", "--host", "127.0.0.1", "--port", env["PORT"]], tmp_path / "serve.log", env)
 
 
 def _worker(env: dict[str, str], tmp_path: Path, n: int = 1) -> Process:
@@ -102,7 +67,7 @@ async def _all_succeed(base: str, auth: dict[str, str], count: int, timeout: flo
 async def test_serve_and_worker_deliver_within_a_second(production_env: dict[str, str], tmp_path: Path) -> None:
     base = production_env["HOOKGATE_PUBLIC_URL"]
     async with Server(Script()) as receiver:
-        with _serve(production_env, tmp_path) as gateway, _worker(production_env, tmp_path) as worker:
+        with serve(production_env, tmp_path) as gateway, _worker(production_env, tmp_path) as worker:
             await asyncio.to_thread(gateway.wait_http, f"{base}/healthz")
             await asyncio.to_thread(worker.wait_output, "worker started")
             auth, source, endpoint = await _setup(base, f"{receiver.url}/hook")
@@ -115,7 +80,7 @@ async def test_serve_and_worker_deliver_within_a_second(production_env: dict[str
 async def test_kill_9_of_a_worker_mid_delivery_loses_nothing(production_env: dict[str, str], tmp_path: Path) -> None:
     base = production_env["HOOKGATE_PUBLIC_URL"]
     async with Server(Script([(200, {}, 1.0)])) as receiver:
-        with _serve(production_env, tmp_path) as gateway:
+        with serve(production_env, tmp_path) as gateway:
             await asyncio.to_thread(gateway.wait_http, f"{base}/healthz")
             auth, source, _ = await _setup(base, receiver.url)
             sent = await _ingest(source, 30)
@@ -133,7 +98,7 @@ async def test_kill_9_of_a_worker_mid_delivery_loses_nothing(production_env: dic
 async def test_flushall_with_100_pending_deliveries_loses_nothing(production_env: dict[str, str], tmp_path: Path) -> None:
     base = production_env["HOOKGATE_PUBLIC_URL"]
     async with Server(Script()) as receiver:
-        with _serve(production_env, tmp_path) as gateway:
+        with serve(production_env, tmp_path) as gateway:
             await asyncio.to_thread(gateway.wait_http, f"{base}/healthz")
             auth, source, _ = await _setup(base, receiver.url)
             sent = await _ingest(source, 100)  # no worker yet: the doorbell jobs wait in Redis

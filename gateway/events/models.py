@@ -65,6 +65,23 @@ class Delivery(Base):
             sqlite_where=text("status IN ('pending', 'failed')"),
         ),
         Index("ix_deliveries_tenant_created", "tenant_id", "created_at", "id"),
+        # Open deliveries by tenant and priority: the fair claim's per-tenant scans (delivery/engine.py).
+        Index(
+            "ix_deliveries_open",
+            "tenant_id",
+            "priority",
+            "next_attempt_at",
+            postgresql_where=text("status IN ('pending', 'failed')"),
+            sqlite_where=text("status IN ('pending', 'failed')"),
+        ),
+        # Leased rows per tenant: what the fair claim counts against each tenant's concurrency cap.
+        Index(
+            "ix_deliveries_leased",
+            "tenant_id",
+            "locked_until",
+            postgresql_where=text("locked_until IS NOT NULL"),
+            sqlite_where=text("locked_until IS NOT NULL"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)

@@ -1,4 +1,4 @@
-"""The ingest hot path: verify, parse, classify, store once.
+"""The ingest hot path: verify, parse, classify, admit, store once.
 
 No 2xx leaves before the event row is committed; a storage failure is a 503 so the
 provider retries, and nothing is half-written because the event is one INSERT.
@@ -17,11 +17,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from gateway.admission.service import Admission
 from gateway.database import new_id, utcnow
 from gateway.events.models import Event
-from gateway.events.priority import classify
+from gateway.events.priority import Priority, classify
 from gateway.ingest import providers
+from gateway.limiter import Rate
 from gateway.problems import Problem
+from tenants.limits import rate_for
 from tenants.sources.directory import SourceDirectory, SourceKey
 
 _log = logging.getLogger("hookgate.ingest")
@@ -40,11 +43,15 @@ class IngestService:
         self,
         sessions: async_sessionmaker[AsyncSession],
         directory: SourceDirectory,
+        admission: Admission,
         *,
+        defaults: Mapping[Priority, Rate],
         tolerance: int,
     ) -> None:
         self._sessions = sessions
         self._directory = directory
+        self._admission = admission
+        self._defaults = defaults
         self._tolerance = tolerance
         dialect = sessions.kw["bind"].dialect.name
         self._insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
@@ -59,7 +66,9 @@ class IngestService:
         await self._verify(token, source, body, headers)
         payload = _parse(body)
         identity = providers.identify(source.provider, body, payload, headers)
-        return await self._store(source, body, headers, identity)
+        priority = classify(identity.type, source.priorities)  # type: ignore[arg-type]
+        await self._admission.admit(source.tenant_id, priority, rate_for(priority, source.limits, self._defaults))
+        return await self._store(source, body, headers, identity, priority)
 
     async def _verify(self, token: str, source: SourceKey, body: bytes, headers: Mapping[str, str]) -> None:
         try:
@@ -71,7 +80,7 @@ class IngestService:
             await self._verify(token, fresher, body, headers)
 
     async def _store(
-        self, source: SourceKey, body: bytes, headers: Mapping[str, str], identity: providers.Identity
+        self, source: SourceKey, body: bytes, headers: Mapping[str, str], identity: providers.Identity, priority: Priority
     ) -> Accepted:
         event_id = new_id()
         values = {
@@ -80,7 +89,7 @@ class IngestService:
             "source_id": source.id,
             "external_id": identity.external_id[:255],
             "type": identity.type[:255],
-            "priority": classify(identity.type, source.priorities),  # type: ignore[arg-type]
+            "priority": priority,
             "body": body,
             "headers": providers.kept_headers(source.provider, headers),
             "provider_created_at": identity.created_at,

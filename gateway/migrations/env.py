@@ -7,9 +7,11 @@ import asyncio
 from alembic import context
 from sqlalchemy.engine import Connection
 
-import tenants.endpoints.models
-import tenants.models
-import tenants.sources.models  # noqa: F401  (register every table on the metadata)
+# Every model module, so that each table is registered on the metadata autogenerate compares.
+import gateway.events.models  # noqa: F401
+import tenants.endpoints.models  # noqa: F401
+import tenants.models  # noqa: F401
+import tenants.sources.models  # noqa: F401
 from gateway.database import Base, create_engine
 
 

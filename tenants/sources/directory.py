@@ -12,12 +12,14 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.database import utcnow
 from tenants.crypto import SecretBox
+from tenants.models import Tenant
 from tenants.secrets import active_rows
 from tenants.sources.models import Source
 
@@ -31,6 +33,7 @@ class SourceKey:
     tenant_id: uuid.UUID
     provider: str
     priorities: Mapping[str, str] | None
+    limits: Mapping[str, Mapping[str, Any]] | None  # the tenant's admission overrides
     secrets: tuple[tuple[str, datetime | None], ...]  # (plaintext, expires_at), newest first
 
     def active_secrets(self, now: datetime) -> list[str]:
@@ -71,21 +74,26 @@ class SourceDirectory:
 
     async def _load(self, token: str, now: float) -> _Entry:
         async with self._sessions() as session:
-            source = await session.scalar(
-                select(Source).where(Source.ingest_token == token, Source.deleted_at.is_(None))
-            )
-            key = self._key(source) if source is not None else None
+            row = (
+                await session.execute(
+                    select(Source, Tenant.limits)
+                    .join(Tenant, Tenant.id == Source.tenant_id)
+                    .where(Source.ingest_token == token, Source.deleted_at.is_(None))
+                )
+            ).first()
+            key = self._key(*row) if row is not None else None
         if len(self._cache) >= _MAX_ENTRIES:
             self._cache.clear()
         entry = self._cache[token] = _Entry(key, now)
         return entry
 
-    def _key(self, source: Source) -> SourceKey:
+    def _key(self, source: Source, limits: Mapping[str, Mapping[str, Any]] | None) -> SourceKey:
         rows = active_rows(source.secrets, utcnow())
         return SourceKey(
             id=source.id,
             tenant_id=source.tenant_id,
             provider=source.provider,
             priorities=source.priorities,
+            limits=limits,
             secrets=tuple((self._box.decrypt(s.ciphertext), s.expires_at) for s in rows),
         )

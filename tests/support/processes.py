@@ -79,3 +79,10 @@ class Process:
             self.proc.wait(15)
         except subprocess.TimeoutExpired:
             self.kill()
+
+
+def serve(env: dict[str, str], log_dir: Path, port: str | None = None) -> Process:
+    """``hookgate serve`` (one Granian worker) on ``port`` (default: the env's ``PORT``)."""
+    port = port or env["PORT"]
+    argv = [*HOOKGATE, "serve", "--workers", "1", "--host", "127.0.0.1", "--port", port]
+    return Process(argv, log_dir / f"serve-{port}.log", env)

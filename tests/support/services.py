@@ -19,8 +19,10 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Coroutine
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar, NoReturn, Self
@@ -29,6 +31,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import asyncpg
 import pytest
 import redis
+import redis.asyncio as aioredis
 
 _PG_ENV = "HOOKGATE_TEST_DATABASE_URL"
 _REDIS_ENV = "HOOKGATE_TEST_REDIS_URL"
@@ -72,6 +75,26 @@ async def create_database(admin_url: str, name: str) -> str:
     finally:
         await conn.close()
     return urlunsplit(urlsplit(admin_url)._replace(path="/" + quote(name, safe="")))
+
+
+@asynccontextmanager
+async def fresh_services(prefix: str, redis_db: int) -> AsyncIterator[tuple[str, str]]:
+    """A new migrated Postgres database and an emptied Redis database, for real server processes;
+    both dropped or emptied afterwards. Yields their URLs."""
+    from gateway.migrate import upgrade_async  # the schema is the project's, not this module's concern
+
+    admin, name = test_postgres_url(), f"{prefix}_{uuid.uuid4().hex[:10]}"
+    url = await create_database(admin, name)
+    redis_url = test_redis_url().rsplit("/", 1)[0] + f"/{redis_db}"
+    client = aioredis.from_url(redis_url)
+    try:
+        await upgrade_async(url)
+        await client.flushdb()
+        yield url, redis_url
+    finally:
+        await client.flushdb()
+        await client.aclose()
+        await drop_database(admin, name)
 
 
 async def drop_database(admin_url: str, name: str) -> None:

@@ -1,0 +1,50 @@
+"""Bulk-made delivery backlogs: thousands of due deliveries written straight to the database,
+as a tenant's flood would leave them after fan-out (used by fairness tests and the bench)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from sqlalchemy import func, insert, select
+
+from gateway.database import create_engine, new_id, utcnow
+from gateway.events.models import OPEN_STATUSES, Delivery, Event
+
+_CHUNK = 1000
+
+
+async def add_backlog(database_url: str, tenant_id: uuid.UUID, endpoint_id: uuid.UUID, count: int, priority: str = "critical") -> None:
+    """``count`` fanned-out ``charge.succeeded`` events of this tenant, each with a due delivery."""
+    engine = create_engine(database_url, pool_size=1)
+    now = utcnow()
+    try:
+        for start in range(0, count, _CHUNK):
+            events, deliveries = [], []
+            for _ in range(min(_CHUNK, count - start)):
+                event_id, external = new_id(), f"evt_backlog_{uuid.uuid4().hex}"
+                body = json.dumps({"id": external, "type": "charge.succeeded", "data": {"object": {"amount": 100}}})
+                events.append(
+                    {"id": event_id, "tenant_id": tenant_id, "external_id": external, "type": "charge.succeeded",
+                     "priority": priority, "body": body.encode(), "headers": {}, "received_at": now, "fanned_out_at": now}
+                )
+                deliveries.append(
+                    {"id": new_id(), "tenant_id": tenant_id, "event_id": event_id, "endpoint_id": endpoint_id,
+                     "priority": priority, "next_attempt_at": now, "created_at": now}
+                )
+            async with engine.begin() as connection:
+                await connection.execute(insert(Event), events)
+                await connection.execute(insert(Delivery), deliveries)
+    finally:
+        await engine.dispose()
+
+
+async def open_deliveries(database_url: str, tenant_id: uuid.UUID) -> int:
+    """How many of the tenant's deliveries are still pending or retrying."""
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        async with engine.connect() as connection:
+            statement = select(func.count()).where(Delivery.tenant_id == tenant_id, Delivery.status.in_(OPEN_STATUSES))
+            return int((await connection.execute(statement)).scalar_one())
+    finally:
+        await engine.dispose()
