@@ -1,34 +1,42 @@
-"""``/api/v1/deliveries`` (the dead-letter queue is ``status=dead``) and endpoint test sends."""
+"""``/api/v1/deliveries`` (the dead-letter queue is ``status=dead``), event replays and endpoint test sends."""
 
 from __future__ import annotations
 
 import uuid
-from typing import Literal
+from datetime import datetime
+from typing import Annotated, Literal
 
 import msgspec
-from litestar import Controller, get, post
+from litestar import Controller, delete, get, post
 from litestar.di import Provide
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from delivery.operational import send_test
+from delivery.replay import replay_event
 from gateway.doorbell import Doorbell, ring_safely
-from gateway.events.models import Attempt, Delivery
+from gateway.events.models import DEAD, Attempt, Delivery
+from gateway.events.repository import DeliveryRepository, EventRepository
 from gateway.events.schemas import AttemptOut, DeliveryOut
 from gateway.pagination import Page, page_of, paginate
-from gateway.repository import TenantRepository, where_equal
+from gateway.problems import Problem
+from gateway.repository import where_equal
 from tenants.auth import authenticate_tenant
 from tenants.endpoints.service import EndpointRepository
-
-
-class DeliveryRepository(TenantRepository[Delivery]):
-    model = Delivery
-    noun = "delivery"
 
 
 class TestSent(msgspec.Struct):
     event_id: uuid.UUID
     delivery_id: uuid.UUID
+
+
+class ReplayRequest(msgspec.Struct, forbid_unknown_fields=True):
+    endpoint_ids: Annotated[list[uuid.UUID], msgspec.Meta(min_length=1, max_length=100)] | None = None
+
+
+class ReplayOut(msgspec.Struct):
+    event_id: uuid.UUID
+    deliveries: list[DeliveryOut]
 
 
 def _repo(db_session: AsyncSession, tenant_id: uuid.UUID) -> DeliveryRepository:
@@ -47,18 +55,45 @@ class DeliveryController(Controller):
         status: Literal["pending", "succeeded", "failed", "dead"] | None = None,
         endpoint_id: uuid.UUID | None = None,
         event_id: uuid.UUID | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
         cursor: str | None = None,
         limit: int = 50,
     ) -> Page[DeliveryOut]:
+        """``since``/``until`` bound when the delivery was created (its event's fan-out or replay)."""
         query = where_equal(
             repo.scoped(), {Delivery.status: status, Delivery.endpoint_id: endpoint_id, Delivery.event_id: event_id}
         )
+        if since is not None:
+            query = query.where(Delivery.created_at >= since)
+        if until is not None:
+            query = query.where(Delivery.created_at < until)
         rows = await repo.fetch(paginate(query, Delivery.created_at, Delivery.id, cursor, limit))
         return page_of(rows, limit, "created_at", DeliveryOut.of)
 
     @get("/deliveries/{delivery_id:uuid}", operation_id="getDelivery")
     async def get_delivery(self, repo: DeliveryRepository, delivery_id: uuid.UUID) -> DeliveryOut:
         return DeliveryOut.of(await repo.get(delivery_id))
+
+    @delete("/deliveries/{delivery_id:uuid}", operation_id="purgeDeadDelivery", summary="Purge a dead letter (the event stays)")
+    async def purge(self, repo: DeliveryRepository, delivery_id: uuid.UUID) -> None:
+        delivery = await repo.get(delivery_id, for_update=True)
+        if delivery.status != DEAD:
+            raise Problem(409, "not-dead", f"only dead deliveries can be purged; this one is {delivery.status}")
+        await repo.session.delete(delivery)
+        await repo.session.commit()
+
+    @post("/events/{event_id:uuid}/replay", operation_id="replayEvent", status_code=202, summary="Deliver a stored event again")
+    async def replay(
+        self, repo: DeliveryRepository, tenant_id: uuid.UUID, event_id: uuid.UUID, doorbell: Doorbell, data: ReplayRequest | None = None
+    ) -> ReplayOut:
+        """To the named endpoints, or to every enabled endpoint subscribed to its type."""
+        event = await EventRepository(repo.session, tenant_id).get(event_id)
+        ids = await replay_event(repo.session, event, data.endpoint_ids if data else None)
+        await repo.session.commit()
+        await ring_safely(doorbell, [event.id])
+        rows = await repo.fetch(repo.scoped().where(Delivery.id.in_(ids)).order_by(Delivery.endpoint_id))
+        return ReplayOut(event_id=event.id, deliveries=[DeliveryOut.of(row) for row in rows])
 
     @get("/deliveries/{delivery_id:uuid}/attempts", operation_id="listAttempts", summary="Every HTTP try, oldest first")
     async def list_attempts(self, repo: DeliveryRepository, delivery_id: uuid.UUID) -> list[AttemptOut]:

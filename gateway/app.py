@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from litestar import Litestar, get
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -16,6 +17,7 @@ from gateway.admission.controller import usage
 from gateway.admission.service import Admission
 from gateway.doorbell import ArqDoorbell, Doorbell
 from gateway.events.controller import EventController
+from gateway.idempotency.middleware import IdempotencyMiddleware
 from gateway.ingest.controller import ingest
 from gateway.ingest.service import IngestService
 from gateway.problems import EXCEPTION_HANDLERS
@@ -90,6 +92,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "breaker": _constant(runtime.breaker),
             "doorbell": _constant(doorbell),
         },
+        middleware=[DefineMiddleware(IdempotencyMiddleware, sessions=sessions, box=box, max_body=settings.max_body_bytes)],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         openapi_config=OpenAPIConfig(title="Hookgate", version="0.1.0", path="/schema"),
         request_max_body_size=settings.max_body_bytes,

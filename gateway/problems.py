@@ -48,6 +48,10 @@ def _title(status: int) -> str:
         return "Error"
 
 
+def problem_body(status: int, kind: str, detail: str, instance: str) -> dict[str, Any]:
+    return {"type": _TYPE_BASE + kind, "title": _title(status), "status": status, "detail": detail, "instance": instance}
+
+
 def _kind_for(exc: HTTPException) -> str:
     if isinstance(exc, Problem):
         return exc.kind
@@ -65,13 +69,7 @@ def problem_response(request: Request[Any, Any, Any], exc: Exception) -> Respons
         status, detail = exc.status_code, exc.detail
         if status == 413 and not isinstance(exc, Problem):
             detail = f"the body is larger than the limit of {request.app.request_max_body_size} bytes"
-        body: dict[str, Any] = {
-            "type": _TYPE_BASE + _kind_for(exc),
-            "title": _title(status),
-            "status": status,
-            "detail": detail,
-            "instance": request.url.path,
-        }
+        body = problem_body(status, _kind_for(exc), detail, request.url.path)
         if isinstance(exc, ValidationException) and exc.extra:
             body["errors"] = exc.extra
         elif isinstance(exc.extra, dict):
@@ -80,13 +78,7 @@ def problem_response(request: Request[Any, Any, Any], exc: Exception) -> Respons
     else:
         _log.exception("unhandled error on %s", request.url.path)
         status = HTTP_500_INTERNAL_SERVER_ERROR
-        body = {
-            "type": _TYPE_BASE + "internal-error",
-            "title": _title(status),
-            "status": status,
-            "detail": "an unexpected error occurred; it has been logged",
-            "instance": request.url.path,
-        }
+        body = problem_body(status, "internal-error", "an unexpected error occurred; it has been logged", request.url.path)
         headers = {}
     return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 

@@ -12,15 +12,11 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.events.models import Delivery, Event
+from gateway.events.repository import EventRepository
 from gateway.events.schemas import DeliveryOut, EventOut
 from gateway.pagination import Page, page_of, paginate
-from gateway.repository import TenantRepository, where_equal
+from gateway.repository import where_equal
 from tenants.auth import authenticate_tenant
-
-
-class EventRepository(TenantRepository[Event]):
-    model = Event
-    noun = "event"
 
 
 def _repo(db_session: AsyncSession, tenant_id: uuid.UUID) -> EventRepository:

@@ -9,6 +9,7 @@ from sqlalchemy.engine import Connection
 
 # Every model module, so that each table is registered on the metadata autogenerate compares.
 import gateway.events.models  # noqa: F401
+import gateway.idempotency.models  # noqa: F401
 import tenants.endpoints.models  # noqa: F401
 import tenants.models  # noqa: F401
 import tenants.sources.models  # noqa: F401

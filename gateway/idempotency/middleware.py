@@ -1,0 +1,154 @@
+"""``Idempotency-Key`` on every POST of the management API: the same key and request within 24 h
+answers the first response again instead of acting twice (Stripe's contract).
+
+Keys are scoped to the credential that sent them. The same key with another method, path or body
+is a 422; a key whose first request is still running is a 409. Answers of 5xx are not kept, so
+a retry after a server error acts again. The key row is claimed before the handler runs, so two
+concurrent requests with one key cannot both act. Kept answers are encrypted at rest: some
+carry secrets shown once (a new API key, a generated signing secret).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import timedelta
+from typing import Any
+
+import msgspec
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from gateway.database import utcnow
+from gateway.idempotency.models import IdempotentRequest
+from gateway.problems import PROBLEM_JSON, problem_body
+from tenants.crypto import SecretBox
+
+KEY_HEADER = b"idempotency-key"
+REPLAYED_HEADER = "idempotent-replayed"
+_TTL = timedelta(hours=24)
+_MAX_KEY = 255
+
+
+class IdempotencyMiddleware:
+    def __init__(
+        self, app: ASGIApp, sessions: async_sessionmaker[AsyncSession], box: SecretBox, max_body: int, prefix: str = "/api/"
+    ) -> None:
+        self._app = app
+        self._sessions = sessions
+        self._box = box
+        self._max_body = max_body
+        self._prefix = prefix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        key = _key(scope) if scope["type"] == "http" and scope["method"] == "POST" else None
+        if key is None or not scope["path"].startswith(self._prefix):
+            await self._app(scope, receive, send)
+            return
+        if not key or len(key) > _MAX_KEY:
+            await _problem(send, scope, 400, "invalid-idempotency-key", f"Idempotency-Key must be 1 to {_MAX_KEY} characters")
+            return
+        body = await _read_body(receive, self._max_body)
+        if body is None:
+            await _problem(send, scope, 413, "body-too-large", f"the body is larger than the limit of {self._max_body} bytes")
+            return
+        credential = dict(scope["headers"]).get(b"authorization", b"")
+        row_key = (hashlib.sha256(credential).hexdigest(), key)
+        fingerprint = hashlib.sha256(b"\n".join([scope["method"].encode(), scope["path"].encode(), body])).hexdigest()
+        stored = await self._claim(row_key, fingerprint)
+        if stored is None:
+            await self._act(scope, body, send, row_key)
+        elif stored.fingerprint != fingerprint:
+            await _problem(send, scope, 422, "idempotency-key-reused", "this Idempotency-Key was used with another request")
+        elif stored.status_code is None:
+            await _problem(send, scope, 409, "idempotency-key-in-progress", "the first request with this Idempotency-Key is still running")
+        else:
+            body = self._box.decrypt(stored.body).encode() if stored.body else b""
+            await _answer(send, stored.status_code, stored.content_type, body, replayed=True)
+
+    async def _claim(self, row_key: tuple[str, str], fingerprint: str) -> IdempotentRequest | None:
+        """None when this request now owns the key; else the row of the request that does (or did)."""
+        async with self._sessions() as session, session.begin():
+            await session.execute(delete(IdempotentRequest).where(IdempotentRequest.created_at < utcnow() - _TTL))
+        try:
+            async with self._sessions() as session, session.begin():
+                session.add(IdempotentRequest(scope=row_key[0], key=row_key[1], fingerprint=fingerprint))
+            return None
+        except IntegrityError:
+            async with self._sessions() as session:
+                return await session.scalar(
+                    select(IdempotentRequest).where(IdempotentRequest.scope == row_key[0], IdempotentRequest.key == row_key[1])
+                )
+
+    async def _act(self, scope: Scope, body: bytes, send: Send, row_key: tuple[str, str]) -> None:
+        captured: dict[str, Any] = {"body": b""}
+
+        async def replay_body() -> Message:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def capture(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                captured["status"] = message["status"]
+                captured["content_type"] = dict(message.get("headers", [])).get(b"content-type", b"").decode("latin-1")
+            elif message["type"] == "http.response.body":
+                captured["body"] += message.get("body", b"")
+            await send(message)
+
+        try:
+            await self._app(scope, replay_body, capture)
+        finally:
+            await self._settle(row_key, captured)
+
+    async def _settle(self, row_key: tuple[str, str], captured: dict[str, Any]) -> None:
+        """Keep a final answer; release the key after a server error (or none) so a retry acts."""
+        where = (IdempotentRequest.scope == row_key[0], IdempotentRequest.key == row_key[1])
+        async with self._sessions() as session, session.begin():
+            status = captured.get("status")
+            if status is None or status >= 500:
+                await session.execute(delete(IdempotentRequest).where(*where))
+            else:
+                await session.execute(
+                    update(IdempotentRequest)
+                    .where(*where)
+                    .values(
+                        status_code=status,
+                        content_type=captured["content_type"] or None,
+                        body=self._box.encrypt(captured["body"].decode()),
+                    )
+                )
+
+
+def _key(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == KEY_HEADER:
+            return value.decode("latin-1").strip()
+    return None
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole request body, or None once it exceeds ``limit`` bytes."""
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+async def _answer(send: Send, status: int, content_type: str | None, body: bytes, *, replayed: bool = False) -> None:
+    headers = [(b"content-length", str(len(body)).encode())]
+    if content_type:
+        headers.append((b"content-type", content_type.encode("latin-1")))
+    if replayed:
+        headers.append((REPLAYED_HEADER.encode(), b"true"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _problem(send: Send, scope: Scope, status: int, kind: str, detail: str) -> None:
+    await _answer(send, status, PROBLEM_JSON, msgspec.json.encode(problem_body(status, kind, detail, scope["path"])))

@@ -1,0 +1,104 @@
+"""``Idempotency-Key`` on management-API POSTs, on both backends: one action per key and request,
+the first answer replayed, reuse with another request refused, keys scoped to the credential."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+from sqlalchemy import func, select
+
+from gateway.database import create_engine
+from gateway.idempotency.models import IdempotentRequest
+from tenants.models import Tenant
+from tests.conftest import OPERATOR_KEY, Stack, TenantHandle, new_source, new_tenant
+from tests.support.receiver import Script, Server
+from tests.support.stripe_events import stripe_event
+
+Client = AsyncTestClient[Litestar]
+OPERATOR = {"authorization": f"Bearer {OPERATOR_KEY}"}
+
+
+async def _count(database_url: str, statement: Any) -> int:
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        async with engine.connect() as connection:
+            return int((await connection.execute(statement)).scalar_one())
+    finally:
+        await engine.dispose()
+
+
+async def test_the_same_key_and_request_acts_once_and_replays_the_answer(client: Client, database_url: str) -> None:
+    headers = {**OPERATOR, "idempotency-key": "create-acme-1"}
+    first = await client.post("/api/v1/tenants", json={"name": "Once"}, headers=headers)
+    again = await client.post("/api/v1/tenants", json={"name": "Once"}, headers=headers)
+    assert first.status_code == again.status_code == 201
+    assert again.json() == first.json() and "idempotent-replayed" not in first.headers
+    assert again.headers["idempotent-replayed"] == "true" and again.headers["content-type"] == first.headers["content-type"]
+    assert await _count(database_url, select(func.count()).select_from(Tenant).where(Tenant.name == "Once")) == 1
+
+    stored = await _count(database_url, select(func.count()).select_from(IdempotentRequest))
+    assert stored == 1
+    engine = create_engine(database_url, pool_size=1)
+    async with engine.connect() as connection:
+        body = (await connection.execute(select(IdempotentRequest.body))).scalar_one()
+    await engine.dispose()
+    assert first.json()["api_key"].encode() not in body  # the key shown once is not kept in plaintext
+
+    without = [await client.post("/api/v1/tenants", json={"name": "Twice"}, headers=OPERATOR) for _ in range(2)]
+    assert without[0].json()["id"] != without[1].json()["id"]  # no key: every POST acts
+
+
+async def test_a_key_reused_with_another_request_is_refused(client: Client, tenant: TenantHandle) -> None:
+    headers = {**tenant.auth, "idempotency-key": "k1"}
+    assert (await client.post("/api/v1/sources", json={"name": "a", "provider": "stripe"}, headers=headers)).status_code == 201
+    reused = await client.post("/api/v1/sources", json={"name": "b", "provider": "stripe"}, headers=headers)
+    assert reused.status_code == 422 and reused.json()["type"].endswith("/idempotency-key-reused")
+    elsewhere = await client.post("/api/v1/endpoints", json={"url": "http://127.0.0.1:9/"}, headers=headers)
+    assert elsewhere.status_code == 422  # another path is another request
+    too_long = await client.post("/api/v1/sources", json={"name": "c", "provider": "stripe"}, headers={**tenant.auth, "idempotency-key": "x" * 256})
+    assert too_long.status_code == 400 and too_long.headers["content-type"].startswith("application/problem+json")
+    sources = (await client.get("/api/v1/sources", headers=tenant.auth)).json()["data"]
+    assert [s["name"] for s in sources] == ["a"]
+
+
+async def test_keys_are_scoped_to_the_credential(client: Client) -> None:
+    alice, bob = await new_tenant(client, "Alice"), await new_tenant(client, "Bob")
+    for who in (alice, bob):
+        response = await client.post("/api/v1/sources", json={"name": "s", "provider": "stripe"}, headers={**who.auth, "idempotency-key": "same"})
+        assert response.status_code == 201 and "idempotent-replayed" not in response.headers
+    for who in (alice, bob):
+        assert len((await client.get("/api/v1/sources", headers=who.auth)).json()["data"]) == 1
+
+
+async def test_client_errors_are_kept_like_successes(client: Client, tenant: TenantHandle) -> None:
+    headers = {**tenant.auth, "idempotency-key": "bad-url"}
+    first = await client.post("/api/v1/endpoints", json={"url": "not a url"}, headers=headers)
+    again = await client.post("/api/v1/endpoints", json={"url": "not a url"}, headers=headers)
+    assert 400 <= first.status_code < 500 and (again.status_code, again.json()) == (first.status_code, first.json())
+    assert again.headers["idempotent-replayed"] == "true"
+
+
+async def test_concurrent_requests_with_one_key_act_once(client: Client, database_url: str) -> None:
+    headers = {**OPERATOR, "idempotency-key": "race"}
+    answers = await asyncio.gather(*(client.post("/api/v1/tenants", json={"name": "Race"}, headers=headers) for _ in range(6)))
+    assert {a.status_code for a in answers} <= {201, 409}
+    created = {a.json()["id"] for a in answers if a.status_code == 201}
+    assert len(created) == 1
+    assert await _count(database_url, select(func.count()).select_from(Tenant).where(Tenant.name == "Race")) == 1
+
+
+async def test_a_replay_with_an_idempotency_key_is_one_replay(stack: Stack) -> None:
+    tenant = await new_tenant(stack.client)
+    source = await new_source(stack.client, tenant)
+    async with Server(Script()) as receiver:
+        await stack.endpoint(tenant, receiver.url)
+        event_id = await stack.ingest(source, stripe_event("charge_succeeded"))
+        headers = {**tenant.auth, "idempotency-key": "replay-after-fix"}
+        answers = [await stack.client.post(f"/api/v1/events/{event_id}/replay", headers=headers) for _ in range(3)]
+        assert [a.status_code for a in answers] == [202, 202, 202]
+        assert answers[1].json() == answers[2].json() == answers[0].json()
+        replays = [d for d in await stack.deliveries(tenant, event_id=event_id) if d["is_replay"]]
+        assert len(replays) == 1
