@@ -5,7 +5,7 @@ and one ``hookgate worker``. The flooder has ``--backlog`` critical deliveries d
 endpoint that takes ``--slow`` seconds per request; the quiet tenant posts ``--events`` critical
 events at ``--rate`` per second to a fast endpoint. Latency is ingest 2xx → arrival at the
 receiver, measured on one clock (this process). Prints p50/p99 of both runs and their ratio and
-writes ``bench/results/noisy_neighbour.json``.
+writes ``bench/results/noisy_neighbour_c<concurrency>.json``.
 
 Run: ``.venv/bin/python -m bench.noisy_neighbour [--backlog 20000] [--events 100]`` from the repository root.
 """
@@ -128,7 +128,7 @@ def main() -> None:
     args = parser.parse_args()
     result = asyncio.run(run(Scenario(**vars(args))))
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "noisy_neighbour.json").write_text(json.dumps(result, indent=2))
+    (RESULTS / f"noisy_neighbour_c{args.concurrency}.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 
 

@@ -121,8 +121,12 @@ class DeliveryEngine:
         breaker: Breaker,
         limiter: Limiter,
         client: httpx.AsyncClient,
+        control_sessions: async_sessionmaker[AsyncSession] | None = None,
     ) -> None:
         self._sessions = sessions
+        # Fan-out and claims on connections of their own: the dispatcher must not queue for a
+        # connection behind dozens of attempts, or every newly due delivery waits for them.
+        self._control = control_sessions or sessions
         self._settings = settings
         self._box = box
         self._breaker = breaker
@@ -134,7 +138,7 @@ class DeliveryEngine:
         self._reserve = max(1, settings.delivery_concurrency // 8)
 
     async def fan_out(self, event_ids: list[uuid.UUID]) -> int:
-        async with self._sessions() as session, session.begin():
+        async with self._control() as session, session.begin():
             events = list(
                 await session.scalars(
                     select(Event).where(Event.id.in_(event_ids), Event.fanned_out_at.is_(None)).with_for_update(skip_locked=True)
@@ -147,7 +151,7 @@ class DeliveryEngine:
         total = 0
         while True:
             cutoff = utcnow() - timedelta(seconds=older_than)
-            async with self._sessions() as session, session.begin():
+            async with self._control() as session, session.begin():
                 events = list(
                     await session.scalars(
                         select(Event)
@@ -171,7 +175,7 @@ class DeliveryEngine:
             return []
         now = utcnow()
         lease = now + timedelta(seconds=self._settings.lease_seconds)
-        async with self._sessions() as session, session.begin():
+        async with self._control() as session, session.begin():
             candidates = (
                 await session.execute(self._claim_sql, {"now": now, "limit": limit, "default_cap": self._default_cap})
             ).all()

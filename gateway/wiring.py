@@ -44,6 +44,7 @@ class Runtime:
     breaker: Breaker = field(init=False)
     limiter: Limiter = field(init=False)
     _client: httpx.AsyncClient | None = field(init=False, default=None)
+    _control_engine: AsyncEngine | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         settings = self.settings
@@ -66,7 +67,11 @@ class Runtime:
             timeout=settings.delivery_timeout,
             max_connections=settings.delivery_concurrency,
         )
-        engine = DeliveryEngine(self.sessions, settings, self.box, self.breaker, self.limiter, self._client)
+        control = None
+        if not settings.is_embedded:  # SQLite has one writer anyway: a second pool would only contend
+            self._control_engine = create_engine(settings.database_url, pool_size=2)
+            control = session_factory(self._control_engine)
+        engine = DeliveryEngine(self.sessions, settings, self.box, self.breaker, self.limiter, self._client, control)
         return Dispatcher(
             engine,
             concurrency=settings.delivery_concurrency,
@@ -80,4 +85,6 @@ class Runtime:
             await self._client.aclose()
         if self.redis is not None:
             await self.redis.aclose()
+        if self._control_engine is not None:
+            await self._control_engine.dispose()
         await self.engine.dispose()
