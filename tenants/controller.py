@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway.problems import not_found
 from gateway.settings import Settings
 from tenants.auth import require_operator
-from tenants.limits import default_rates, delivery_concurrency, effective_limits, merged_overrides
+from tenants.limits import delivery_concurrency, effective_limits, merged_overrides
 from tenants.models import Tenant
 from tenants.schemas import LimitsUpdate, TenantCreate, TenantOut
 from tenants.service import create_tenant
@@ -22,7 +22,7 @@ def _shape(tenant: Tenant, settings: Settings, api_key: str | None = None) -> Te
         id=tenant.id,
         name=tenant.name,
         created_at=tenant.created_at,
-        limits=effective_limits(tenant.limits, default_rates(settings)),
+        limits=effective_limits(tenant, settings),
         delivery_concurrency=delivery_concurrency(tenant, settings),
         api_key=api_key,
     )

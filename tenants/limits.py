@@ -37,12 +37,13 @@ def rate_for(priority: Priority, overrides: Overrides | None, defaults: Mapping[
     return Rate(override.get("rate_per_second", default.per_second), override.get("burst", default.burst))
 
 
-def effective_limits(overrides: Overrides | None, defaults: Mapping[Priority, Rate]) -> dict[str, LimitOut]:
+def effective_limits(tenant: Tenant, settings: Settings) -> dict[str, LimitOut]:
     """What the API shows: each priority's rate, burst and whether the tenant overrides it."""
+    overrides, defaults = tenant.limits or {}, default_rates(settings)
     shown = {}
     for priority in PRIORITIES:
         rate = rate_for(priority, overrides, defaults)
-        source = "tenant" if (overrides or {}).get(priority) else "default"
+        source = "tenant" if overrides.get(priority) else "default"
         shown[priority] = LimitOut(rate_per_second=rate.per_second, burst=rate.burst, source=source)
     return shown
 

@@ -7,6 +7,7 @@ On Postgres the limiter is the Redis script; on SQLite (embedded) the in-process
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -242,8 +243,8 @@ async def test_redis_stopped_during_ingest_critical_events_are_stored_and_delive
 
             # No doorbell, breaker or limiter: the worker finds the stored events in the database.
             await wait_until(lambda: len(receiver.requests) == 8, timeout=30, what="deliveries with Redis down")
-            delivered = {r.body for r in receiver.requests}
-            assert all(signed_stripe(event, source["secret"])[0] in delivered for event in critical)
+            delivered = {json.loads(r.body)["id"] for r in receiver.requests}
+            assert {event["id"] for event in critical} <= delivered
 
             redis_server.start()  # empty (no persistence): the budget starts afresh
             statuses = [(await _send(stack.client, source, NORMAL)).status_code for _ in range(3)]

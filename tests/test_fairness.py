@@ -154,7 +154,7 @@ async def test_a_noisy_neighbours_backlog_does_not_delay_another_tenants_critica
             delays[backlog] = await _queueing_delay(stack, neighbour, neighbour_source)
             left = await open_deliveries(url, flood[0])
             assert left > backlog * 0.6, f"the backlog drained ({left} left): the measurement proves nothing"
-        drain_seconds = 5000 * SLOW / concurrency  # the least time the flooder's backlog needs
-        assert delays[5000] < 2.0 < drain_seconds / 10, delays
+        # 2 s is under a thirtieth of the least time the backlog needs (5,000 x 0.2 s / 16 slots = 62 s).
+        assert delays[5000] < 2.0, delays
         assert delays[5000] < delays[500] + 1.0, delays  # not growing with the backlog
         assert len(fast.requests) == 2

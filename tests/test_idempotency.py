@@ -4,13 +4,14 @@ the first answer replayed, reuse with another request refused, keys scoped to th
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Any
 
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
-from gateway.database import create_engine
+from gateway.database import create_engine, utcnow
 from gateway.idempotency.models import IdempotentRequest
 from tenants.models import Tenant
 from tests.conftest import OPERATOR_KEY, Stack, TenantHandle, new_source, new_tenant
@@ -26,6 +27,15 @@ async def _count(database_url: str, statement: Any) -> int:
     try:
         async with engine.connect() as connection:
             return int((await connection.execute(statement)).scalar_one())
+    finally:
+        await engine.dispose()
+
+
+async def _execute(database_url: str, statement: Any) -> None:
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(statement)
     finally:
         await engine.dispose()
 
@@ -102,3 +112,16 @@ async def test_a_replay_with_an_idempotency_key_is_one_replay(stack: Stack) -> N
         assert answers[1].json() == answers[2].json() == answers[0].json()
         replays = [d for d in await stack.deliveries(tenant, event_id=event_id) if d["is_replay"]]
         assert len(replays) == 1
+
+
+async def test_a_key_whose_first_request_died_unanswered_is_released(client: Client, database_url: str) -> None:
+    """A claim row without an answer is what a process killed mid-request leaves behind."""
+    headers = {**OPERATOR, "idempotency-key": "orphan"}
+    first = await client.post("/api/v1/tenants", json={"name": "Orphan"}, headers=headers)
+    await _execute(database_url, update(IdempotentRequest).values(status_code=None, body=None))
+    busy = await client.post("/api/v1/tenants", json={"name": "Orphan"}, headers=headers)
+    assert busy.status_code == 409 and busy.json()["type"].endswith("/idempotency-key-in-progress")
+    await _execute(database_url, update(IdempotentRequest).values(created_at=utcnow() - timedelta(minutes=3)))
+    retried = await client.post("/api/v1/tenants", json={"name": "Orphan"}, headers=headers)
+    assert retried.status_code == 201 and "idempotent-replayed" not in retried.headers
+    assert retried.json()["id"] != first.json()["id"]  # acted again: the first answer was never kept

@@ -14,7 +14,7 @@ from gateway.admission.service import Admission, WindowCounts
 from gateway.problems import not_found
 from gateway.settings import Settings
 from tenants.auth import authenticate_tenant
-from tenants.limits import default_rates, delivery_concurrency, effective_limits
+from tenants.limits import delivery_concurrency, effective_limits
 from tenants.models import Tenant
 
 
@@ -40,6 +40,6 @@ async def usage(db_session: AsyncSession, settings: Settings, admission: Admissi
         window_seconds=length,
         current=_window(current, length),
         previous=_window(previous, length),
-        limits=effective_limits(tenant.limits, default_rates(settings)),
+        limits=effective_limits(tenant, settings),
         delivery_concurrency=delivery_concurrency(tenant, settings),
     )

@@ -4,7 +4,8 @@ answers the first response again instead of acting twice (Stripe's contract).
 Keys are scoped to the credential that sent them. The same key with another method, path or body
 is a 422; a key whose first request is still running is a 409. Answers of 5xx are not kept, so
 a retry after a server error acts again. The key row is claimed before the handler runs, so two
-concurrent requests with one key cannot both act. Kept answers are encrypted at rest: some
+concurrent requests with one key cannot both act; a claim whose process died unanswered is
+released after two minutes (if that request had committed, a retry then acts a second time). Kept answers are encrypted at rest: some
 carry secrets shown once (a new API key, a generated signing secret).
 """
 
@@ -16,7 +17,7 @@ from typing import Any
 
 import msgspec
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from sqlalchemy import delete, select, update
+from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -28,6 +29,8 @@ from tenants.crypto import SecretBox
 KEY_HEADER = b"idempotency-key"
 REPLAYED_HEADER = "idempotent-replayed"
 _TTL = timedelta(hours=24)
+# A first request still unanswered after this long died with its process: its key is released.
+_ABANDONED = timedelta(minutes=2)
 _MAX_KEY = 255
 
 
@@ -69,8 +72,13 @@ class IdempotencyMiddleware:
 
     async def _claim(self, row_key: tuple[str, str], fingerprint: str) -> IdempotentRequest | None:
         """None when this request now owns the key; else the row of the request that does (or did)."""
+        now = utcnow()
+        expired = or_(
+            IdempotentRequest.created_at < now - _TTL,
+            and_(IdempotentRequest.status_code.is_(None), IdempotentRequest.created_at < now - _ABANDONED),
+        )
         async with self._sessions() as session, session.begin():
-            await session.execute(delete(IdempotentRequest).where(IdempotentRequest.created_at < utcnow() - _TTL))
+            await session.execute(delete(IdempotentRequest).where(expired))
         try:
             async with self._sessions() as session, session.begin():
                 session.add(IdempotentRequest(scope=row_key[0], key=row_key[1], fingerprint=fingerprint))
