@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from delivery.operational import send_test
-from delivery.replay import replay_event
+from delivery.replays.event_replay import replay_event
 from gateway.doorbell import Doorbell, ring_safely
 from gateway.events.models import DEAD, Attempt, Delivery
 from gateway.events.repository import DeliveryRepository, EventRepository
@@ -55,6 +55,7 @@ class DeliveryController(Controller):
         status: Literal["pending", "succeeded", "failed", "dead"] | None = None,
         endpoint_id: uuid.UUID | None = None,
         event_id: uuid.UUID | None = None,
+        replay_job_id: uuid.UUID | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
         cursor: str | None = None,
@@ -62,7 +63,12 @@ class DeliveryController(Controller):
     ) -> Page[DeliveryOut]:
         """``since``/``until`` bound when the delivery was created (its event's fan-out or replay)."""
         query = where_equal(
-            repo.scoped(), {Delivery.status: status, Delivery.endpoint_id: endpoint_id, Delivery.event_id: event_id}
+            repo.scoped(), {
+                Delivery.status: status,
+                Delivery.endpoint_id: endpoint_id,
+                Delivery.event_id: event_id,
+                Delivery.replay_job_id: replay_job_id,
+            }
         )
         if since is not None:
             query = query.where(Delivery.created_at >= since)

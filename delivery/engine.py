@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 from redis.exceptions import RedisError
-from sqlalchemy import Boolean, ColumnElement, Row, TextClause, Uuid, bindparam, or_, select, text, update
+from sqlalchemy import Boolean, Row, TextClause, Uuid, bindparam, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from delivery import operational
@@ -27,6 +27,7 @@ from delivery.sender import SendResult, send
 from delivery.signing import webhook_headers
 from gateway.database import UTCDateTime, utcnow
 from gateway.events.models import DEAD, FAILED, OPEN_STATUSES, SUCCEEDED, Attempt, Delivery, Event
+from gateway.events.repository import unleased
 from gateway.limiter import Limiter, Rate
 from gateway.settings import Settings
 from tenants.crypto import SecretBox
@@ -184,7 +185,7 @@ class DeliveryEngine:
                 return []
             claimed = await session.scalars(
                 update(Delivery)
-                .where(Delivery.id.in_(chosen), Delivery.status.in_(OPEN_STATUSES), _unleased(now))
+                .where(Delivery.id.in_(chosen), Delivery.status.in_(OPEN_STATUSES), unleased(now))
                 .values(locked_until=lease)
                 .returning(Delivery.id)
                 .execution_options(synchronize_session=False)
@@ -305,7 +306,7 @@ class DeliveryEngine:
             _finish(delivery, DEAD, "endpoint answered 410 Gone: it was disabled")
         else:
             delay = next_delay(
-                delivery.attempt_count,
+                delivery.attempt_count - delivery.retry_offset,
                 self._settings.retry_delays,
                 retry_after=result.retry_after,
                 max_retry_after=self._settings.retry_after_max_seconds,
@@ -330,10 +331,6 @@ class DeliveryEngine:
             session, job.tenant_id, operational.ENDPOINT_DISABLED,
             {"endpoint_id": str(job.endpoint_id), "reason": "410 Gone"}, exclude=job.endpoint_id,
         )
-
-
-def _unleased(now: datetime) -> ColumnElement[bool]:
-    return or_(Delivery.locked_until.is_(None), Delivery.locked_until < now)
 
 
 def _within_share(candidates: Sequence[Row[tuple[uuid.UUID, bool]]], limit: int, reserve: int) -> list[uuid.UUID]:

@@ -7,10 +7,9 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
 from sqlalchemy import select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.database import new_id, utcnow
+from gateway.database import dialect_insert, new_id, utcnow
 from gateway.events.models import Delivery, Event
 from gateway.events.priority import matches
 from tenants.endpoints.models import Endpoint
@@ -25,16 +24,12 @@ def subscribed(event_types: Sequence[str], event_type: str) -> bool:
     return any(matches(p, event_type) for p in event_types if not (operational and p == "*"))
 
 
-def _insert(session: AsyncSession):  # type: ignore[no-untyped-def]
-    return postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
-
-
 async def insert_deliveries(session: AsyncSession, rows: list[dict[str, object]]) -> None:
     """Insert original deliveries; one that already exists for (event, endpoint) is skipped."""
     if not rows:
         return
     statement = (
-        _insert(session)(Delivery)
+        dialect_insert(session.bind.dialect.name)(Delivery)
         .values(rows)
         .on_conflict_do_nothing(index_elements=["event_id", "endpoint_id"], index_where=text("NOT is_replay"))
     )

@@ -13,6 +13,7 @@ from litestar.openapi import OpenAPIConfig
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from delivery.controller import DeliveryController
+from delivery.replays.controller import ReplayController
 from gateway.admission.controller import usage
 from gateway.admission.service import Admission
 from gateway.doorbell import ArqDoorbell, Doorbell
@@ -40,6 +41,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     runtime = Runtime(settings)
     sessions, box = runtime.sessions, runtime.box
     dispatcher = runtime.dispatcher(sweep_grace=0.0) if settings.is_embedded else None
+    replays = runtime.replay_runner(dispatcher) if dispatcher is not None else None
     doorbell: Doorbell = dispatcher or ArqDoorbell(settings.redis_url)
     directory = SourceDirectory(sessions, box, settings.source_cache_ttl_seconds)
     admission = Admission(runtime.limiter, window_seconds=settings.usage_window_seconds)
@@ -57,12 +59,14 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     @asynccontextmanager
     async def lifespan(_app: Litestar) -> AsyncIterator[None]:
-        if dispatcher is not None:
+        if dispatcher is not None and replays is not None:
             dispatcher.start()
+            replays.start()
         try:
             yield
         finally:
-            if dispatcher is not None:
+            if dispatcher is not None and replays is not None:
+                await replays.stop()
                 await dispatcher.stop()
             if isinstance(doorbell, ArqDoorbell):
                 await doorbell.close()
@@ -81,6 +85,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             EndpointController,
             EventController,
             DeliveryController,
+            ReplayController,
         ],
         dependencies={
             "db_session": Provide(provide_session),

@@ -105,6 +105,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
              "(operator override per tenant); idle capacity beyond it may be borrowed."),
     ] = 16
 
+    replay_batch_size: Annotated[
+        int, msgspec.Meta(ge=1, le=5000), _doc("Events (or dead letters) a replay job queues per batch, in one transaction.")
+    ] = 500
+    replay_max_in_flight: Annotated[
+        int,
+        msgspec.Meta(ge=1),
+        _doc("Undelivered deliveries one replay job may have before it waits: what keeps a million-event "
+             "replay from flooding the queue ahead of live traffic."),
+    ] = 2000
+    stripe_api_base: Annotated[
+        str, _doc("Base URL of Stripe's API, which backfills list events from.")
+    ] = "https://api.stripe.com"
+
     def __post_init__(self) -> None:
         for name in ("ingest_limit_critical", "ingest_limit_high", "ingest_limit_normal", "ingest_limit_low"):
             if float(getattr(self, name).split("/")[0]) <= 0 or int(getattr(self, name).split("/")[1]) < 1:

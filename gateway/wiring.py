@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from delivery.breaker import Breaker, BreakerConfig, MemoryBreaker, RedisBreaker
 from delivery.dispatcher import Dispatcher
 from delivery.engine import DeliveryEngine
+from delivery.replays.runner import ReplayRunner
 from delivery.sender import build_client
 from gateway.database import create_engine, session_factory
 from gateway.limiter import Limiter, MemoryLimiter, RedisLimiter
@@ -78,6 +79,16 @@ class Runtime:
             poll_interval=min(1.0, settings.sweeper_interval_seconds),
             sweep_interval=settings.sweeper_interval_seconds,
             sweep_grace=sweep_grace,
+        )
+
+    def replay_runner(self, dispatcher: Dispatcher) -> ReplayRunner:
+        """Replay jobs advance in the same process as the dispatcher that delivers what they queue."""
+        return ReplayRunner(
+            self.sessions,
+            self.settings,
+            self.box,
+            wake=dispatcher.wakeup.set,
+            poll_interval=min(1.0, self.settings.sweeper_interval_seconds),
         )
 
     async def close(self) -> None:

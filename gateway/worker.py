@@ -64,11 +64,13 @@ async def run_worker(settings: Settings | None = None, stop: asyncio.Event | Non
     settings = settings or get_settings()
     runtime = Runtime(settings)
     dispatcher = runtime.dispatcher(sweep_grace=SWEEP_GRACE_SECONDS)
+    replays = runtime.replay_runner(dispatcher)
     if stop is None:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     dispatcher.start()
+    replays.start()
     arq = asyncio.create_task(_run_arq(settings, {"dispatcher": dispatcher}))
     _log.info("worker started")
     try:
@@ -77,5 +79,6 @@ async def run_worker(settings: Settings | None = None, stop: asyncio.Event | Non
         arq.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await arq
+        await replays.stop()
         await dispatcher.stop(grace=settings.delivery_timeout)
         await runtime.close()

@@ -219,9 +219,15 @@ class Stack:
         return response.json()["id"]
 
     async def deliveries(self, tenant: TenantHandle, **filters: str) -> list[dict[str, Any]]:
-        query = "&".join(f"{k}={v}" for k, v in filters.items())
-        response = await self.client.get(f"/api/v1/deliveries?limit=200&{query}", headers=tenant.auth)
-        return response.json()["data"]
+        """Every delivery matching the filters, following the cursor through all pages."""
+        found: list[dict[str, Any]] = []
+        params: dict[str, str] = {"limit": "200", **filters}
+        while True:
+            page = (await self.client.get("/api/v1/deliveries", params=params, headers=tenant.auth)).json()
+            found += page["data"]
+            if not page["next_cursor"]:
+                return found
+            params["cursor"] = page["next_cursor"]
 
     async def settled(self, tenant: TenantHandle, count: int, status: str = "succeeded", timeout: float = 20.0) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = []

@@ -74,6 +74,14 @@ class Delivery(Base):
             postgresql_where=text("status IN ('pending', 'failed')"),
             sqlite_where=text("status IN ('pending', 'failed')"),
         ),
+        # A replay job's deliveries still under way: what paces the job (delivery/replays/steps.py).
+        Index(
+            "ix_deliveries_replay_job",
+            "replay_job_id",
+            "status",
+            postgresql_where=text("replay_job_id IS NOT NULL"),
+            sqlite_where=text("replay_job_id IS NOT NULL"),
+        ),
         # Leased rows per tenant: what the fair claim counts against each tenant's concurrency cap.
         Index(
             "ix_deliveries_leased",
@@ -90,8 +98,12 @@ class Delivery(Base):
     endpoint_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("endpoints.id", ondelete="CASCADE"), index=True)
     priority: Mapped[str] = mapped_column(String(16))
     is_replay: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The bulk replay or redrive (delivery/replays) that created or revived this delivery.
+    replay_job_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, default=None)
     status: Mapped[str] = mapped_column(String(16), default=PENDING)
     attempt_count: Mapped[int] = mapped_column(Integer, default=0)
+    # Attempts made before the last redrive: the retry schedule restarts from there.
+    retry_offset: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=utcnow)
     # A worker holds a delivery until this time; after it the sweeper may hand it out again.
     locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+from sqlalchemy import ColumnElement, or_, true
 
 Priority = Literal["critical", "high", "normal", "low"]
 PRIORITIES: tuple[Priority, ...] = ("critical", "high", "normal", "low")
@@ -28,6 +30,15 @@ def matches(pattern: str, event_type: str) -> bool:
     if pattern.endswith("*"):
         return event_type.startswith(pattern[:-1])
     return pattern == event_type
+
+
+def matching(column: Any, patterns: Sequence[str]) -> ColumnElement[bool]:
+    """``matches`` as SQL: the column equals, or (for a trailing ``*``) starts with, a pattern."""
+    if "*" in patterns:
+        return true()
+    exact = [p for p in patterns if not p.endswith("*")]
+    prefixes = [column.startswith(p[:-1], autoescape=True) for p in patterns if p.endswith("*")]
+    return or_(*([column.in_(exact)] if exact else []), *prefixes)
 
 
 def classify(event_type: str, overrides: Mapping[str, Priority] | None = None) -> Priority:

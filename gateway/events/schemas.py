@@ -17,6 +17,7 @@ class DeliveryOut(msgspec.Struct):
     status: str
     attempts: int
     is_replay: bool
+    replay_job_id: uuid.UUID | None
     next_attempt_at: datetime | None
     last_status_code: int | None
     last_error: str | None
@@ -33,6 +34,7 @@ class DeliveryOut(msgspec.Struct):
             status=row.status,
             attempts=row.attempt_count,
             is_replay=row.is_replay,
+            replay_job_id=row.replay_job_id,
             next_attempt_at=row.next_attempt_at,
             last_status_code=row.last_status_code,
             last_error=row.last_error,

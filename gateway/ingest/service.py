@@ -13,14 +13,14 @@ from dataclasses import dataclass
 
 import msgspec
 from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.admission.service import Admission
-from gateway.database import new_id, utcnow
+from gateway.database import utcnow
 from gateway.events.models import Event
 from gateway.events.priority import Priority, classify
+from gateway.events.store import event_row, insert_once
 from gateway.ingest import providers
 from gateway.limiter import Rate
 from gateway.problems import Problem
@@ -53,8 +53,7 @@ class IngestService:
         self._admission = admission
         self._defaults = defaults
         self._tolerance = tolerance
-        dialect = sessions.kw["bind"].dialect.name
-        self._insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        self._dialect = sessions.kw["bind"].dialect.name
 
     async def ingest(self, token: str, body: bytes, headers: Mapping[str, str]) -> Accepted:
         try:
@@ -82,25 +81,17 @@ class IngestService:
     async def _store(
         self, source: SourceKey, body: bytes, headers: Mapping[str, str], identity: providers.Identity, priority: Priority
     ) -> Accepted:
-        event_id = new_id()
-        values = {
-            "id": event_id,
-            "tenant_id": source.tenant_id,
-            "source_id": source.id,
-            "external_id": identity.external_id[:255],
-            "type": identity.type[:255],
-            "priority": priority,
-            "body": body,
-            "headers": providers.kept_headers(source.provider, headers),
-            "provider_created_at": identity.created_at,
-            "received_at": utcnow(),
-        }
-        statement = (
-            self._insert(Event)
-            .values(values)
-            .on_conflict_do_nothing(index_elements=["tenant_id", "source_id", "external_id"])
-            .returning(Event.id)
+        values = event_row(
+            source.tenant_id,
+            source.id,
+            external_id=identity.external_id,
+            type=identity.type,
+            created_at=identity.created_at,
+            priority=priority,
+            body=body,
+            headers=providers.kept_headers(source.provider, headers),
         )
+        statement = insert_once(self._dialect, [values])
         try:
             async with self._sessions() as session, session.begin():
                 stored = await session.scalar(statement)
@@ -116,7 +107,7 @@ class IngestService:
         except _STORAGE_ERRORS:
             _log.warning("event not stored: storage unavailable", exc_info=True)
             raise _unavailable() from None
-        return Accepted(event_id, duplicate=False)
+        return Accepted(stored, duplicate=False)
 
 
 def _parse(body: bytes) -> dict[str, object]:

@@ -48,7 +48,7 @@ class SourceController(Controller):
     async def get_source(self, service: SourceService, source_id: uuid.UUID) -> SourceOut:
         return service.shape(await service.repo.get(source_id))
 
-    @patch("/{source_id:uuid}", operation_id="updateSource", summary="Rename or set priority overrides")
+    @patch("/{source_id:uuid}", operation_id="updateSource", summary="Rename, set priority overrides or the Stripe API key for backfills")
     async def update(self, service: SourceService, source_id: uuid.UUID, data: SourceUpdate) -> SourceOut:
         return service.shape(await service.update(source_id, data))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import JSON, ForeignKey, String, Uuid
+from sqlalchemy import JSON, ForeignKey, LargeBinary, String, Uuid
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from gateway.database import Base, UTCDateTime, new_id, utcnow
@@ -21,6 +21,8 @@ class Source(Base):
     provider: Mapped[str] = mapped_column(String(32))
     ingest_token: Mapped[str] = mapped_column(String(64), unique=True)
     priorities: Mapped[dict[str, str] | None] = mapped_column(JSON, default=None)
+    # Stripe sources: a restricted API key (encrypted) that lets a backfill list missed events.
+    stripe_api_key: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
 

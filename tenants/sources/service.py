@@ -49,6 +49,7 @@ class SourceService:
             ingest_url=f"{self.settings.public_url.rstrip('/')}/ingest/{source.ingest_token}",
             priorities=source.priorities,
             secrets=[SecretInfo(s.id, s.created_at, s.expires_at) for s in source.secrets],
+            has_stripe_api_key=source.stripe_api_key is not None,
             created_at=source.created_at,
             secret=secret,
         )
@@ -86,6 +87,10 @@ class SourceService:
             source.name = data.name
         if data.priorities is not msgspec.UNSET:
             source.priorities = data.priorities or None
+        if data.stripe_api_key is not msgspec.UNSET:
+            if source.provider != "stripe":
+                raise Problem(422, "not-stripe", f"only Stripe sources take a Stripe API key; this one is {source.provider}")
+            source.stripe_api_key = None if data.stripe_api_key is None else self.box.encrypt(data.stripe_api_key)
         await self._commit(source)
         return source
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import datetime
 
 from sqlalchemy import func, insert, select
 
@@ -48,3 +49,29 @@ async def open_deliveries(database_url: str, tenant_id: uuid.UUID) -> int:
             return int((await connection.execute(statement)).scalar_one())
     finally:
         await engine.dispose()
+
+
+async def add_events(
+    database_url: str, tenant_id: uuid.UUID, source_id: uuid.UUID, received: list[tuple[str, datetime]]
+) -> list[tuple[str, str, datetime]]:
+    """Stored, fanned-out events of the given (type, received_at), without deliveries: yesterday's
+    traffic, already delivered, ready to be replayed. Returns (external id, type, received_at)."""
+    engine = create_engine(database_url, pool_size=1)
+    made = []
+    try:
+        for start in range(0, len(received), _CHUNK):
+            rows = []
+            for event_type, at in received[start : start + _CHUNK]:
+                external = f"evt_{uuid.uuid4().hex[:24]}"
+                body = json.dumps({"id": external, "object": "event", "type": event_type, "data": {"object": {}}})
+                rows.append(
+                    {"id": new_id(), "tenant_id": tenant_id, "source_id": source_id, "external_id": external,
+                     "type": event_type, "priority": "normal", "body": body.encode(), "headers": {},
+                     "received_at": at, "fanned_out_at": at}
+                )
+                made.append((external, event_type, at))
+            async with engine.begin() as connection:
+                await connection.execute(insert(Event), rows)
+    finally:
+        await engine.dispose()
+    return made

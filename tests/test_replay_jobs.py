@@ -1,0 +1,216 @@
+"""Bulk replay jobs and dead-letter redrives, end to end on both backends: real receivers, the
+worker (or the embedded dispatcher) doing the batches, progress read back through the API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections import Counter
+from datetime import timedelta
+from typing import Any
+
+from standardwebhooks.webhooks import Webhook
+
+from gateway.database import utcnow
+from tests.conftest import Stack, TenantHandle, new_source, new_tenant
+from tests.support.backlog import add_events
+from tests.support.receiver import Script, Server, wait_until
+from tests.support.stripe_events import stripe_event
+
+TYPES = ("charge.succeeded", "invoice.paid", "customer.updated", "invoice.created")
+
+
+def _payload_ids(server: Server) -> list[str]:
+    return [json.loads(request.body)["id"] for request in server.requests]
+
+
+async def _job(stack: Stack, tenant: TenantHandle, job_id: str) -> dict[str, Any]:
+    response = await stack.client.get(f"/api/v1/replays/{job_id}", headers=tenant.auth)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def _finished(stack: Stack, tenant: TenantHandle, job_id: str, timeout: float = 60) -> dict[str, Any]:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while (job := await _job(stack, tenant, job_id))["status"] in ("queued", "running"):
+        assert asyncio.get_running_loop().time() < deadline, f"job still {job['status']}: {job}"
+        await asyncio.sleep(0.1)
+    return job
+
+
+async def test_bulk_replay_delivers_exactly_the_window_and_types(stack_factory) -> None:  # type: ignore[no-untyped-def]
+    stack: Stack = await stack_factory(replay_batch_size=100, replay_max_in_flight=150, delivery_timeout=10.0)
+    tenant = await new_tenant(stack.client)
+    source = await new_source(stack.client, tenant)
+    start = utcnow() - timedelta(hours=3)
+    stored = await add_events(
+        stack.settings.database_url,
+        uuid.UUID(tenant.id),
+        uuid.UUID(source["id"]),
+        [(TYPES[i % len(TYPES)], start + timedelta(seconds=5 * i)) for i in range(2000)],
+    )
+    since, until = start + timedelta(minutes=40), start + timedelta(minutes=130)
+    wanted = {external for external, kind, at in stored if since <= at < until and (kind == "charge.succeeded" or kind.startswith("invoice."))}
+    charges = {external for external, kind, at in stored if since <= at < until and kind == "charge.succeeded"}
+    async with Server(Script()) as everything, Server(Script()) as charge_only:
+        await stack.endpoint(tenant, everything.url)
+        only_charges = await stack.endpoint(tenant, charge_only.url, event_types=["charge.*"])
+        response = await stack.client.post(
+            "/api/v1/replays",
+            json={"since": since.isoformat(), "until": until.isoformat(), "types": ["charge.succeeded", "invoice.*"]},
+            headers=tenant.auth,
+        )
+        assert response.status_code == 202, response.text
+        created = response.json()
+        assert created["status"] == "queued" and created["total"] == len(wanted) and created["done"] == 0
+
+        job = await _finished(stack, tenant, created["id"])
+        assert job["status"] == "completed" and job["done"] == job["total"] == len(wanted) and job["skipped"] == 0
+        await wait_until(lambda: len(everything.requests) + len(charge_only.requests) >= len(wanted) + len(charges), timeout=60, what="the replay")
+        await asyncio.sleep(0.3)  # anything beyond the expected would show up now
+        assert Counter(_payload_ids(everything)) == Counter(wanted)  # each once, nothing outside the filter
+        assert Counter(_payload_ids(charge_only)) == Counter(charges)  # subscriptions still apply
+        request = charge_only.requests[0]
+        assert Webhook(only_charges["secret"]).verify(request.body, request.headers)["type"] == "charge.succeeded"
+
+        rows = await stack.deliveries(tenant, replay_job_id=created["id"], status="succeeded")
+        assert len(rows) == len(wanted) + len(charges) and all(row["is_replay"] and row["replay_job_id"] == created["id"] for row in rows)
+
+
+async def test_a_replay_can_be_cancelled_and_withdraws_what_it_has_not_sent(stack_factory) -> None:  # type: ignore[no-untyped-def]
+    stack: Stack = await stack_factory(replay_batch_size=20, replay_max_in_flight=20, delivery_concurrency=4)
+    tenant = await new_tenant(stack.client)
+    source = await new_source(stack.client, tenant)
+    start = utcnow() - timedelta(hours=1)
+    await add_events(
+        stack.settings.database_url, uuid.UUID(tenant.id), uuid.UUID(source["id"]),
+        [("charge.succeeded", start + timedelta(seconds=i)) for i in range(400)],
+    )
+    async with Server(Script([(200, {}, 0.05)])) as slow:
+        await stack.endpoint(tenant, slow.url)
+        created = (await stack.client.post("/api/v1/replays", json={"since": start.isoformat()}, headers=tenant.auth)).json()
+        await wait_until(lambda: len(slow.requests) >= 30, timeout=30, what="the replay to start")
+
+        cancelled = await stack.client.post(f"/api/v1/replays/{created['id']}/cancel", headers=tenant.auth)
+        assert cancelled.status_code == 200, cancelled.text
+        job = cancelled.json()
+        assert job["status"] == "cancelled" and job["finished_at"] and job["done"] < job["total"] == 400
+
+        pending = await stack.deliveries(tenant, replay_job_id=created["id"], status="pending")
+        assert all(row["attempts"] == 0 for row in pending) and len(pending) <= 4  # only leased ones may still go
+        await asyncio.sleep(1.0)
+        sent = len(slow.requests)
+        await asyncio.sleep(1.0)
+        assert len(slow.requests) == sent < job["done"]  # nothing more goes out, and untried ones were withdrawn
+        again = await stack.client.post(f"/api/v1/replays/{created['id']}/cancel", headers=tenant.auth)
+        assert again.status_code == 200 and again.json()["status"] == "cancelled"
+        assert (await _job(stack, tenant, created["id"]))["done"] == job["done"]
+
+
+async def test_redrive_retries_exactly_the_dead_letters_once_the_receiver_recovers(stack_factory) -> None:  # type: ignore[no-untyped-def]
+    stack: Stack = await stack_factory(retry_schedule="0,0.2", delivery_timeout=10.0)
+    tenant = await new_tenant(stack.client)
+    source = await new_source(stack.client, tenant)
+    down = Script([(500, {}, 0.0)])
+    async with Server(down) as flaky, Server(Script([(503, {}, 0.0)])) as other:
+        flaky_ep = await stack.endpoint(tenant, flaky.url)
+        await stack.endpoint(tenant, other.url)
+        event_ids = [await stack.ingest(source, stripe_event("payment_intent_payment_failed")) for _ in range(5)]
+        dead = await stack.settled(tenant, 10, status="dead")
+        assert all(row["attempts"] == 2 for row in dead)
+
+        down.answers = [(200, {}, 0.0)]  # the receiver is fixed
+        response = await stack.client.post(
+            "/api/v1/deliveries/redrive", json={"endpoint_id": flaky_ep["id"]}, headers=tenant.auth
+        )
+        assert response.status_code == 202, response.text
+        assert response.json()["total"] == 5
+        job = await _finished(stack, tenant, response.json()["id"])
+        assert job["status"] == "completed" and job["done"] == 5 and job["skipped"] == 0
+
+        redriven = await stack.settled(tenant, 5, status="succeeded")
+        assert sorted(row["event_id"] for row in redriven) == sorted(event_ids)
+        assert {row["id"] for row in redriven} <= {row["id"] for row in dead}  # in place: the same deliveries
+        assert all(row["attempts"] == 3 and row["replay_job_id"] == job["id"] for row in redriven)
+        attempts = (await stack.client.get(f"/api/v1/deliveries/{redriven[0]['id']}/attempts", headers=tenant.auth)).json()
+        assert [a["status_code"] for a in attempts] == [500, 500, 200]
+        ids = Counter(request.headers["webhook-id"] for request in flaky.requests)
+        assert len(ids) == 5 and set(ids.values()) == {3}  # same webhook-id: the receiver never acknowledged it
+
+        still_dead = await stack.deliveries(tenant, status="dead")
+        assert len(still_dead) == 5 and all(row["endpoint_id"] != flaky_ep["id"] for row in still_dead)
+        nothing = await stack.client.post("/api/v1/deliveries/redrive", json={"endpoint_id": flaky_ep["id"]}, headers=tenant.auth)
+        assert nothing.json()["status"] == "completed" and nothing.json()["total"] == 0
+
+
+async def test_only_failed_replays_just_the_events_whose_delivery_died(stack_factory) -> None:  # type: ignore[no-untyped-def]
+    stack: Stack = await stack_factory(retry_schedule="0")
+    tenant = await new_tenant(stack.client)
+    source = await new_source(stack.client, tenant)
+    script = Script([(200, {}, 0.0)])
+    async with Server(script) as receiver:
+        endpoint = await stack.endpoint(tenant, receiver.url)
+        since = utcnow() - timedelta(seconds=1)
+        delivered = await stack.ingest(source)
+        await stack.settled(tenant, 1)
+        script.answers, script.served = [(500, {}, 0.0)], 0
+        died = await stack.ingest(source)
+        await stack.settled(tenant, 1, status="dead")
+        script.answers = [(200, {}, 0.0)]
+        response = await stack.client.post(
+            "/api/v1/replays", json={"since": since.isoformat(), "endpoint_id": endpoint["id"], "only_failed": True}, headers=tenant.auth
+        )
+        job = await _finished(stack, tenant, response.json()["id"])
+        assert job["done"] == 2 and job["skipped"] == 1
+        [replayed] = await stack.deliveries(tenant, replay_job_id=job["id"])
+        assert replayed["event_id"] == died != delivered and replayed["is_replay"]
+        await stack.settled(tenant, 2)
+
+
+async def test_replay_jobs_refuse_bad_requests_and_other_tenants(stack: Stack) -> None:
+    alice, bob = await new_tenant(stack.client, "Alice"), await new_tenant(stack.client, "Bob")
+    source = await new_source(stack.client, alice)
+    since = (utcnow() - timedelta(hours=1)).isoformat()
+    no_endpoint = await stack.client.post("/api/v1/replays", json={"since": since}, headers=alice.auth)
+    assert no_endpoint.status_code == 409 and no_endpoint.json()["type"].endswith("/no-endpoints")
+    async with Server(Script()) as receiver:
+        endpoint = await stack.endpoint(alice, receiver.url)
+        bobs_endpoint = await stack.endpoint(bob, receiver.url)
+        backwards = await stack.client.post("/api/v1/replays", json={"since": since, "until": since}, headers=alice.auth)
+        assert backwards.status_code == 422 and backwards.json()["type"].endswith("/invalid-window")
+        assert (await stack.client.post("/api/v1/replays", json={"until": since}, headers=alice.auth)).status_code == 400
+        assert (await stack.client.post("/api/v1/replays", json={"since": "yesterday"}, headers=alice.auth)).status_code == 400
+
+        job = (await stack.client.post("/api/v1/replays", json={"since": since}, headers=alice.auth)).json()
+        assert job["status"] == "completed" and job["total"] == 0  # nothing in the window: done at once
+        for call in (
+            stack.client.get(f"/api/v1/replays/{job['id']}", headers=bob.auth),
+            stack.client.post(f"/api/v1/replays/{job['id']}/cancel", headers=bob.auth),
+            stack.client.post("/api/v1/replays", json={"since": since, "endpoint_id": endpoint["id"]}, headers=bob.auth),
+            stack.client.post("/api/v1/replays", json={"since": since, "source_id": source["id"]}, headers=bob.auth),
+            stack.client.post("/api/v1/replays", json={"since": since, "endpoint_id": bobs_endpoint["id"]}, headers=alice.auth),
+            stack.client.post("/api/v1/deliveries/redrive", json={"endpoint_id": endpoint["id"]}, headers=bob.auth),
+            stack.client.post(f"/api/v1/sources/{source['id']}/backfill", json={"since": since}, headers=bob.auth),
+        ):
+            response = await call
+            assert response.status_code == 404, response.text
+            assert response.headers["content-type"].startswith("application/problem+json")
+        assert (await stack.client.get("/api/v1/replays", headers=bob.auth)).json()["data"] == []
+        [listed] = (await stack.client.get("/api/v1/replays", headers=alice.auth)).json()["data"]
+        assert listed["id"] == job["id"]
+        finished = await stack.client.post(f"/api/v1/replays/{job['id']}/cancel", headers=alice.auth)
+        assert finished.status_code == 409 and finished.json()["type"].endswith("/job-finished")
+
+
+async def test_an_idempotency_key_makes_one_replay_job(stack: Stack) -> None:
+    tenant = await new_tenant(stack.client)
+    async with Server(Script()) as receiver:
+        await stack.endpoint(tenant, receiver.url)
+        body = {"since": (utcnow() - timedelta(hours=1)).isoformat()}
+        headers = {**tenant.auth, "idempotency-key": "replay-after-incident-42"}
+        first = await stack.client.post("/api/v1/replays", json=body, headers=headers)
+        second = await stack.client.post("/api/v1/replays", json=body, headers=headers)
+        assert first.status_code == second.status_code == 202
+        assert first.json()["id"] == second.json()["id"]
+        assert len((await stack.client.get("/api/v1/replays", headers=tenant.auth)).json()["data"]) == 1
