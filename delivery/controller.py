@@ -20,7 +20,7 @@ from gateway.events.repository import DeliveryRepository, EventRepository
 from gateway.events.schemas import AttemptOut, DeliveryOut
 from gateway.pagination import Page, page_of, paginate
 from gateway.problems import Problem
-from gateway.repository import where_equal
+from gateway.repository import where_equal, within
 from tenants.auth import authenticate_tenant
 from tenants.endpoints.service import EndpointRepository
 
@@ -70,10 +70,7 @@ class DeliveryController(Controller):
                 Delivery.replay_job_id: replay_job_id,
             }
         )
-        if since is not None:
-            query = query.where(Delivery.created_at >= since)
-        if until is not None:
-            query = query.where(Delivery.created_at < until)
+        query = within(query, Delivery.created_at, since, until)
         rows = await repo.fetch(paginate(query, Delivery.created_at, Delivery.id, cursor, limit))
         return page_of(rows, limit, "created_at", DeliveryOut.of)
 

@@ -14,6 +14,7 @@ import time
 import uuid
 
 from delivery.engine import DeliveryEngine
+from gateway.metrics import SWEEPER
 
 _log = logging.getLogger("hookgate.dispatcher")
 _CLAIM_GAP = 0.02  # seconds between passes that only freed capacity started
@@ -104,7 +105,9 @@ class Dispatcher:
         if now - self._last_sweep >= self._sweep_interval:
             self._last_sweep = now
             recovered = await self._engine.fan_out_pending(self._sweep_grace)
+            await self._engine.refresh_gauges()
             if recovered:
+                SWEEPER.labels(kind="stranded_events").inc(recovered)
                 _log.info("sweeper fanned out stranded events", extra={"deliveries": recovered})
 
     def _spawn(self, delivery_id: uuid.UUID) -> None:

@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import httpx
+from opentelemetry.trace import SpanKind
 from redis.exceptions import RedisError
 from sqlalchemy import Boolean, Row, TextClause, Uuid, bindparam, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from delivery import operational
+from delivery import gauges, operational
 from delivery.breaker import Breaker
 from delivery.fanout import fan_out
 from delivery.schedule import next_delay
@@ -29,7 +30,9 @@ from gateway.database import UTCDateTime, utcnow
 from gateway.events.models import DEAD, FAILED, OPEN_STATUSES, SUCCEEDED, Attempt, Delivery, Event
 from gateway.events.repository import unleased
 from gateway.limiter import Limiter, Rate
+from gateway.metrics import ATTEMPT_LATENCY, ATTEMPTS, DELIVERIES, DELIVERY_LAG
 from gateway.settings import Settings
+from gateway.tracing import context_of, trace_id_hex, tracer
 from tenants.crypto import SecretBox
 from tenants.endpoints.models import Endpoint
 from tenants.secrets import active_plaintexts
@@ -111,6 +114,10 @@ class _Job:
     rate: float | None
     secrets: list[str]
     body: bytes
+    priority: str
+    received_at: datetime
+    event_id: uuid.UUID
+    trace_context: str | None
 
 
 class DeliveryEngine:
@@ -166,6 +173,10 @@ class DeliveryEngine:
             if len(events) < _FAN_OUT_BATCH:
                 return total
 
+    async def refresh_gauges(self) -> None:
+        async with self._control() as session:
+            await gauges.refresh(session, self._breaker)
+
     async def claim(self, limit: int) -> list[uuid.UUID]:
         """Lease up to ``limit`` due deliveries, fairly across tenants (see ``_FAIR_CLAIM``).
 
@@ -201,17 +212,28 @@ class DeliveryEngine:
         if retry_at is not None:
             await self._postpone(delivery_id, datetime.fromtimestamp(retry_at, UTC))
             return
-        started = utcnow()
-        headers = webhook_headers(job.secrets, f"msg_{job.delivery_id.hex}", int(time.time()), job.body)
-        result = await send(
-            self._client,
-            job.url,
-            job.body,
-            headers,
-            allow_private=self._settings.allow_private_endpoints,
-            timeout=self._settings.delivery_timeout,
-        )
-        await self._record(job, started, result, await self._report(job, result.ok))
+        attributes = {
+            "hookgate.tenant_id": str(job.tenant_id),
+            "hookgate.event_id": str(job.event_id),
+            "hookgate.endpoint_id": str(job.endpoint_id),
+            "hookgate.delivery_id": str(job.delivery_id),
+        }
+        with tracer.start_as_current_span(
+            "delivery.attempt", context=context_of(job.trace_context), kind=SpanKind.CLIENT, attributes=attributes
+        ) as span:
+            started = utcnow()
+            headers = webhook_headers(job.secrets, f"msg_{job.delivery_id.hex}", int(time.time()), job.body)
+            result = await send(
+                self._client,
+                job.url,
+                job.body,
+                headers,
+                allow_private=self._settings.allow_private_endpoints,
+                timeout=self._settings.delivery_timeout,
+            )
+            if result.status_code is not None:
+                span.set_attribute("http.response.status_code", result.status_code)
+            await self._record(job, started, result, await self._report(job, result.ok), trace_id_hex(span))
 
     async def _gate(self, job: _Job) -> float | None:
         """When may this endpoint be sent to: None for now, else a unix time (breaker or rate limit).
@@ -247,7 +269,11 @@ class DeliveryEngine:
                 why = "endpoint deleted" if endpoint is None or endpoint.deleted_at else "endpoint disabled"
                 _finish(delivery, DEAD, why)
                 return None
-            body = await session.scalar(select(Event.body).where(Event.id == delivery.event_id))
+            event = (
+                await session.execute(
+                    select(Event.body, Event.received_at, Event.trace_context).where(Event.id == delivery.event_id)
+                )
+            ).one()
             return _Job(
                 delivery_id=delivery.id,
                 tenant_id=delivery.tenant_id,
@@ -255,7 +281,11 @@ class DeliveryEngine:
                 url=endpoint.url,
                 rate=endpoint.rate_limit_per_second,
                 secrets=active_plaintexts(self._box, endpoint.secrets, utcnow()),
-                body=body or b"",
+                body=event.body or b"",
+                priority=delivery.priority,
+                received_at=event.received_at,
+                event_id=delivery.event_id,
+                trace_context=event.trace_context,
             )
 
     async def _postpone(self, delivery_id: uuid.UUID, until: datetime) -> None:
@@ -267,11 +297,17 @@ class DeliveryEngine:
                 .values(next_attempt_at=until, locked_until=None)
             )
 
-    async def _record(self, job: _Job, started: datetime, result: SendResult, transition: str | None) -> None:
+    async def _record(
+        self, job: _Job, started: datetime, result: SendResult, transition: str | None, trace_id: str | None
+    ) -> None:
+        status_class = f"{result.status_code // 100}xx" if result.status_code else "error"
+        ATTEMPTS.labels(tenant=str(job.tenant_id), outcome="success" if result.ok else "failure", status_class=status_class).inc()
+        ATTEMPT_LATENCY.labels(status_class=status_class).observe(result.duration_ms / 1000)
         async with self._sessions() as session, session.begin():
             delivery = await session.get(Delivery, job.delivery_id, with_for_update=True)
             if delivery is None:
                 return
+            was_open = delivery.status in OPEN_STATUSES
             delivery.attempt_count += 1
             session.add(
                 Attempt(
@@ -283,6 +319,7 @@ class DeliveryEngine:
                     status_code=result.status_code,
                     error=result.error,
                     response_excerpt=result.response_excerpt or None,
+                    trace_id=trace_id,
                 )
             )
             if delivery.status in OPEN_STATUSES:  # a duplicate after a lease expiry leaves a finished row as is
@@ -292,10 +329,26 @@ class DeliveryEngine:
             if transition is not None:
                 kind = operational.CIRCUIT_OPENED if transition == "opened" else operational.CIRCUIT_CLOSED
                 await operational.emit(session, job.tenant_id, kind, {"endpoint_id": str(job.endpoint_id)}, exclude=job.endpoint_id)
+        if was_open and delivery.status in (SUCCEEDED, DEAD):
+            DELIVERIES.labels(tenant=str(job.tenant_id), outcome=delivery.status).inc()
+            if delivery.status == SUCCEEDED:
+                DELIVERY_LAG.labels(priority=job.priority).observe((utcnow() - job.received_at).total_seconds())
         _log.info(
             "attempt",
-            extra={"delivery_id": str(job.delivery_id), "endpoint_id": str(job.endpoint_id), "status": result.status_code, "error": result.error},
+            extra={
+                "tenant_id": str(job.tenant_id),
+                "delivery_id": str(job.delivery_id),
+                "endpoint_id": str(job.endpoint_id),
+                "status_code": result.status_code,
+                "error": result.error,
+                "outcome": delivery.status,
+                "duration_ms": result.duration_ms,
+                "event_id": str(job.event_id),
+                "trace_id": trace_id,
+            },
         )
+        if transition is not None:
+            _log.info("circuit " + transition, extra={"tenant_id": str(job.tenant_id), "endpoint_id": str(job.endpoint_id)})
 
     async def _advance(self, session: AsyncSession, delivery: Delivery, job: _Job, result: SendResult) -> None:
         if result.ok:

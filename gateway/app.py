@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from litestar import Litestar, get
+from litestar import Litestar, Response, get
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
+from litestar.plugins.prometheus import PrometheusConfig
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from delivery.controller import DeliveryController
@@ -18,17 +20,25 @@ from gateway.admission.controller import usage
 from gateway.admission.service import Admission
 from gateway.doorbell import ArqDoorbell, Doorbell
 from gateway.events.controller import EventController
+from gateway.health import readiness
 from gateway.idempotency.middleware import IdempotencyMiddleware
 from gateway.ingest.controller import ingest
 from gateway.ingest.service import IngestService
-from gateway.problems import EXCEPTION_HANDLERS
+from gateway.logs import configure as configure_logs
+from gateway.metrics import exposition
+from gateway.problems import EXCEPTION_HANDLERS, Problem
 from gateway.settings import Settings, get_settings
+from gateway.tracing import configure as configure_tracing
 from gateway.wiring import Runtime
+from ml.online.controller import AnomalyController
 from tenants.controller import TenantController
 from tenants.endpoints.controller import EndpointController
 from tenants.limits import default_rates
 from tenants.sources.controller import SourceController
 from tenants.sources.directory import SourceDirectory
+
+# Request counts and latency per route template (hookgate_requests_total, …), for the API's panels.
+_HTTP_METRICS = PrometheusConfig(app_name="hookgate", prefix="hookgate", group_path=True, exclude=["/metrics"])
 
 
 @get("/healthz", operation_id="healthz", summary="The process is serving", tags=["health"])
@@ -36,12 +46,20 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+@get("/metrics", operation_id="metrics", summary="Prometheus metrics (all Granian workers)", tags=["health"])
+async def metrics() -> Response[bytes]:
+    return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
+
+
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or get_settings()
+    configure_logs(settings.log_level)
+    configure_tracing(settings, "gateway")
     runtime = Runtime(settings)
     sessions, box = runtime.sessions, runtime.box
     dispatcher = runtime.dispatcher(sweep_grace=0.0) if settings.is_embedded else None
     replays = runtime.replay_runner(dispatcher) if dispatcher is not None else None
+    monitor = runtime.anomaly_monitor() if dispatcher is not None else None
     doorbell: Doorbell = dispatcher or ArqDoorbell(settings.redis_url)
     directory = SourceDirectory(sessions, box, settings.source_cache_ttl_seconds)
     admission = Admission(runtime.limiter, window_seconds=settings.usage_window_seconds)
@@ -59,15 +77,14 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     @asynccontextmanager
     async def lifespan(_app: Litestar) -> AsyncIterator[None]:
-        if dispatcher is not None and replays is not None:
-            dispatcher.start()
-            replays.start()
+        background = [task for task in (dispatcher, replays, monitor) if task is not None]
+        for task in background:
+            task.start()
         try:
             yield
         finally:
-            if dispatcher is not None and replays is not None:
-                await replays.stop()
-                await dispatcher.stop()
+            for task in reversed(background):
+                await task.stop()
             if isinstance(doorbell, ArqDoorbell):
                 await doorbell.close()
             await runtime.close()
@@ -75,9 +92,18 @@ def create_app(settings: Settings | None = None) -> Litestar:
     def _constant(value: object) -> Provide:
         return Provide(lambda: value, use_cache=True, sync_to_thread=False)
 
+    @get("/readyz", operation_id="readyz", summary="Database (and Redis) reachable", tags=["health"])
+    async def readyz() -> dict[str, object]:
+        checks = await readiness(sessions, runtime.redis)
+        if any(state != "ok" for state in checks.values()):
+            raise Problem(503, "not-ready", "a backing service is unreachable", checks=checks)
+        return {"status": "ready", "checks": checks}
+
     return Litestar(
         route_handlers=[
             healthz,
+            readyz,
+            metrics,
             ingest,
             usage,
             TenantController,
@@ -86,6 +112,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             EventController,
             DeliveryController,
             ReplayController,
+            AnomalyController,
         ],
         dependencies={
             "db_session": Provide(provide_session),
@@ -97,10 +124,14 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "breaker": _constant(runtime.breaker),
             "doorbell": _constant(doorbell),
         },
-        middleware=[DefineMiddleware(IdempotencyMiddleware, sessions=sessions, box=box, max_body=settings.max_body_bytes)],
+        middleware=[
+            _HTTP_METRICS.middleware,
+            DefineMiddleware(IdempotencyMiddleware, sessions=sessions, box=box, max_body=settings.max_body_bytes),
+        ],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         openapi_config=OpenAPIConfig(title="Hookgate", version="0.1.0", path="/schema"),
         request_max_body_size=settings.max_body_bytes,
+        logging_config=None,  # gateway/logs.py: one JSON line per record
         state=State({"settings": settings}),
         lifespan=[lifespan],
     )

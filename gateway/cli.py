@@ -1,9 +1,8 @@
-"""The ``hookgate`` command: dev, serve, migrate, worker, settings."""
+"""The ``hookgate`` command: dev, serve, migrate, worker, settings, ml."""
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
@@ -42,7 +41,17 @@ def _dev(args: argparse.Namespace) -> None:
 
 def _serve(args: argparse.Namespace) -> None:
     get_settings()  # fail fast on bad settings, before forking workers
+    _metrics_dir()
     _granian(args.host, args.port, args.workers)
+
+
+def _metrics_dir() -> None:
+    """prometheus_client's multiprocess mode: each Granian worker writes its metrics to files in
+    one directory and /metrics sums them. A fresh directory per run (stale files would count),
+    unless the operator names one (an emptyDir volume, say)."""
+    import tempfile
+
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="hookgate-metrics-"))
 
 
 def _migrate(_args: argparse.Namespace) -> None:
@@ -57,12 +66,47 @@ def _worker(_args: argparse.Namespace) -> None:
 
     from gateway.worker import run_worker
 
-    logging.basicConfig(level=get_settings().log_level)
-    asyncio.run(run_worker())
+    asyncio.run(run_worker())  # which configures JSON logs at HOOKGATE_LOG_LEVEL
 
 
 def _settings(_args: argparse.Namespace) -> None:
     print(settings_reference())
+
+
+def _ml_simulate(args: argparse.Namespace) -> None:
+    from ml.simulate import simulate
+
+    lines, incidents = simulate(args.days, args.tenants, args.seed, Path(args.out), args.max_per_hour)
+    print(f"wrote {lines} events and {incidents} labelled incidents to {args.out}")
+
+
+def _ml_evaluate(args: argparse.Namespace) -> None:
+    import json
+
+    from ml.evaluate import evaluate, format_report
+
+    report = evaluate(Path(args.events), Path(args.labels), args.detectors)
+    print(format_report(report))
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+
+
+def _ml_commands(commands: argparse._SubParsersAction) -> None:
+    ml = commands.add_parser("ml", help="anomaly detection: simulate traffic, evaluate detectors offline")
+    actions = ml.add_subparsers(dest="ml_command", required=True)
+    simulate = actions.add_parser("simulate", help="write events.jsonl and labels.jsonl with injected incidents")
+    simulate.add_argument("--days", type=int, default=7)
+    simulate.add_argument("--tenants", type=int, default=20)
+    simulate.add_argument("--seed", type=int, default=0)
+    simulate.add_argument("--max-per-hour", type=float, default=10_000, help="busiest tenant's peak events/hour (the quietest has 10)")
+    simulate.add_argument("--out", required=True, help="output directory")
+    simulate.set_defaults(run=_ml_simulate)
+    evaluate = actions.add_parser("evaluate", help="replay events through the detectors and score them against labels")
+    evaluate.add_argument("--events", required=True)
+    evaluate.add_argument("--labels", required=True)
+    evaluate.add_argument("--detectors", choices=("rules", "forest", "all"), default="all")
+    evaluate.add_argument("--out", help="write the full report (every anomaly raised) as JSON")
+    evaluate.set_defaults(run=_ml_evaluate)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -84,6 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser("migrate", help="apply database migrations").set_defaults(run=_migrate)
     commands.add_parser("worker", help="delivery worker (arq on Redis + dispatch loop)").set_defaults(run=_worker)
     commands.add_parser("settings", help="print every HOOKGATE_* setting").set_defaults(run=_settings)
+    _ml_commands(commands)
 
     args = parser.parse_args(argv)
     args.run(args)

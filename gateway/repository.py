@@ -47,6 +47,15 @@ class TenantRepository(Generic[M]):
         return list(await self.session.scalars(query))
 
 
+def within(query: Select[Any], column: InstrumentedAttribute[Any], since: object | None, until: object | None) -> Select[Any]:
+    """``since <= column < until``, each bound only when given."""
+    if since is not None:
+        query = query.where(column >= since)
+    if until is not None:
+        query = query.where(column < until)
+    return query
+
+
 def where_equal(query: Select[Any], filters: Mapping[InstrumentedAttribute[Any], object]) -> Select[Any]:
     """Add ``column == value`` for each filter the caller gave (None and "" mean not given)."""
     for column, value in filters.items():

@@ -55,7 +55,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         int, _doc("Default time a replaced secret keeps verifying (sources) or signing (endpoints).")
     ] = 86_400
     db_pool_size: Annotated[int, _doc("Connections per process in the Postgres pool.")] = 10
-    log_level: Annotated[str, _doc("Python log level name.")] = "INFO"
+    log_level: Annotated[str, _doc("Python log level name (logs are JSON lines on stderr).")] = "INFO"
+    otel_exporter: Annotated[
+        Literal["none", "console", "otlp_grpc", "otlp_http"],
+        _doc("Where OpenTelemetry traces go: `otlp_grpc`/`otlp_http` (to `HOOKGATE_OTEL_ENDPOINT`), "
+             "`console` (stdout), or `none`."),
+    ] = "none"
+    otel_endpoint: Annotated[
+        str, _doc("OTLP collector endpoint; empty uses the exporter's default (or `OTEL_EXPORTER_OTLP_*`).")
+    ] = ""
+    otel_service_name: Annotated[str, _doc("Service name prefix of the spans (`-gateway`, `-worker` added).")] = "hookgate"
+    worker_metrics_host: Annotated[str, _doc("Address the worker's /metrics, /healthz and /readyz listener binds.")] = "0.0.0.0"
+    worker_metrics_port: Annotated[
+        int, msgspec.Meta(ge=0, le=65535), _doc("Port of that listener; 0 turns it off.")
+    ] = 9101
     allow_private_endpoints: Annotated[
         bool, _doc("Allow deliveries to loopback/private/link-local addresses (true in `hookgate dev`).")
     ] = False
@@ -118,10 +131,40 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         str, _doc("Base URL of Stripe's API, which backfills list events from.")
     ] = "https://api.stripe.com"
 
+    anomaly_window_seconds: Annotated[
+        int, msgspec.Meta(ge=60), _doc("Length of the anomaly feature windows (a multiple of 60).")
+    ] = 60
+    anomaly_grace_seconds: Annotated[
+        float, msgspec.Meta(ge=0), _doc("How long after a window closes it is scored, so late requests still count.")
+    ] = 5.0
+    anomaly_history_windows: Annotated[
+        int,
+        msgspec.Meta(ge=1),
+        _doc("Trailing windows per tenant the detectors compare a window with (a day and an hour of "
+             "60 s windows: the volume rule compares with the same hour a day earlier)."),
+    ] = 1560
+    anomaly_training_windows: Annotated[
+        int, msgspec.Meta(ge=1), _doc("Trailing windows per tenant an isolation forest is trained on.")
+    ] = 10080
+    anomaly_retrain_seconds: Annotated[
+        int, msgspec.Meta(ge=60), _doc("How old a tenant's model may get before it is trained again.")
+    ] = 21600
+    anomaly_quiet_windows: Annotated[
+        int, msgspec.Meta(ge=1), _doc("Windows without a finding after which an open anomaly closes.")
+    ] = 3
+    anomaly_lapse_lookback_days: Annotated[
+        int, msgspec.Meta(ge=1), _doc("How far back a payment failure makes a subscription deletion a silent lapse.")
+    ] = 30
+    anomaly_retention_days: Annotated[
+        int, msgspec.Meta(ge=1), _doc("Days of feature windows kept (the training history needs them).")
+    ] = 8
+
     def __post_init__(self) -> None:
         for name in ("ingest_limit_critical", "ingest_limit_high", "ingest_limit_normal", "ingest_limit_low"):
             if float(getattr(self, name).split("/")[0]) <= 0 or int(getattr(self, name).split("/")[1]) < 1:
                 raise ValueError(f"{name} needs a rate above 0 and a burst of at least 1")
+        if self.anomaly_window_seconds % 60:
+            raise ValueError("anomaly_window_seconds must be a multiple of 60 (ingest tallies are per minute)")
 
     @property
     def is_embedded(self) -> bool:

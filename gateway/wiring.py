@@ -19,6 +19,7 @@ from delivery.sender import build_client
 from gateway.database import create_engine, session_factory
 from gateway.limiter import Limiter, MemoryLimiter, RedisLimiter
 from gateway.settings import Settings
+from ml.online.monitor import AnomalyMonitor
 from tenants.crypto import SecretBox
 
 
@@ -90,6 +91,11 @@ class Runtime:
             wake=dispatcher.wakeup.set,
             poll_interval=min(1.0, self.settings.sweeper_interval_seconds),
         )
+
+    def anomaly_monitor(self) -> AnomalyMonitor:
+        """Scores each closed window; retrains models itself only in embedded mode (an arq cron
+        job does it in production)."""
+        return AnomalyMonitor(self.sessions, self.settings, retrains=self.settings.is_embedded)
 
     async def close(self) -> None:
         if self._client is not None:

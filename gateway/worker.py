@@ -14,11 +14,17 @@ import uuid
 from typing import Any
 
 from arq.connections import RedisSettings
+from arq.cron import cron
 from arq.worker import Worker, func
 
 from gateway.doorbell import FAN_OUT_JOB
+from gateway.health import readiness
+from gateway.logs import configure as configure_logs
+from gateway.probes import serve_probes
 from gateway.settings import Settings, get_settings
+from gateway.tracing import configure as configure_tracing
 from gateway.wiring import Runtime
+from ml.online.training import retrain
 
 _log = logging.getLogger("hookgate.worker")
 _ARQ_RESTART_DELAY = 2.0
@@ -31,9 +37,16 @@ async def _fan_out(ctx: dict[str, Any], event_ids: list[str]) -> None:
     await ctx["dispatcher"].ring([uuid.UUID(event_id) for event_id in event_ids])
 
 
+async def _retrain(ctx: dict[str, Any]) -> None:
+    runtime: Runtime = ctx["runtime"]
+    await retrain(runtime.sessions, runtime.settings)
+
+
 def _arq_worker(settings: Settings, ctx: dict[str, Any]) -> Worker:
     return Worker(
         functions=[func(_fan_out, name=FAN_OUT_JOB, keep_result=0, max_tries=1)],
+        # arq runs each cron tick once across all workers (its job id is the tick).
+        cron_jobs=[cron(_retrain, name="retrain_anomaly_models", minute=set(range(0, 60, 10)), timeout=600, max_tries=1)],
         redis_settings=RedisSettings.from_dsn(settings.redis_url),
         ctx=ctx,
         handle_signals=False,
@@ -62,23 +75,35 @@ async def _run_arq(settings: Settings, ctx: dict[str, Any]) -> None:
 async def run_worker(settings: Settings | None = None, stop: asyncio.Event | None = None) -> None:
     """Run until ``stop`` is set (by default: until SIGTERM/SIGINT), then drain in-flight attempts."""
     settings = settings or get_settings()
+    configure_logs(settings.log_level)
+    configure_tracing(settings, "worker")
     runtime = Runtime(settings)
     dispatcher = runtime.dispatcher(sweep_grace=SWEEP_GRACE_SECONDS)
     replays = runtime.replay_runner(dispatcher)
+    monitor = runtime.anomaly_monitor()
     if stop is None:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    probes = None
+    if settings.worker_metrics_port:
+        probes = await serve_probes(
+            settings.worker_metrics_host, settings.worker_metrics_port, lambda: readiness(runtime.sessions, runtime.redis)
+        )
     dispatcher.start()
     replays.start()
-    arq = asyncio.create_task(_run_arq(settings, {"dispatcher": dispatcher}))
+    monitor.start()
+    arq = asyncio.create_task(_run_arq(settings, {"dispatcher": dispatcher, "runtime": runtime}))
     _log.info("worker started")
     try:
         await stop.wait()
     finally:
+        if probes is not None:
+            probes.close()
         arq.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await arq
         await replays.stop()
+        await monitor.stop()
         await dispatcher.stop(grace=settings.delivery_timeout)
         await runtime.close()

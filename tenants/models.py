@@ -21,6 +21,8 @@ class Tenant(Base):
     limits: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     # Operator override of HOOKGATE_TENANT_DELIVERY_CONCURRENCY.
     delivery_concurrency: Mapped[int | None] = mapped_column(Integer, default=None)
+    # The tenant's own anomaly-rule thresholds (ml/rules.py Thresholds); unset ones use defaults.
+    anomaly_thresholds: Mapped[dict[str, float] | None] = mapped_column(JSON, default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

@@ -61,6 +61,7 @@ async def production_env() -> AsyncIterator[dict[str, str]]:
             "HOOKGATE_LEASE_SECONDS": "2",
             "HOOKGATE_SWEEPER_INTERVAL_SECONDS": "0.5",
             "HOOKGATE_DELIVERY_TIMEOUT": "5",
+            "HOOKGATE_WORKER_METRICS_PORT": "0",
             "PORT": str(port),
         }
 
@@ -124,6 +125,7 @@ def make_settings(database_url: str, redis_url: str, **overrides: Any) -> Settin
         "operator_key": OPERATOR_KEY,
         "public_url": "http://testserver.local",
         "allow_private_endpoints": True,
+        "worker_metrics_port": 0,
         **overrides,
     }
     return Settings(**values)

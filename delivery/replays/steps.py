@@ -22,11 +22,13 @@ from sqlalchemy.orm import InstrumentedAttribute
 from delivery.fanout import delivery_row, fan_out, subscribed
 from delivery.replays.models import COMPLETED, ReplayJob
 from gateway.database import utcnow
+from gateway.events.facts import stripe_facts
 from gateway.events.models import DEAD, OPEN_STATUSES, PENDING, SUCCEEDED, Delivery, Event
 from gateway.events.priority import classify, matching
 from gateway.events.repository import unleased
 from gateway.events.store import event_row, insert_once
 from gateway.ingest import providers
+from gateway.repository import within
 from tenants.endpoints.models import Endpoint
 from tenants.sources.models import Source
 
@@ -67,11 +69,7 @@ def dead_letters(job: ReplayJob) -> Select[Any]:
     )
     if job.endpoint_id is not None:
         query = query.where(Delivery.endpoint_id == job.endpoint_id)
-    if job.since is not None:
-        query = query.where(Delivery.created_at >= job.since)
-    if job.until is not None:
-        query = query.where(Delivery.created_at < job.until)
-    return query
+    return within(query, Delivery.created_at, job.since, job.until)
 
 
 async def count(session: AsyncSession, query: Select[Any]) -> int:
@@ -225,6 +223,7 @@ def _stored_form(job: ReplayJob, source: Source, event: dict[str, Any]) -> dict[
         priority=classify(identity.type, source.priorities),  # type: ignore[arg-type]
         body=body,
         headers={},
+        facts=stripe_facts(identity.type, event),
     )
 
 

@@ -15,7 +15,7 @@ from gateway.events.models import Delivery, Event
 from gateway.events.repository import EventRepository
 from gateway.events.schemas import DeliveryOut, EventOut
 from gateway.pagination import Page, page_of, paginate
-from gateway.repository import where_equal
+from gateway.repository import where_equal, within
 from tenants.auth import authenticate_tenant
 
 
@@ -40,10 +40,7 @@ class EventController(Controller):
         limit: int = 50,
     ) -> Page[EventOut]:
         query = where_equal(repo.scoped(), {Event.type: type, Event.source_id: source_id})
-        if since:
-            query = query.where(Event.received_at >= since)
-        if until:
-            query = query.where(Event.received_at < until)
+        query = within(query, Event.received_at, since, until)
         rows = await repo.fetch(paginate(query, Event.received_at, Event.id, cursor, limit))
         return page_of(rows, limit, "received_at", EventOut.of)
 

@@ -9,7 +9,20 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint, Uuid, text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    Uuid,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from gateway.database import Base, UTCDateTime, new_id, utcnow
@@ -20,6 +33,16 @@ class Event(Base):
     __table_args__ = (
         UniqueConstraint("tenant_id", "source_id", "external_id"),
         Index("ix_events_tenant_received", "tenant_id", "received_at", "id"),
+        # Feature windows aggregate every tenant's events of one window (ml/online/windows.py).
+        Index("ix_events_received", "received_at"),
+        # Silent-lapse detection: a customer's earlier payment failures.
+        Index(
+            "ix_events_tenant_customer",
+            "tenant_id",
+            "customer",
+            postgresql_where=text("customer IS NOT NULL"),
+            sqlite_where=text("customer IS NOT NULL"),
+        ),
         Index(
             "ix_events_unfanned",
             "received_at",
@@ -39,6 +62,12 @@ class Event(Base):
     headers: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     provider_created_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Billing facts of Stripe events (gateway/events/facts.py), for anomaly feature windows.
+    customer: Mapped[str | None] = mapped_column(String(255), default=None)
+    card_fingerprint: Mapped[str | None] = mapped_column(String(64), default=None)
+    amount: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    # W3C traceparent of the ingest request: delivery attempts join the event's trace.
+    trace_context: Mapped[str | None] = mapped_column(String(64), default=None)
     # Set once deliveries exist for every matching endpoint; the sweeper fans out the rest.
     fanned_out_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
 
@@ -82,6 +111,14 @@ class Delivery(Base):
             postgresql_where=text("replay_job_id IS NOT NULL"),
             sqlite_where=text("replay_job_id IS NOT NULL"),
         ),
+        # The dead-letter queue: listed per tenant, counted for the dead-letters gauge.
+        Index(
+            "ix_deliveries_dead",
+            "tenant_id",
+            "created_at",
+            postgresql_where=text("status = 'dead'"),
+            sqlite_where=text("status = 'dead'"),
+        ),
         # Leased rows per tenant: what the fair claim counts against each tenant's concurrency cap.
         Index(
             "ix_deliveries_leased",
@@ -116,6 +153,7 @@ class Delivery(Base):
 
 class Attempt(Base):
     __tablename__ = "attempts"
+    __table_args__ = (Index("ix_attempts_started", "started_at"),)
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))

@@ -9,6 +9,7 @@ from datetime import datetime
 from sqlalchemy import Insert
 
 from gateway.database import dialect_insert, new_id, utcnow
+from gateway.events.facts import NONE, Facts
 from gateway.events.models import Event
 
 
@@ -22,6 +23,8 @@ def event_row(
     priority: str,
     body: bytes,
     headers: dict[str, str],
+    facts: Facts = NONE,
+    trace_context: str | None = None,
 ) -> dict[str, object]:
     return {
         "id": new_id(),
@@ -34,6 +37,10 @@ def event_row(
         "headers": headers,
         "provider_created_at": created_at,
         "received_at": utcnow(),
+        "customer": facts.customer,
+        "card_fingerprint": facts.card_fingerprint,
+        "amount": facts.amount,
+        "trace_context": trace_context,
     }
 
 

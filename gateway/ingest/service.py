@@ -7,27 +7,42 @@ provider retries, and nothing is half-written because the event is one INSERT.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import msgspec
-from sqlalchemy import select
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+from sqlalchemy import Insert, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.admission.service import Admission
 from gateway.database import utcnow
+from gateway.events.facts import NONE, Facts, stripe_facts
 from gateway.events.models import Event
 from gateway.events.priority import Priority, classify
 from gateway.events.store import event_row, insert_once
 from gateway.ingest import providers
+from gateway.ingest.tallies import BAD_SIGNATURES, DUPLICATES, bump
 from gateway.limiter import Rate
+from gateway.metrics import INGEST, INGEST_LATENCY
 from gateway.problems import Problem
+from gateway.tracing import current_traceparent, trace_id_hex, tracer
 from tenants.limits import rate_for
 from tenants.sources.directory import SourceDirectory, SourceKey
 
 _log = logging.getLogger("hookgate.ingest")
+# Problem kinds on the ingest path → the outcome label of hookgate_ingest_requests_total.
+_OUTCOMES = {
+    "unknown-source": "unknown_source",
+    "invalid-signature": "bad_signature",
+    "invalid-json": "invalid_payload",
+    "rate-limited": "rate_limited",
+    "body-too-large": "too_large",
+}
 _json = msgspec.json.Decoder()
 _STORAGE_ERRORS = (SQLAlchemyError, OSError, TimeoutError)
 
@@ -36,6 +51,7 @@ _STORAGE_ERRORS = (SQLAlchemyError, OSError, TimeoutError)
 class Accepted:
     id: uuid.UUID
     duplicate: bool
+    traceparent: str | None = None  # the ingest span, for the enqueue that follows the answer
 
 
 class IngestService:
@@ -56,18 +72,46 @@ class IngestService:
         self._dialect = sessions.kw["bind"].dialect.name
 
     async def ingest(self, token: str, body: bytes, headers: Mapping[str, str]) -> Accepted:
+        """Verify and store once; every outcome is counted per tenant and provider."""
+        started = time.perf_counter()
+        source: SourceKey | None = None
+        with tracer.start_as_current_span("ingest", kind=SpanKind.SERVER) as span:
+            try:
+                source = await self._find(token)
+                span.set_attributes({"hookgate.tenant_id": str(source.tenant_id), "hookgate.source_id": str(source.id)})
+                accepted = await self._accept(token, source, body, headers)
+            except Exception as exc:
+                outcome = _OUTCOMES.get(exc.kind, "error") if isinstance(exc, Problem) else "error"
+                span.set_attribute("hookgate.outcome", outcome)
+                observe(source, outcome, started, span)
+                raise
+            outcome = "duplicate" if accepted.duplicate else "accepted"
+            span.set_attributes({"hookgate.outcome": outcome, "hookgate.event_id": str(accepted.id)})
+            observe(source, outcome, started, span, accepted.id)
+        return accepted
+
+    async def _find(self, token: str) -> SourceKey:
         try:
             source = await self._directory.find(token)
         except _STORAGE_ERRORS:
             raise _unavailable() from None
         if source is None:
             raise Problem(404, "unknown-source", "no source has this ingest token")
-        await self._verify(token, source, body, headers)
+        return source
+
+    async def _accept(self, token: str, source: SourceKey, body: bytes, headers: Mapping[str, str]) -> Accepted:
+        try:
+            with tracer.start_as_current_span("verify"):
+                await self._verify(token, source, body, headers)
+        except Problem:
+            await self._tally_bad_signature(source.tenant_id)
+            raise
         payload = _parse(body)
         identity = providers.identify(source.provider, body, payload, headers)
         priority = classify(identity.type, source.priorities)  # type: ignore[arg-type]
         await self._admission.admit(source.tenant_id, priority, rate_for(priority, source.limits, self._defaults))
-        return await self._store(source, body, headers, identity, priority)
+        facts = stripe_facts(identity.type, payload) if source.provider == "stripe" else NONE
+        return await self._store(source, body, headers, identity, priority, facts)
 
     async def _verify(self, token: str, source: SourceKey, body: bytes, headers: Mapping[str, str]) -> None:
         try:
@@ -78,8 +122,22 @@ class IngestService:
                 raise Problem(400, "invalid-signature", exc.message, reason=exc.reason) from None
             await self._verify(token, fresher, body, headers)
 
+    async def _tally_bad_signature(self, tenant_id: uuid.UUID) -> None:
+        """Counted for the bad-signature-probe detector; a failure to count never changes the answer."""
+        try:
+            async with self._sessions() as session, session.begin():
+                await session.execute(bump(self._dialect, tenant_id, BAD_SIGNATURES, utcnow()))
+        except _STORAGE_ERRORS:
+            _log.warning("bad signature not tallied: storage unavailable", exc_info=True)
+
     async def _store(
-        self, source: SourceKey, body: bytes, headers: Mapping[str, str], identity: providers.Identity, priority: Priority
+        self,
+        source: SourceKey,
+        body: bytes,
+        headers: Mapping[str, str],
+        identity: providers.Identity,
+        priority: Priority,
+        facts: Facts,
     ) -> Accepted:
         values = event_row(
             source.tenant_id,
@@ -90,24 +148,50 @@ class IngestService:
             priority=priority,
             body=body,
             headers=providers.kept_headers(source.provider, headers),
+            facts=facts,
+            trace_context=current_traceparent(),
         )
         statement = insert_once(self._dialect, [values])
         try:
-            async with self._sessions() as session, session.begin():
-                stored = await session.scalar(statement)
-                if stored is None:
-                    existing = await session.scalar(
-                        select(Event.id).where(
-                            Event.tenant_id == source.tenant_id,
-                            Event.source_id == source.id,
-                            Event.external_id == values["external_id"],
-                        )
-                    )
-                    return Accepted(existing, duplicate=True)  # type: ignore[arg-type]
+            with tracer.start_as_current_span("store"):
+                return await self._insert(statement, source, values)
         except _STORAGE_ERRORS:
             _log.warning("event not stored: storage unavailable", exc_info=True)
             raise _unavailable() from None
-        return Accepted(stored, duplicate=False)
+
+    async def _insert(self, statement: Insert, source: SourceKey, values: dict[str, object]) -> Accepted:
+        async with self._sessions() as session, session.begin():
+            stored = await session.scalar(statement)
+            if stored is not None:
+                return Accepted(stored, duplicate=False, traceparent=values["trace_context"])  # type: ignore[arg-type]
+            existing = await session.scalar(
+                select(Event.id).where(
+                    Event.tenant_id == source.tenant_id,
+                    Event.source_id == source.id,
+                    Event.external_id == values["external_id"],
+                )
+            )
+            await session.execute(bump(self._dialect, source.tenant_id, DUPLICATES, utcnow()))
+            return Accepted(existing, duplicate=True)  # type: ignore[arg-type]
+
+
+def observe(
+    source: SourceKey | None, outcome: str, started: float, span: trace.Span | None = None, event_id: uuid.UUID | None = None
+) -> None:
+    """Count one ingest request and its latency, and log it: one line per outcome."""
+    tenant, provider = (str(source.tenant_id), source.provider) if source is not None else ("", "")
+    INGEST.labels(tenant=tenant, provider=provider, outcome=outcome).inc()
+    INGEST_LATENCY.labels(outcome=outcome).observe(time.perf_counter() - started)
+    _log.info(
+        "ingest",
+        extra={
+            "outcome": outcome,
+            "tenant_id": tenant or None,
+            "provider": provider or None,
+            "event_id": str(event_id) if event_id else None,
+            "trace_id": trace_id_hex(span) if span is not None else None,
+        },
+    )
 
 
 def _parse(body: bytes) -> dict[str, object]:

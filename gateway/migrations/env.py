@@ -11,6 +11,8 @@ from sqlalchemy.engine import Connection
 import delivery.replays.models  # noqa: F401
 import gateway.events.models  # noqa: F401
 import gateway.idempotency.models  # noqa: F401
+import gateway.ingest.tallies  # noqa: F401
+import ml.online.models  # noqa: F401
 import tenants.endpoints.models  # noqa: F401
 import tenants.models  # noqa: F401
 import tenants.sources.models  # noqa: F401

@@ -81,8 +81,8 @@ class Process:
             self.kill()
 
 
-def serve(env: dict[str, str], log_dir: Path, port: str | None = None) -> Process:
-    """``hookgate serve`` (one Granian worker) on ``port`` (default: the env's ``PORT``)."""
+def serve(env: dict[str, str], log_dir: Path, port: str | None = None, workers: int = 1) -> Process:
+    """``hookgate serve`` (``workers`` Granian workers) on ``port`` (default: the env's ``PORT``)."""
     port = port or env["PORT"]
-    argv = [*HOOKGATE, "serve", "--workers", "1", "--host", "127.0.0.1", "--port", port]
+    argv = [*HOOKGATE, "serve", "--workers", str(workers), "--host", "127.0.0.1", "--port", port]
     return Process(argv, log_dir / f"serve-{port}.log", env)

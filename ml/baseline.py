@@ -1,0 +1,121 @@
+"""What "typical" means for one tenant right now, from its trailing windows.
+
+The rate statistics come from a bounded slice (four hours) that ends half an hour before now: an
+incident that just started must not become its own baseline, and a bounded slice keeps the cost
+independent of how much history the caller passes. Amount scales (refunds, negative amounts) use
+the whole history, because they are rare. The expected volume is seasonal: the same hour one day
+earlier, when the history reaches that far.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from itertools import pairwise
+
+from ml.features import Window
+
+GAP_WINDOWS = 30
+SPAN_WINDOWS = 240
+_MIN_AMOUNTS = 10  # fewer non-zero amounts than this: no amount scale, rules use their floors
+
+
+@dataclass(frozen=True)
+class Stat:
+    mean: float = 0.0
+    var: float = 0.0
+
+    @property
+    def sd(self) -> float:
+        return math.sqrt(self.var)
+
+    @property
+    def dispersion(self) -> float:
+        """Variance over mean (1 for Poisson); surprises are divided by it so bursty metrics are not over-trusted."""
+        return max(1.0, self.var / self.mean) if self.mean > 0 else 1.0
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Stat:
+        """Mean, and variance from successive differences: the daily curve within the slice is not noise."""
+        if not values:
+            return cls()
+        mean = sum(values) / len(values)
+        if len(values) < 2:
+            return cls(mean, 0.0)
+        return cls(mean, sum((b - a) ** 2 for a, b in pairwise(values)) / (2 * (len(values) - 1)))
+
+
+@dataclass(frozen=True)
+class Baseline:
+    windows: int = 0  # how many windows the rate statistics come from
+    events: Stat = Stat()
+    charge_failed: Stat = Stat()
+    card_excess: Stat = Stat()
+    duplicates: Stat = Stat()
+    bad_signatures: Stat = Stat()
+    lapses: Stat = Stat()
+    failure_rate: float = 0.0  # pooled charge.failed / charges
+    lag_p50: float = 0.0  # median of the windows' lag_p50
+    refund_p99: float | None = None
+    negative_p99: float | None = None
+    seasonal_events: float | None = None  # mean events per window in the same hour one day earlier
+
+    @property
+    def expected_events(self) -> float:
+        """Expected events per window: the lower of yesterday's same hour and the recent rate (fewer false drops)."""
+        if self.seasonal_events is None:
+            return self.events.mean
+        return min(self.seasonal_events, self.events.mean)
+
+    @classmethod
+    def from_history(cls, history: Sequence[Window], at: datetime) -> Baseline:
+        if not history:
+            return cls()
+        end = len(history) - GAP_WINDOWS if len(history) > 2 * GAP_WINDOWS else len(history)
+        recent = history[max(0, end - SPAN_WINDOWS) : end]
+        charges = sum(w.charge_failed + w.charge_succeeded for w in recent)
+        lags = sorted(w.lag_p50 for w in recent if w.lag_p50 is not None)
+        return cls(
+            windows=len(recent),
+            events=_stat(recent, lambda w: w.events),
+            charge_failed=_stat(recent, lambda w: w.charge_failed),
+            card_excess=_stat(recent, card_excess),
+            duplicates=_stat(recent, lambda w: w.duplicates),
+            bad_signatures=_stat(recent, lambda w: w.bad_signatures),
+            lapses=_stat(recent, lambda w: w.lapses),
+            failure_rate=sum(w.charge_failed for w in recent) / charges if charges else 0.0,
+            lag_p50=lags[len(lags) // 2] if lags else 0.0,
+            refund_p99=_p99([w.max_refund for w in history if w.max_refund]),
+            negative_p99=_p99([w.negative_amount for w in history if w.negative_amount]),
+            seasonal_events=_seasonal(history, at),
+        )
+
+
+def card_excess(window: Window) -> int:
+    """Failed cards beyond one per failing customer: the card-testing signature."""
+    return max(0, window.failed_cards - window.failed_customers)
+
+
+def _stat(windows: Sequence[Window], metric: Callable[[Window], float]) -> Stat:
+    return Stat.of([metric(w) for w in windows])
+
+
+def _p99(values: list[int]) -> float | None:
+    if len(values) < _MIN_AMOUNTS:
+        return None
+    values.sort()
+    return float(values[int(0.99 * (len(values) - 1))])
+
+
+def _seasonal(history: Sequence[Window], at: datetime) -> float | None:
+    """Mean events per window in the hour centred on ``at`` one day earlier; None if history is shorter."""
+    centre = at - timedelta(days=1)
+    if history[0].start > centre - timedelta(minutes=30):
+        return None
+    lo = bisect.bisect_left(history, centre - timedelta(minutes=30), key=lambda w: w.start)
+    hi = bisect.bisect_left(history, centre + timedelta(minutes=30), key=lambda w: w.start)
+    span = history[lo:hi]
+    return sum(w.events for w in span) / len(span) if span else None

@@ -1,0 +1,55 @@
+"""One window in, findings out: the rules, then the tenant's isolation forest for what they miss.
+
+At most one finding per incident kind: when a rule and the forest agree on a kind, the rule's
+finding stands (its explanation is the more specific one). The forest's findings are for windows
+no rule flagged, labelled with the kind its most deviant feature points to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ml.baseline import Baseline
+from ml.features import Window
+from ml.findings import Finding
+from ml.forest import TenantModel
+from ml.rules import RECENT_WINDOWS, RULES, Thresholds
+
+__all__ = ["Finding", "detect"]
+
+
+def detect(
+    window: Window,
+    history: Sequence[Window],
+    thresholds: Thresholds,
+    model: TenantModel | None,
+    *,
+    baseline: Baseline | None = None,
+    scored: tuple[float, list[str]] | None = None,
+    rules: bool = True,
+) -> list[Finding]:
+    """Findings for ``window`` given the tenant's trailing closed windows (oldest first).
+
+    ``baseline`` may be passed in when the caller caches it (it changes slowly; recomputing it
+    costs a pass over the history); ``scored`` is the model's score for this window when the
+    caller batch-scored it (``forest.score_many``); ``rules=False`` leaves the forest alone.
+    """
+    findings: list[Finding] = []
+    if rules:
+        baseline = baseline or Baseline.from_history(history, window.start)
+        recent = [*history[-(RECENT_WINDOWS - 1) :], window]
+        findings = [finding for rule in RULES if (finding := rule(recent, baseline, thresholds)) is not None]
+    if model is not None and not findings:
+        score, explanation = scored or model.score(window)
+        if score >= model.threshold:
+            findings.append(
+                Finding(
+                    detector="isolation_forest",
+                    kind=model.kind(window),
+                    severity="critical" if score >= model.threshold + 0.1 else "warning",
+                    score=score,
+                    explanation=explanation,
+                    features={"anomaly_score": score, "threshold": model.threshold},
+                )
+            )
+    return findings

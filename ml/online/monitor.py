@@ -1,0 +1,232 @@
+"""The anomaly monitor: when a window closes, score every tenant's window and keep incidents.
+
+It runs in every worker (and in the embedded app); an insert into ``anomaly_runs`` claims each
+window, in the same transaction as its results, so exactly one process scores it and a process
+that dies mid-window leaves it to the next. Detection needs only the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from gateway.database import dialect_insert, utcnow
+from gateway.metrics import ANOMALIES
+from gateway.settings import Settings
+from ml.detection import Finding, detect
+from ml.features import Window
+from ml.forest import TenantModel
+from ml.incidents import Incident, fold
+from ml.online import alerts
+from ml.online.models import Anomaly, FeatureWindowRow, TenantModelRow, WindowRun
+from ml.online.training import retrain
+from ml.online.windows import window_features
+from ml.rules import Thresholds
+from tenants.models import Tenant
+
+_log = logging.getLogger("hookgate.anomalies")
+RETRAIN_CHECK_SECONDS = 600  # how often stale models are looked for (arq cron in production)
+
+
+class AnomalyMonitor:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], settings: Settings, *, retrains: bool) -> None:
+        self._sessions = sessions
+        self._settings = settings
+        self._retrains = retrains  # embedded mode: no arq cron, so the monitor retrains models itself
+        self._retrained = 0.0
+        self._seconds = settings.anomaly_window_seconds
+        self._history: dict[uuid.UUID, deque[Window]] = {}
+        self._models: dict[uuid.UUID, tuple[datetime, TenantModel]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="hookgate-anomalies")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def last_closed(self, now: datetime) -> datetime:
+        """The start of the latest window that closed at least the grace period ago."""
+        settled = now.timestamp() - self._settings.anomaly_grace_seconds
+        return datetime.fromtimestamp((settled // self._seconds - 1) * self._seconds, UTC)
+
+    async def _run(self) -> None:
+        scored: datetime | None = None
+        while True:
+            start = self.last_closed(utcnow())
+            if start != scored:
+                try:
+                    await self.score_window(start)
+                    scored = start
+                    if self._retrains and time.monotonic() - self._retrained >= RETRAIN_CHECK_SECONDS:
+                        self._retrained = time.monotonic()
+                        await retrain(self._sessions, self._settings)
+                except Exception:  # noqa: BLE001 - the database may be down; try again shortly
+                    _log.warning("anomaly window not scored; retrying", exc_info=True)
+            next_due = start.timestamp() + 2 * self._seconds + self._settings.anomaly_grace_seconds
+            await asyncio.sleep(min(5.0, max(0.2, next_due - time.time())))
+
+    async def score_window(self, start: datetime) -> int | None:
+        """Score the window starting at ``start``; None if another process already did."""
+        async with self._sessions() as session, session.begin():
+            claim = dialect_insert(session.bind.dialect.name)(WindowRun).values(window_start=start, finished_at=utcnow(), tenants=0)
+            if await session.scalar(claim.on_conflict_do_nothing().returning(WindowRun.window_start)) is None:
+                return None
+            windows = await window_features(
+                session,
+                start,
+                self._seconds,
+                lapse_lookback=timedelta(days=self._settings.anomaly_lapse_lookback_days),
+                tenants=await self._carried(session, start),
+            )
+            if windows:
+                await self._detect(session, start, windows)
+            await session.execute(
+                delete(FeatureWindowRow).where(FeatureWindowRow.start < start - timedelta(days=self._settings.anomaly_retention_days))
+            )
+            await session.execute(
+                WindowRun.__table__.update().where(WindowRun.window_start == start).values(tenants=len(windows), finished_at=utcnow())
+            )
+            return len(windows)
+
+    async def _carried(self, session: AsyncSession, start: datetime) -> list[uuid.UUID]:
+        """Tenants whose previous window exists and who sent something within the history span."""
+        horizon = start - timedelta(seconds=self._seconds * self._settings.anomaly_history_windows)
+        return list(
+            await session.scalars(
+                select(FeatureWindowRow.tenant_id).where(
+                    FeatureWindowRow.start == start - timedelta(seconds=self._seconds), FeatureWindowRow.last_active >= horizon
+                )
+            )
+        )
+
+    async def _detect(self, session: AsyncSession, start: datetime, windows: dict[uuid.UUID, Window]) -> None:
+        tenant_ids = list(windows)
+        histories = await self._histories(session, tenant_ids, start)
+        models = await self._current_models(session, tenant_ids)
+        thresholds = await _thresholds(session, tenant_ids)
+        open_incidents = {
+            (row.tenant_id, row.kind): row
+            for row in await session.scalars(select(Anomaly).where(Anomaly.tenant_id.in_(tenant_ids), Anomaly.ended_at.is_(None)))
+        }
+        previous = await self._last_active(session, tenant_ids, start)
+        rows = []
+        for tenant_id, window in windows.items():
+            findings = detect(window, list(histories[tenant_id]), thresholds[tenant_id], models.get(tenant_id))
+            await self._keep_incidents(session, tenant_id, window, findings, open_incidents)
+            active = window.start if window.events else previous.get(tenant_id, window.start)
+            rows.append({"tenant_id": tenant_id, "start": start, "seconds": self._seconds, "features": FeatureWindowRow.features_of(window), "last_active": active})
+            histories[tenant_id].append(window)
+        await session.execute(FeatureWindowRow.__table__.insert(), rows)
+
+    async def _keep_incidents(
+        self,
+        session: AsyncSession,
+        tenant_id: uuid.UUID,
+        window: Window,
+        findings: Sequence[Finding],
+        open_incidents: dict[tuple[uuid.UUID, str], Anomaly],
+    ) -> None:
+        """One open anomaly per (tenant, kind): opened by a finding, updated, closed when quiet."""
+        strongest: dict[str, Finding] = {}
+        for finding in findings:
+            if finding.kind not in strongest or finding.score > strongest[finding.kind].score:
+                strongest[finding.kind] = finding
+        kinds = set(strongest) | {kind for (tenant, kind) in open_incidents if tenant == tenant_id}
+        for kind in sorted(kinds):
+            row = open_incidents.get((tenant_id, kind))
+            incident, change = fold(
+                _incident(row) if row is not None else None,
+                strongest.get(kind),
+                window,
+                quiet_windows=self._settings.anomaly_quiet_windows,
+            )
+            if incident is None or change == "unchanged":
+                continue
+            if row is None:
+                row = Anomaly(tenant_id=tenant_id, kind=kind)
+                session.add(row)
+            _copy(incident, row)
+            row.windows = 1 if change == "opened" else row.windows + (change == "updated")
+            await session.flush()
+            if change == "opened":
+                ANOMALIES.labels(detector=row.detector, severity=row.severity).inc()
+                await alerts.detected(session, row)
+            elif change == "closed":
+                await alerts.resolved(session, row)
+
+    async def _histories(self, session: AsyncSession, tenant_ids: Iterable[uuid.UUID], start: datetime) -> dict[uuid.UUID, deque[Window]]:
+        """Each tenant's trailing windows, from this process's cache when it scored the last
+        window too, else from the database."""
+        size = self._settings.anomaly_history_windows
+        previous = start - timedelta(seconds=self._seconds)
+        stale = [t for t in tenant_ids if not (t in self._history and self._history[t] and self._history[t][-1].start == previous)]
+        for tenant_id in stale:
+            self._history[tenant_id] = deque(maxlen=size)
+        if stale:
+            rows = await session.scalars(
+                select(FeatureWindowRow)
+                .where(FeatureWindowRow.tenant_id.in_(stale), FeatureWindowRow.start >= start - timedelta(seconds=self._seconds * size))
+                .order_by(FeatureWindowRow.start)
+            )
+            for row in rows:
+                self._history[row.tenant_id].append(row.window())
+        return {tenant_id: self._history[tenant_id] for tenant_id in tenant_ids}
+
+    async def _current_models(self, session: AsyncSession, tenant_ids: list[uuid.UUID]) -> dict[uuid.UUID, TenantModel]:
+        """The tenants' latest trained models, unpickled again only when retrained."""
+        rows = await session.execute(select(TenantModelRow.tenant_id, TenantModelRow.trained_at).where(TenantModelRow.tenant_id.in_(tenant_ids)))
+        versions = {tenant_id: trained_at for tenant_id, trained_at in rows}
+        changed = [t for t, at in versions.items() if t not in self._models or self._models[t][0] != at]
+        if changed:
+            for row in await session.scalars(select(TenantModelRow).where(TenantModelRow.tenant_id.in_(changed))):
+                self._models[row.tenant_id] = (row.trained_at, TenantModel.loads(row.blob))
+        return {t: self._models[t][1] for t in versions}
+
+    async def _last_active(self, session: AsyncSession, tenant_ids: list[uuid.UUID], start: datetime) -> dict[uuid.UUID, datetime]:
+        rows = await session.execute(
+            select(FeatureWindowRow.tenant_id, FeatureWindowRow.last_active).where(
+                FeatureWindowRow.tenant_id.in_(tenant_ids), FeatureWindowRow.start == start - timedelta(seconds=self._seconds)
+            )
+        )
+        return {tenant_id: last_active for tenant_id, last_active in rows}
+
+
+async def _thresholds(session: AsyncSession, tenant_ids: list[uuid.UUID]) -> dict[uuid.UUID, Thresholds]:
+    rows = await session.execute(select(Tenant.id, Tenant.anomaly_thresholds).where(Tenant.id.in_(tenant_ids)))
+    overrides = {tenant_id: values for tenant_id, values in rows}
+    return {tenant_id: Thresholds.with_overrides(overrides.get(tenant_id)) for tenant_id in tenant_ids}
+
+
+def _incident(row: Anomaly) -> Incident:
+    return Incident(
+        tenant=str(row.tenant_id),
+        kind=row.kind,
+        detector=row.detector,
+        severity=row.severity,
+        score=row.score,
+        start=row.started_at,
+        last_seen=row.last_seen_at,
+        end=row.ended_at,
+        explanation=list(row.explanation),
+        features=dict(row.features),
+    )
+
+
+def _copy(incident: Incident, row: Anomaly) -> None:
+    row.detector, row.severity, row.score = incident.detector, incident.severity, incident.score
+    row.started_at, row.last_seen_at, row.ended_at = incident.start, incident.last_seen, incident.end
+    row.explanation, row.features = list(incident.explanation), dict(incident.features)
+    row.updated_at = utcnow()

@@ -1,0 +1,309 @@
+"""Rule detectors: the incidents a per-window model explains badly, each with explicit thresholds.
+
+Count rules look at the current window and at short trailing sums ("horizons"), because a slow
+tenant's incident only becomes significant over several windows. Significance is a surprise in
+nats against the tenant's own baseline (``ml.surprise``), plus a minimum count so that a tenant
+with no history cannot alert on a single event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+
+from ml.baseline import Baseline, Stat, card_excess
+from ml.features import Window
+from ml.findings import Finding
+from ml.surprise import binomial_excess, poisson_deficit, poisson_excess, to_score
+
+RECENT_WINDOWS = 241  # the longest horizon below, plus the current window
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    surprise: float = 12.0  # nats (~6e-6) a count rule needs against the tenant's baseline
+    critical_factor: float = 3.0  # surprise this many times the threshold: severity "critical"
+    card_testing_min_cards: float = 4  # failed cards beyond one per failing customer, over a horizon
+    card_testing_cards_per_customer: float = 3.0
+    failure_min_failures: float = 4
+    failure_min_ratio: float = 0.3  # charge failure ratio, and at least `failure_ratio_multiplier` x the typical one
+    failure_ratio_multiplier: float = 3.0
+    failure_floor_rate: float = 0.02  # typical failure ratio assumed when history has (almost) none
+    lapse_min: float = 3  # lapses within `lapse_horizon_windows`
+    lapse_horizon_windows: float = 30
+    lapse_floor_rate: float = 1 / 2880  # lapses per window assumed when history has none (one every two days)
+    duplicate_min: float = 4
+    lag_seconds: float = 30.0  # lag_p50 at least this, and `lag_multiplier` x the typical p50
+    lag_multiplier: float = 10.0
+    lag_min_events: float = 3  # events in lagged windows over the last five windows
+    large_refund_min: float = 50_000  # minor units; and `amount_multiplier` x the tenant's p99
+    negative_amount_min: float = 50_000
+    amount_multiplier: float = 3.0
+    drop_ratio: float = 0.25  # observed at most this fraction of expected events
+    drop_surprise: float = 14.0
+    bad_signature_min: float = 5
+
+    @classmethod
+    def with_overrides(cls, overrides: Mapping[str, float] | None) -> Thresholds:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(overrides or {}) - known)
+        if unknown:
+            raise ValueError(f"unknown threshold(s): {', '.join(unknown)}")
+        return replace(cls(), **{name: float(value) for name, value in (overrides or {}).items()})
+
+
+Rule = Callable[[Sequence[Window], Baseline, Thresholds], "Finding | None"]
+
+
+def card_testing(recent: Sequence[Window], baseline: Baseline, t: Thresholds) -> Finding | None:
+    """Many distinct cards failing for few customers: someone testing stolen cards."""
+    best = None
+    for k in (1, 3, 5):
+        span = recent[-k:]
+        excess = sum(card_excess(w) for w in span)
+        cards = sum(w.failed_cards for w in span)
+        customers = sum(w.failed_customers for w in span)
+        if excess < t.card_testing_min_cards or cards < t.card_testing_cards_per_customer * max(1, customers):
+            continue
+        surprise = poisson_excess(excess, max(baseline.card_excess.mean, 0.01) * k) / baseline.card_excess.dispersion
+        if surprise >= t.surprise and (best is None or surprise > best[0]):
+            best = (surprise, k, cards, customers)
+    if best is None:
+        return None
+    surprise, k, cards, customers = best
+    return _finding(
+        "card_testing",
+        surprise,
+        t.surprise,
+        t,
+        [f"{cards} distinct cards failed for {customers} customers{_over(k)}", _typical("failed cards", baseline.card_excess, k)],
+        {"failed_cards": cards, "failed_customers": customers, "horizon_windows": k},
+    )
+
+
+def failure_spike(recent: Sequence[Window], baseline: Baseline, t: Thresholds) -> Finding | None:
+    """Charge failure ratio far above the tenant's usual, tested as a binomial so small volumes need more evidence.
+
+    A horizon with a card-testing window in it is skipped: those failures have a rule of their own,
+    and the attacker's single attempts around the burst would otherwise read as a failure spike.
+    """
+    typical = max(baseline.failure_rate, t.failure_floor_rate)
+    best = None
+    for k in (1, 5, 15, 30, 60, 120, 240):
+        span = recent[-k:]
+        if any(_card_testing_like(w, t) for w in span):
+            continue
+        failed = sum(w.charge_failed for w in span)
+        charges = sum(w.charge_failed + w.charge_succeeded for w in span)
+        if failed < t.failure_min_failures or failed < charges * max(t.failure_min_ratio, t.failure_ratio_multiplier * typical):
+            continue
+        surprise = binomial_excess(failed, charges, typical)
+        if surprise >= t.surprise and (best is None or surprise > best[0]):
+            best = (surprise, k, failed, charges)
+    if best is None:
+        return None
+    surprise, k, failed, charges = best
+    return _finding(
+        "failure_spike",
+        surprise,
+        t.surprise,
+        t,
+        [f"charge.failed {failed} of {charges} charges ({failed / charges:.0%}){_over(k)} vs typical {typical:.0%}"],
+        {"charge_failed": failed, "charges": charges, "failure_ratio": failed / charges, "horizon_windows": k},
+    )
+
+
+def silent_lapse(recent: Sequence[Window], baseline: Baseline, t: Thresholds) -> Finding | None:
+    """Subscriptions deleted after failed invoice payments, in a cluster the tenant does not usually see."""
+    k = int(t.lapse_horizon_windows)
+    lapses = sum(w.lapses for w in recent[-k:])
+    if lapses < t.lapse_min:
+        return None
+    surprise = poisson_excess(lapses, max(baseline.lapses.mean, t.lapse_floor_rate) * k)
+    if surprise < t.surprise:
+        return None
+    return _finding(
+        "silent_lapse",
+        surprise,
+        t.surprise,
+        t,
+        [f"{lapses} subscriptions deleted after invoice.payment_failed{_over(k)}", _typical("lapses", baseline.lapses, k)],
+        {"lapses": lapses, "horizon_windows": k},
+    )
+
+
+def duplicate_flood(recent: Sequence[Window], baseline: Baseline, t: Thresholds) -> Finding | None:
+    """The same events re-sent far more than provider retries explain."""
+    return _count_rule(
+        "duplicate_flood",
+        "duplicate deliveries",
+        recent,
+        lambda w: w.duplicates,
+        baseline.duplicates,
+        (1, 3, 5),
+        t.duplicate_min,
+        t,
+    )
+
+
+def bad_signature(recent: Sequence[Window], baseline: Baseline, t: Thresholds) -> Finding | None:
+    """Requests with failing signatures: someone probing the ingest URL, or a leaked/rotated secret."""
+    return _count_rule(
+        "bad_signature",
+        "bad signatures",
+        recent,
+        lambda w: w.bad_signatures,
+        baseline.bad_signatures,
+        (1, 5, 15),
+        t.bad_signature_min,
+        t,
+    )
+
+
+def webhook_lag(recent: Sequence[Window], baseline: Baseline, t: Thresholds) -> Finding | None:
+    """Events arriving long after Stripe created them, for more than a stray retry.
+
+    Evidence is the current streak of lagged windows, empty ones skipped (they say nothing about
+    lag): at least two of them, or `lag_min_events` events in it. A retried event is lagged too, but alone.
+    """
+    limit = max(t.lag_seconds, t.lag_multiplier * baseline.lag_p50)
+    measured = [(w.lag_p50, w.lag_max or 0.0, w.events) for w in recent[-30:] if w.lag_p50 is not None]
+    streak = lagged = 0
+    for p50, _, events in reversed(measured):
+        if p50 < limit:
+            break
+        streak += 1
+        lagged += events
+    if not streak or (streak < 2 and lagged < t.lag_min_events):
+        return None
+    p50, lag_max, _ = measured[-1]
+    ratio = p50 / limit
+    return Finding(
+        detector="webhook_lag",
+        kind="webhook_lag",
+        severity="critical" if ratio >= 10 else "warning",
+        score=ratio / (ratio + 1),
+        explanation=[f"webhook lag p50 {p50:.0f} s (max {lag_max:.0f} s) vs typical {baseline.lag_p50:.0f} s"],
+        features={"lag_p50": p50, "lag_max": lag_max, "lagged_windows": streak, "lagged_events": lagged},
+    )
+
+
+def negative_invoice(recent: Sequence[Window], baseline: Baseline, t: Thresholds) -> Finding | None:
+    """A refund or negative amount (credit, negative invoice) far beyond anything the tenant usually issues."""
+    window = recent[-1]
+    refund_limit = max(t.large_refund_min, t.amount_multiplier * (baseline.refund_p99 or 0))
+    negative_limit = max(t.negative_amount_min, t.amount_multiplier * (baseline.negative_p99 or 0))
+    ratio = max(window.max_refund / refund_limit, window.negative_amount / negative_limit)
+    if ratio < 1:
+        return None
+    return Finding(
+        detector="negative_invoice",
+        kind="negative_invoice",
+        severity="critical" if ratio >= t.critical_factor else "warning",
+        score=ratio / (ratio + 1),
+        explanation=[
+            f"largest refund {window.max_refund / 100:,.2f} vs limit {refund_limit / 100:,.2f}",
+            f"negative amounts {window.negative_amount / 100:,.2f} vs limit {negative_limit / 100:,.2f}",
+        ],
+        features={"max_refund": window.max_refund, "negative_amount": window.negative_amount},
+    )
+
+
+def volume_drop(recent: Sequence[Window], baseline: Baseline, t: Thresholds) -> Finding | None:
+    """Far fewer events than the seasonal expectation, over the horizon where that is most significant."""
+    rate = baseline.expected_events
+    if rate <= 0 or baseline.windows < 2 * 60:
+        return None
+    needed = t.drop_surprise if baseline.seasonal_events is not None else 2 * t.drop_surprise  # no seasonal reference yet
+    best = None
+    observed = 0
+    for k, window in enumerate(reversed(recent[-RECENT_WINDOWS:]), start=1):
+        observed += window.events
+        expected = rate * k
+        if observed > t.drop_ratio * expected:
+            if observed > expected:  # volume is back: an older quiet stretch is not this window's news
+                break
+            continue
+        surprise = poisson_deficit(observed, expected) / baseline.events.dispersion
+        if surprise >= needed and (best is None or surprise > best[0]):
+            best = (surprise, k, observed, expected)
+    if best is None:
+        return None
+    surprise, k, observed, expected = best
+    return _finding(
+        "volume_drop",
+        surprise,
+        needed,
+        t,
+        [f"{observed} events{_over(k)} vs typical {expected:.0f}"],
+        {"events": observed, "expected_events": expected, "horizon_windows": k},
+    )
+
+
+RULES: tuple[Rule, ...] = (
+    card_testing,
+    failure_spike,
+    silent_lapse,
+    duplicate_flood,
+    webhook_lag,
+    negative_invoice,
+    volume_drop,
+    bad_signature,
+)
+
+
+def _card_testing_like(window: Window, t: Thresholds) -> bool:
+    """Several cards beyond one per failing customer in one window (a customer retrying with a second card is not)."""
+    return card_excess(window) >= 2 and window.failed_cards >= t.card_testing_cards_per_customer * window.failed_customers
+
+
+def _count_rule(
+    kind: str,
+    label: str,
+    recent: Sequence[Window],
+    metric: Callable[[Window], int],
+    stat: Stat,
+    horizons: tuple[int, ...],
+    minimum: float,
+    t: Thresholds,
+) -> Finding | None:
+    best = None
+    for k in horizons:
+        count = sum(metric(w) for w in recent[-k:])
+        if count < minimum:
+            continue
+        surprise = poisson_excess(count, max(stat.mean, 0.01) * k) / stat.dispersion
+        if surprise >= t.surprise and (best is None or surprise > best[0]):
+            best = (surprise, k, count)
+    if best is None:
+        return None
+    surprise, k, count = best
+    return _finding(
+        kind,
+        surprise,
+        t.surprise,
+        t,
+        [f"{label} {count}{_over(k)}", _typical(label, stat, k)],
+        {kind: count, "horizon_windows": k},
+    )
+
+
+def _finding(
+    kind: str, surprise: float, threshold: float, t: Thresholds, explanation: list[str], features: dict[str, float]
+) -> Finding:
+    return Finding(
+        detector=kind,
+        kind=kind,
+        severity="critical" if surprise >= t.critical_factor * threshold else "warning",
+        score=to_score(surprise, threshold),
+        explanation=explanation,
+        features={**features, "surprise": surprise},
+    )
+
+
+def _over(k: int) -> str:
+    return "" if k == 1 else f" over the last {k} windows"
+
+
+def _typical(label: str, stat: Stat, k: int) -> str:
+    return f"typical {label} {stat.mean * k:.1f}±{stat.sd * k**0.5:.1f} per {k} window{'s' if k > 1 else ''}"

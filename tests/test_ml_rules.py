@@ -1,0 +1,200 @@
+"""Rule detectors and detect() on hand-built windows: each fires on its incident and stays quiet on ordinary noise."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pytest
+
+from ml.baseline import Baseline
+from ml.detection import detect
+from ml.features import Window
+from ml.findings import Finding
+from ml.rules import (
+    Rule,
+    Thresholds,
+    bad_signature,
+    card_testing,
+    duplicate_flood,
+    failure_spike,
+    negative_invoice,
+    silent_lapse,
+    volume_drop,
+    webhook_lag,
+)
+
+T0 = datetime(2026, 3, 2, tzinfo=timezone.utc)
+DEFAULTS = Thresholds()
+
+
+def _history(per_minute: float, minutes: int = 1500, seed: int = 0) -> list[Window]:
+    """Ordinary traffic: Poisson events, ~15% charges with ~4% failing, one customer per failure, the odd refund."""
+    rng = np.random.default_rng(seed)
+    windows = []
+    for m in range(minutes):
+        events = int(rng.poisson(per_minute))
+        failed = int(rng.poisson(per_minute * 0.15 * 0.04))
+        refund = int(rng.integers(500, 5000)) if rng.random() < 0.02 else 0
+        windows.append(
+            Window(
+                "t",
+                T0 + timedelta(minutes=m),
+                60,
+                events=events,
+                charge_failed=failed,
+                charge_succeeded=int(rng.poisson(per_minute * 0.15 * 0.96)),
+                failed_customers=failed,
+                failed_cards=failed,
+                refunds=int(refund > 0),
+                max_refund=refund,
+                negative_amount=refund,
+                duplicates=int(rng.poisson(per_minute * 0.003)),
+                lag_p50=float(rng.uniform(0.5, 2)) if events else None,
+                lag_max=float(rng.uniform(2, 4)) if events else None,
+            )
+        )
+    return windows
+
+
+def _next(history: list[Window], **fields: object) -> Window:
+    last = history[-1]
+    return replace(Window("t", last.start + timedelta(minutes=1), 60), **fields)
+
+
+def _run(rule: Rule, history: list[Window], window: Window, t: Thresholds = DEFAULTS) -> Finding | None:
+    baseline = Baseline.from_history(history, window.start)
+    return rule([*history[-240:], window], baseline, t)
+
+
+def _quiet(rule: Rule, history: list[Window]) -> int:
+    """How many windows of the ordinary history itself the rule flags."""
+    return sum(_run(rule, history[:i], history[i]) is not None for i in range(300, len(history)))
+
+
+def test_thresholds_overrides() -> None:
+    t = Thresholds.with_overrides({"duplicate_min": 25, "lag_seconds": 120})
+    assert t.duplicate_min == 25 and t.lag_seconds == 120 and t.surprise == DEFAULTS.surprise
+    assert Thresholds.with_overrides(None) == DEFAULTS
+    with pytest.raises(ValueError, match="no_such_threshold"):
+        Thresholds.with_overrides({"no_such_threshold": 1})
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [card_testing, failure_spike, silent_lapse, duplicate_flood, webhook_lag, negative_invoice, volume_drop, bad_signature],
+)
+def test_rules_stay_quiet_on_ordinary_traffic(rule: Rule) -> None:
+    assert _quiet(rule, _history(20, minutes=900)) == 0
+
+
+def test_card_testing_many_cards_few_customers() -> None:
+    history = _history(20)
+    burst = _next(history, events=40, charge_failed=30, charge_succeeded=3, failed_cards=30, failed_customers=1)
+    finding = _run(card_testing, history, burst)
+    assert finding is not None and finding.kind == "card_testing" and finding.severity == "critical"
+    assert "30 distinct cards failed for 1 customers" in finding.explanation[0]
+    outage = _next(history, events=40, charge_failed=30, charge_succeeded=3, failed_cards=30, failed_customers=30)
+    assert _run(card_testing, history, outage) is None  # one card per customer: not card testing
+    assert _run(failure_spike, history, burst) is None  # ...and card testing is not a failure spike
+
+
+def test_failure_spike_is_volume_aware() -> None:
+    busy, slow = _history(100), _history(1)
+    spike = {"charge_failed": 6, "failed_customers": 6, "failed_cards": 6}
+    assert (
+        _run(failure_spike, busy, _next(busy, events=100, charge_succeeded=14, **spike)) is None
+    )  # 6 of 20: busy tenants see that
+    finding = _run(failure_spike, slow, _next(slow, events=8, charge_succeeded=1, **spike))
+    assert finding is not None and finding.kind == "failure_spike"
+    assert "charge.failed 6 of 7" in finding.explanation[0]
+    storm = {"charge_failed": 40, "failed_customers": 40, "failed_cards": 40}
+    assert _run(failure_spike, busy, _next(busy, events=100, charge_succeeded=5, **storm)) is not None
+
+
+def test_failure_spike_accumulates_evidence_over_windows() -> None:
+    history = _history(2)
+    windows = list(history)
+    findings = []
+    for _ in range(6):
+        window = _next(windows, events=2, charge_failed=1, failed_customers=1, failed_cards=1)
+        findings.append(_run(failure_spike, windows, window))
+        windows.append(window)
+    assert findings[0] is None and findings[-1] is not None and findings[-1].features["horizon_windows"] > 1
+
+
+def test_silent_lapse_cluster() -> None:
+    history = _history(20)
+    windows = list(history)
+    for lapses in (1, 1):
+        windows.append(_next(windows, events=20, lapses=lapses))
+    assert _run(silent_lapse, windows, _next(windows, events=20)) is None  # two lapses: could be ordinary dunning
+    windows.append(_next(windows, events=20, lapses=1))
+    finding = _run(silent_lapse, windows[:-1], windows[-1])
+    assert finding is not None and finding.features["lapses"] == 3
+
+
+def test_duplicate_flood_relative_to_usual_retries() -> None:
+    history = _history(100)
+    assert _run(duplicate_flood, history, _next(history, events=100, duplicates=2)) is None
+    finding = _run(duplicate_flood, history, _next(history, events=100, duplicates=30))
+    assert finding is not None and finding.kind == "duplicate_flood" and finding.features["duplicate_flood"] == 30
+
+
+def test_webhook_lag_needs_more_than_one_retried_event() -> None:
+    history = _history(1)
+    retried = _next(history, events=1, lag_p50=900.0, lag_max=900.0)
+    assert _run(webhook_lag, history, retried) is None
+    windows = [*history, retried]
+    finding = _run(webhook_lag, windows, _next(windows, events=1, lag_p50=950.0, lag_max=950.0))
+    assert finding is not None and finding.kind == "webhook_lag" and "p50 950 s" in finding.explanation[0]
+    busy = _history(50)
+    assert _run(webhook_lag, busy, _next(busy, events=50, lag_p50=120.0, lag_max=300.0)) is not None
+
+
+def test_negative_invoice_and_large_refund() -> None:
+    history = _history(20)
+    assert _run(negative_invoice, history, _next(history, events=20, refunds=1, max_refund=4000, negative_amount=4000)) is None
+    refund = _run(negative_invoice, history, _next(history, events=20, refunds=1, max_refund=900_000, negative_amount=900_000))
+    assert refund is not None and refund.severity == "critical"
+    credit = _run(negative_invoice, history, _next(history, events=20, negative_amount=80_000))
+    assert credit is not None and credit.kind == "negative_invoice"
+
+
+def test_volume_drop_full_stop_and_partial() -> None:
+    history = _history(50)
+    windows = list(history)
+    assert _run(volume_drop, windows, _next(windows, events=0)) is not None  # 50/minute to nothing
+    slow = _history(0.5)
+    assert _run(volume_drop, slow, _next(slow, events=0)) is None  # one empty minute is normal at 30/hour
+    for _ in range(60):
+        slow.append(_next(slow, events=0))
+    finding = _run(volume_drop, slow[:-1], slow[-1])
+    assert finding is not None and finding.features["events"] == 0 and finding.features["horizon_windows"] >= 30
+    partial = [*history, *[_next(history, events=5)]]
+    assert _run(volume_drop, partial[:-1], partial[-1]) is not None
+
+
+def test_volume_drop_uses_yesterday_as_the_seasonal_reference() -> None:
+    history = _history(50, minutes=1500)
+    baseline = Baseline.from_history(history, history[-1].start + timedelta(minutes=1))
+    assert baseline.seasonal_events == pytest.approx(50, rel=0.1)
+    assert Baseline.from_history(history[:600], history[600].start).seasonal_events is None
+
+
+def test_bad_signature_probe() -> None:
+    history = _history(20)
+    assert _run(bad_signature, history, _next(history, events=20, bad_signatures=1)) is None
+    finding = _run(bad_signature, history, _next(history, events=20, bad_signatures=12))
+    assert finding is not None and finding.kind == "bad_signature"
+
+
+def test_detect_returns_one_finding_per_kind_with_history_of_a_week() -> None:
+    history = _history(20, minutes=7 * 1440)
+    window = _next(history, events=60, charge_failed=30, failed_cards=30, failed_customers=1, bad_signatures=40, duplicates=50)
+    findings = detect(window, history, DEFAULTS, None)
+    assert sorted(f.kind for f in findings) == ["bad_signature", "card_testing", "duplicate_flood"]
+    assert all(f.explanation and 0 < f.score <= 1 for f in findings)
+    assert detect(_next(history, events=20), history, DEFAULTS, None) == []
+    assert detect(window, history, DEFAULTS, None, rules=False) == []
