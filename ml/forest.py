@@ -65,7 +65,6 @@ _COUNTS = (
 _SEASON = ("hour sin", "hour cos", "weekend", "events vs hour-of-day profile")
 FEATURE_NAMES = tuple(f.name for f in _COUNTS) + _SEASON
 _GUARDED = np.array([f.guarded for f in _COUNTS])
-_RESIDUAL = len(FEATURE_NAMES) - 1
 
 
 class TenantModel:
@@ -131,10 +130,11 @@ class TenantModel:
         meta = json.loads(arrays.pop("meta").tobytes())
         if tuple(meta["features"]) != FEATURE_NAMES:
             raise ValueError("model was trained on a different feature set; retrain it")
-        return cls(arrays, arrays.pop("profile"), arrays.pop("mean"), arrays.pop("sd"), float(meta["threshold"]))
+        profile, mean, sd = arrays.pop("profile"), arrays.pop("mean"), arrays.pop("sd")
+        return cls(arrays, profile, mean, sd, float(meta["threshold"]))
 
     def score_windows(self, windows: Sequence[Window]) -> np.ndarray:
-        """Scores of many windows of this tenant at once (the evaluator's path)."""
+        """Scores of many windows of this tenant at once (batch replays)."""
         raw = np.array([_raw(w) for w in windows], dtype=np.float64)
         return self._score(_transform(raw, windows, self.profile))
 

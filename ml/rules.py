@@ -10,38 +10,41 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
+from itertools import accumulate
 
 from ml.baseline import Baseline, Stat, card_excess
 from ml.features import Window
 from ml.findings import Finding
 from ml.surprise import binomial_excess, poisson_deficit, poisson_excess, to_score
 
-RECENT_WINDOWS = 241  # the longest horizon below, plus the current window
+_DROP_HORIZON = 240  # the longest horizon (windows)
+_DROP_REFERENCE = 60  # windows before a volume-drop horizon that serve as its local reference
+RECENT_WINDOWS = _DROP_HORIZON + _DROP_REFERENCE + 1  # what the rules look at, the current window included
 
 
 @dataclass(frozen=True)
 class Thresholds:
     surprise: float = 12.0  # nats (~6e-6) a count rule needs against the tenant's baseline
     critical_factor: float = 3.0  # surprise this many times the threshold: severity "critical"
-    card_testing_min_cards: float = 4  # failed cards beyond one per failing customer, over a horizon
+    card_testing_min_cards: float = 4.0  # failed cards beyond one per failing customer, over a horizon
     card_testing_cards_per_customer: float = 3.0
-    failure_min_failures: float = 4
+    failure_min_failures: float = 4.0
     failure_min_ratio: float = 0.3  # charge failure ratio, and at least `failure_ratio_multiplier` x the typical one
     failure_ratio_multiplier: float = 3.0
     failure_floor_rate: float = 0.02  # typical failure ratio assumed when history has (almost) none
-    lapse_min: float = 3  # lapses within `lapse_horizon_windows`
-    lapse_horizon_windows: float = 30
+    lapse_min: float = 3.0  # lapses within `lapse_horizon_windows`
+    lapse_horizon_windows: float = 30.0
     lapse_floor_rate: float = 1 / 2880  # lapses per window assumed when history has none (one every two days)
-    duplicate_min: float = 4
+    duplicate_min: float = 4.0
     lag_seconds: float = 30.0  # lag_p50 at least this, and `lag_multiplier` x the typical p50
     lag_multiplier: float = 10.0
-    lag_min_events: float = 3  # events in lagged windows over the last five windows
-    large_refund_min: float = 50_000  # minor units; and `amount_multiplier` x the tenant's p99
-    negative_amount_min: float = 50_000
+    lag_min_events: float = 3.0  # lagged events in the current streak of lagged windows
+    large_refund_min: float = 50_000.0  # minor units; and `amount_multiplier` x the tenant's p99
+    negative_amount_min: float = 50_000.0
     amount_multiplier: float = 3.0
     drop_ratio: float = 0.25  # observed at most this fraction of expected events
     drop_surprise: float = 14.0
-    bad_signature_min: float = 5
+    bad_signature_min: float = 5.0
 
     @classmethod
     def with_overrides(cls, overrides: Mapping[str, float] | None) -> Thresholds:
@@ -164,7 +167,8 @@ def webhook_lag(recent: Sequence[Window], baseline: Baseline, t: Thresholds) -> 
     """Events arriving long after Stripe created them, for more than a stray retry.
 
     Evidence is the current streak of lagged windows, empty ones skipped (they say nothing about
-    lag): at least two of them, or `lag_min_events` events in it. A retried event is lagged too, but alone.
+    lag), holding at least `lag_min_events` lagged events (half of each window's, as its median is
+    lagged). A retried event is lagged too, but alone.
     """
     limit = max(t.lag_seconds, t.lag_multiplier * baseline.lag_p50)
     measured = [(w.lag_p50, w.lag_max or 0.0, w.events) for w in recent[-30:] if w.lag_p50 is not None]
@@ -173,8 +177,8 @@ def webhook_lag(recent: Sequence[Window], baseline: Baseline, t: Thresholds) -> 
         if p50 < limit:
             break
         streak += 1
-        lagged += events
-    if not streak or (streak < 2 and lagged < t.lag_min_events):
+        lagged += (events + 1) // 2
+    if lagged < t.lag_min_events:
         return None
     p50, lag_max, _ = measured[-1]
     ratio = p50 / limit
@@ -210,19 +214,27 @@ def negative_invoice(recent: Sequence[Window], baseline: Baseline, t: Thresholds
 
 
 def volume_drop(recent: Sequence[Window], baseline: Baseline, t: Thresholds) -> Finding | None:
-    """Far fewer events than the seasonal expectation, over the horizon where that is most significant."""
+    """Far fewer events than expected, over the trailing horizon where that is most significant.
+
+    Expected is the lowest of three rates: the same hour yesterday, the recent baseline, and the
+    hour just before the horizon. The last one follows shifts the daily reference cannot know
+    about (the first weekend, a holiday) without absorbing a drop that is still in the horizon.
+    """
     rate = baseline.expected_events
     if rate <= 0 or baseline.windows < 2 * 60:
         return None
     needed = t.drop_surprise if baseline.seasonal_events is not None else 2 * t.drop_surprise  # no seasonal reference yet
+    prefix = list(accumulate((w.events for w in recent), initial=0))
+    n = len(recent)
     best = None
-    observed = 0
-    for k, window in enumerate(reversed(recent[-RECENT_WINDOWS:]), start=1):
-        observed += window.events
-        expected = rate * k
+    for k in range(1, min(n, _DROP_HORIZON) + 1):
+        observed = prefix[n] - prefix[n - k]
+        before = min(_DROP_REFERENCE, n - k)
+        reference = (prefix[n - k] - prefix[n - k - before]) / before if before >= _DROP_REFERENCE // 2 else rate
+        expected = k * min(rate, reference)
+        if observed > expected:  # volume is back: an older quiet stretch is not this window's news
+            break
         if observed > t.drop_ratio * expected:
-            if observed > expected:  # volume is back: an older quiet stretch is not this window's news
-                break
             continue
         surprise = poisson_deficit(observed, expected) / baseline.events.dispersion
         if surprise >= needed and (best is None or surprise > best[0]):

@@ -133,7 +133,7 @@ class Tenant:
         hours = (t - START.timestamp()) / HOUR
         local = (hours + self.tz_shift) % 24
         daily = 0.2 + 0.8 * ((1 - np.cos(2 * np.pi * (local - 4) / 24)) / 2) ** 1.5
-        weekday = ((hours // 24) % 7).astype(int)
+        weekday = (((hours + self.tz_shift) // 24) % 7).astype(int)
         weekly = np.where(weekday >= 5, self.weekend_factor, 1.0)
         drift = self.drift[np.clip(hours.astype(int), 0, len(self.drift) - 1)]
         return self.peak_per_hour / 60 * daily * weekly * drift

@@ -13,6 +13,7 @@ from ml.detection import detect
 from ml.features import Window
 from ml.findings import Finding
 from ml.rules import (
+    RECENT_WINDOWS,
     Rule,
     Thresholds,
     bad_signature,
@@ -65,7 +66,7 @@ def _next(history: list[Window], **fields: object) -> Window:
 
 def _run(rule: Rule, history: list[Window], window: Window, t: Thresholds = DEFAULTS) -> Finding | None:
     baseline = Baseline.from_history(history, window.start)
-    return rule([*history[-240:], window], baseline, t)
+    return rule([*history[-(RECENT_WINDOWS - 1) :], window], baseline, t)
 
 
 def _quiet(rule: Rule, history: list[Window]) -> int:
@@ -144,11 +145,14 @@ def test_duplicate_flood_relative_to_usual_retries() -> None:
 
 def test_webhook_lag_needs_more_than_one_retried_event() -> None:
     history = _history(1)
-    retried = _next(history, events=1, lag_p50=900.0, lag_max=900.0)
-    assert _run(webhook_lag, history, retried) is None
-    windows = [*history, retried]
+    windows = list(history)
+    for lag in (900.0, 920.0):  # two retried events in a row: still no evidence of a backlog
+        window = _next(windows, events=1, lag_p50=lag, lag_max=lag)
+        assert _run(webhook_lag, windows, window) is None
+        windows += [window, _next([window], events=0)]
     finding = _run(webhook_lag, windows, _next(windows, events=1, lag_p50=950.0, lag_max=950.0))
     assert finding is not None and finding.kind == "webhook_lag" and "p50 950 s" in finding.explanation[0]
+    assert finding.features["lagged_windows"] == 3
     busy = _history(50)
     assert _run(webhook_lag, busy, _next(busy, events=50, lag_p50=120.0, lag_max=300.0)) is not None
 

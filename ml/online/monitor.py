@@ -22,9 +22,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from gateway.database import dialect_insert, utcnow
 from gateway.metrics import ANOMALIES
 from gateway.settings import Settings
+from ml.baseline import Baseline
 from ml.detection import Finding, detect
 from ml.features import Window
-from ml.forest import TenantModel
+from ml.forest import TenantModel, score_many
 from ml.incidents import Incident, fold
 from ml.online import alerts
 from ml.online.models import Anomaly, FeatureWindowRow, TenantModelRow, WindowRun
@@ -34,6 +35,7 @@ from ml.rules import Thresholds
 from tenants.models import Tenant
 
 _log = logging.getLogger("hookgate.anomalies")
+BASELINE_REFRESH_WINDOWS = 15
 RETRAIN_CHECK_SECONDS = 600  # how often stale models are looked for (arq cron in production)
 
 
@@ -46,6 +48,7 @@ class AnomalyMonitor:
         self._seconds = settings.anomaly_window_seconds
         self._history: dict[uuid.UUID, deque[Window]] = {}
         self._models: dict[uuid.UUID, tuple[datetime, TenantModel]] = {}
+        self._baselines: dict[uuid.UUID, tuple[datetime, Baseline]] = {}
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -122,9 +125,14 @@ class AnomalyMonitor:
             for row in await session.scalars(select(Anomaly).where(Anomaly.tenant_id.in_(tenant_ids), Anomaly.ended_at.is_(None)))
         }
         previous = await self._last_active(session, tenant_ids, start)
+        scored = score_many({str(tenant_id): model for tenant_id, model in models.items()}, list(windows.values()))
         rows = []
         for tenant_id, window in windows.items():
-            findings = detect(window, list(histories[tenant_id]), thresholds[tenant_id], models.get(tenant_id))
+            model = models.get(tenant_id)
+            history = list(histories[tenant_id])
+            findings = detect(
+                window, history, thresholds[tenant_id], model, baseline=self._baseline(tenant_id, window, history), scored=scored.get(window.tenant)
+            )
             await self._keep_incidents(session, tenant_id, window, findings, open_incidents)
             active = window.start if window.events else previous.get(tenant_id, window.start)
             rows.append({"tenant_id": tenant_id, "start": start, "seconds": self._seconds, "features": FeatureWindowRow.features_of(window), "last_active": active})
@@ -166,6 +174,15 @@ class AnomalyMonitor:
                 await alerts.detected(session, row)
             elif change == "closed":
                 await alerts.resolved(session, row)
+
+    def _baseline(self, tenant_id: uuid.UUID, window: Window, history: list[Window]) -> Baseline:
+        """What "typical" is for the tenant: it moves slowly, so it is recomputed every
+        ``BASELINE_REFRESH_WINDOWS`` windows rather than every window (a third of the CPU)."""
+        cached = self._baselines.get(tenant_id)
+        if cached is None or not 0 <= (window.start - cached[0]).total_seconds() < BASELINE_REFRESH_WINDOWS * self._seconds:
+            cached = (window.start, Baseline.from_history(history, window.start))
+            self._baselines[tenant_id] = cached
+        return cached[1]
 
     async def _histories(self, session: AsyncSession, tenant_ids: Iterable[uuid.UUID], start: datetime) -> dict[uuid.UUID, deque[Window]]:
         """Each tenant's trailing windows, from this process's cache when it scored the last
