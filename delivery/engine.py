@@ -331,7 +331,8 @@ class DeliveryEngine:
                 await operational.emit(session, job.tenant_id, kind, {"endpoint_id": str(job.endpoint_id)}, exclude=job.endpoint_id)
         if was_open and delivery.status in (SUCCEEDED, DEAD):
             DELIVERIES.labels(tenant=str(job.tenant_id), outcome=delivery.status).inc()
-            if delivery.status == SUCCEEDED:
+            if delivery.status == SUCCEEDED and not delivery.is_replay and not delivery.retry_offset:
+                # Received → delivered, for live traffic only: a replay or redrive of yesterday's event is not lag.
                 DELIVERY_LAG.labels(priority=job.priority).observe((utcnow() - job.received_at).total_seconds())
         _log.info(
             "attempt",

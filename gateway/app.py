@@ -20,7 +20,7 @@ from gateway.admission.controller import usage
 from gateway.admission.service import Admission
 from gateway.doorbell import ArqDoorbell, Doorbell
 from gateway.events.controller import EventController
-from gateway.health import readiness
+from gateway.health import readiness, ready
 from gateway.idempotency.middleware import IdempotencyMiddleware
 from gateway.ingest.controller import ingest
 from gateway.ingest.service import IngestService
@@ -95,7 +95,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     @get("/readyz", operation_id="readyz", summary="Database (and Redis) reachable", tags=["health"])
     async def readyz() -> dict[str, object]:
         checks = await readiness(sessions, runtime.redis)
-        if any(state != "ok" for state in checks.values()):
+        if not ready(checks):
             raise Problem(503, "not-ready", "a backing service is unreachable", checks=checks)
         return {"status": "ready", "checks": checks}
 

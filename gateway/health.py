@@ -20,6 +20,10 @@ async def readiness(sessions: async_sessionmaker[AsyncSession], redis: aioredis.
     return checks
 
 
+def ready(checks: dict[str, str]) -> bool:
+    return all(state == "ok" for state in checks.values())
+
+
 async def _database(sessions: async_sessionmaker[AsyncSession]) -> None:
     async with sessions() as session:
         await session.execute(text("SELECT 1"))

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from gateway.health import ready
 from gateway.metrics import exposition
 
 Readiness = Callable[[], Awaitable[dict[str, str]]]
@@ -43,7 +44,7 @@ async def _answer(path: str, readiness: Readiness) -> tuple[int, str, bytes]:
         return 200, "application/json", b'{"status":"ok"}'
     if path == "/readyz":
         checks = await readiness()
-        ready = all(state == "ok" for state in checks.values())
-        body = json.dumps({"status": "ready" if ready else "not ready", "checks": checks}).encode()
-        return (200 if ready else 503), "application/json", body
+        ok = ready(checks)
+        body = json.dumps({"status": "ready" if ok else "not ready", "checks": checks}).encode()
+        return (200 if ok else 503), "application/json", body
     return 404, "application/json", b'{"status":"not found"}'

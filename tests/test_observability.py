@@ -67,6 +67,9 @@ async def test_metrics_count_exactly_what_ingest_and_delivery_did(stack_factory)
         assert (await stack.client.post("/ingest/no-such-token", content=b"{}")).status_code == 404
         assert (await stack.client.post(ingest_path(source), content=b"x" * 5000)).status_code == 413
         await stack.settled(tenant, 3)
+        [stored] = (await stack.client.get("/api/v1/events?limit=1", headers=tenant.auth)).json()["data"]
+        assert (await stack.client.post(f"/api/v1/events/{stored['id']}/replay", headers=tenant.auth)).status_code == 202
+        await stack.settled(tenant, 4)
         await asyncio.sleep(0.2)
     after = await _scrape(stack)
 
@@ -79,9 +82,9 @@ async def test_metrics_count_exactly_what_ingest_and_delivery_did(stack_factory)
     assert delta("hookgate_ingest_requests_total", outcome="unknown_source") == 1
     assert delta("hookgate_ingest_requests_total", outcome="too_large") == 1
     assert delta("hookgate_ingest_duration_seconds_count") == 7
-    assert delta("hookgate_delivery_attempts_total", tenant=tenant.id, outcome="success", status_class="2xx") == 3
-    assert delta("hookgate_deliveries_total", tenant=tenant.id, outcome="succeeded") == 3
-    assert delta("hookgate_delivery_lag_seconds_count") == 3
+    assert delta("hookgate_delivery_attempts_total", tenant=tenant.id, outcome="success", status_class="2xx") == 4
+    assert delta("hookgate_deliveries_total", tenant=tenant.id, outcome="succeeded") == 4
+    assert delta("hookgate_delivery_lag_seconds_count") == 3  # the replay is not received → delivered lag
     assert delta("hookgate_requests_total", path="/api/v1/endpoints", method="POST") == 1  # by route template
     assert value(after, "hookgate_requests_total", path="/ingest/{token}") >= 7
     assert ("hookgate_pending_deliveries", (("priority", "critical"),)) in after  # set by the sweeps

@@ -41,7 +41,6 @@ _OUTCOMES = {
     "invalid-signature": "bad_signature",
     "invalid-json": "invalid_payload",
     "rate-limited": "rate_limited",
-    "body-too-large": "too_large",
 }
 _json = msgspec.json.Decoder()
 _STORAGE_ERRORS = (SQLAlchemyError, OSError, TimeoutError)

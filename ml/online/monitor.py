@@ -87,15 +87,16 @@ class AnomalyMonitor:
             claim = dialect_insert(session.bind.dialect.name)(WindowRun).values(window_start=start, finished_at=utcnow(), tenants=0)
             if await session.scalar(claim.on_conflict_do_nothing().returning(WindowRun.window_start)) is None:
                 return None
+            carried = await self._carried(session, start)
             windows = await window_features(
                 session,
                 start,
                 self._seconds,
                 lapse_lookback=timedelta(days=self._settings.anomaly_lapse_lookback_days),
-                tenants=await self._carried(session, start),
+                tenants=carried,
             )
             if windows:
-                await self._detect(session, start, windows)
+                await self._detect(session, start, windows, carried)
             await session.execute(
                 delete(FeatureWindowRow).where(FeatureWindowRow.start < start - timedelta(days=self._settings.anomaly_retention_days))
             )
@@ -104,18 +105,20 @@ class AnomalyMonitor:
             )
             return len(windows)
 
-    async def _carried(self, session: AsyncSession, start: datetime) -> list[uuid.UUID]:
-        """Tenants whose previous window exists and who sent something within the history span."""
+    async def _carried(self, session: AsyncSession, start: datetime) -> dict[uuid.UUID, datetime]:
+        """Tenants whose previous window exists and who sent something within the history span,
+        with when they last did."""
         horizon = start - timedelta(seconds=self._seconds * self._settings.anomaly_history_windows)
-        return list(
-            await session.scalars(
-                select(FeatureWindowRow.tenant_id).where(
-                    FeatureWindowRow.start == start - timedelta(seconds=self._seconds), FeatureWindowRow.last_active >= horizon
-                )
+        rows = await session.execute(
+            select(FeatureWindowRow.tenant_id, FeatureWindowRow.last_active).where(
+                FeatureWindowRow.start == start - timedelta(seconds=self._seconds), FeatureWindowRow.last_active >= horizon
             )
         )
+        return {tenant_id: last_active for tenant_id, last_active in rows}
 
-    async def _detect(self, session: AsyncSession, start: datetime, windows: dict[uuid.UUID, Window]) -> None:
+    async def _detect(
+        self, session: AsyncSession, start: datetime, windows: dict[uuid.UUID, Window], last_active: dict[uuid.UUID, datetime]
+    ) -> None:
         tenant_ids = list(windows)
         histories = await self._histories(session, tenant_ids, start)
         models = await self._current_models(session, tenant_ids)
@@ -124,7 +127,6 @@ class AnomalyMonitor:
             (row.tenant_id, row.kind): row
             for row in await session.scalars(select(Anomaly).where(Anomaly.tenant_id.in_(tenant_ids), Anomaly.ended_at.is_(None)))
         }
-        previous = await self._last_active(session, tenant_ids, start)
         scored = score_many({str(tenant_id): model for tenant_id, model in models.items()}, list(windows.values()))
         rows = []
         for tenant_id, window in windows.items():
@@ -134,7 +136,7 @@ class AnomalyMonitor:
                 window, history, thresholds[tenant_id], model, baseline=self._baseline(tenant_id, window, history), scored=scored.get(window.tenant)
             )
             await self._keep_incidents(session, tenant_id, window, findings, open_incidents)
-            active = window.start if window.events else previous.get(tenant_id, window.start)
+            active = window.start if window.events else last_active.get(tenant_id, window.start)
             rows.append({"tenant_id": tenant_id, "start": start, "seconds": self._seconds, "features": FeatureWindowRow.features_of(window), "last_active": active})
             histories[tenant_id].append(window)
         await session.execute(FeatureWindowRow.__table__.insert(), rows)
@@ -212,13 +214,6 @@ class AnomalyMonitor:
                 self._models[row.tenant_id] = (row.trained_at, TenantModel.loads(row.blob))
         return {t: self._models[t][1] for t in versions}
 
-    async def _last_active(self, session: AsyncSession, tenant_ids: list[uuid.UUID], start: datetime) -> dict[uuid.UUID, datetime]:
-        rows = await session.execute(
-            select(FeatureWindowRow.tenant_id, FeatureWindowRow.last_active).where(
-                FeatureWindowRow.tenant_id.in_(tenant_ids), FeatureWindowRow.start == start - timedelta(seconds=self._seconds)
-            )
-        )
-        return {tenant_id: last_active for tenant_id, last_active in rows}
 
 
 async def _thresholds(session: AsyncSession, tenant_ids: list[uuid.UUID]) -> dict[uuid.UUID, Thresholds]:
