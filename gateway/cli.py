@@ -109,7 +109,8 @@ def _ml_commands(commands: argparse._SubParsersAction) -> None:
     evaluate.set_defaults(run=_ml_evaluate)
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line; the Helm chart's container args are checked against it in tests."""
     parser = argparse.ArgumentParser(prog="hookgate", description="Multi-tenant webhook gateway")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -129,8 +130,11 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser("worker", help="delivery worker (arq on Redis + dispatch loop)").set_defaults(run=_worker)
     commands.add_parser("settings", help="print every HOOKGATE_* setting").set_defaults(run=_settings)
     _ml_commands(commands)
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     args.run(args)
 
 
