@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import shutil
 import subprocess
 import tarfile
@@ -399,6 +400,13 @@ def test_the_service_monitor_scrapes_the_gateway_and_every_worker(chart: Any) ->
     assert all(e["path"] == "/metrics" for e in endpoints)
     worker_service = one(documents, "Service", "hg-hookgate-worker")
     assert worker_service["spec"]["clusterIP"] == "None"  # every worker pod is its own target
+    # Prometheus names the job after the Service label jobLabel points at; the shipped rules and panels
+    # select on those job names, so each one they use must be one a selected Service produces.
+    jobs = {service["metadata"]["labels"][monitor["spec"]["jobLabel"]] for service in selected}
+    rules = [rule["expr"] for group in yaml.safe_load((GRAFANA / "alerts.yaml").read_text())["groups"] for rule in group["rules"]]
+    panels = [t["expr"] for panel in json.loads((GRAFANA / "hookgate.json").read_text())["panels"] for t in panel.get("targets", [])]
+    queried = {job for expr in rules + panels for job in re.findall(r'job="([^"]+)"', expr)}
+    assert queried and queried <= jobs, (queried, jobs)
 
 
 def test_the_dashboard_config_map_embeds_the_dashboard(chart: Any) -> None:
