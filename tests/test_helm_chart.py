@@ -24,13 +24,11 @@ from dockerfile_parse import DockerfileParser
 
 from gateway import cli
 from gateway.settings import Settings, settings_from_env
+from tests.support.chart import CHART, REQUIRED, ROOT, merge, one, render
 from tests.support.promql import PROMETHEUS_SERIES, parse_exposition, problems_in, scrape_app
 
-ROOT = Path(__file__).resolve().parents[1]
-CHART = ROOT / "deploy" / "helm" / "hookgate"
 GRAFANA = ROOT / "deploy" / "grafana"
 KUBERNETES = "1.35.0"  # the API version every built-in manifest is validated against (strict: no unknown fields)
-REQUIRED = yaml.safe_load((CHART / "ci" / "required-values.yaml").read_text())
 SECRET_SETTINGS = {"secret_key", "database_url", "redis_url", "operator_key"}
 CHART_SETTINGS = {"mode", "public_url", "worker_metrics_host", "worker_metrics_port"}
 EVERYTHING_ON = {
@@ -41,31 +39,10 @@ EVERYTHING_ON = {
 }
 
 
-def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    merged = copy.deepcopy(base)
-    for key, value in override.items():
-        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
-    return merged
-
-
 @pytest.fixture(scope="module")
 def chart() -> Any:
     with helm.Chart.load(CHART) as loaded:
         yield loaded
-
-
-def render(chart: Any, overrides: dict[str, Any] | None = None, *, base: dict[str, Any] = REQUIRED) -> list[dict[str, Any]]:
-    """The manifests `helm install` would apply, as objects (NOTES.txt left out)."""
-    values = _merge(base, overrides or {})
-    chart.validate_schema(values)  # what `helm install` does before rendering
-    manifests = chart.render(values, name="hg", namespace="hooks", is_install=True)
-    return [
-        document
-        for path, text in sorted(manifests.items())
-        if path.endswith(".yaml")
-        for document in yaml.safe_load_all(text)
-        if document
-    ]
 
 
 def refusal(chart: Any, overrides: dict[str, Any], *, base: dict[str, Any] = REQUIRED) -> str:
@@ -76,12 +53,6 @@ def refusal(chart: Any, overrides: dict[str, Any], *, base: dict[str, Any] = REQ
 
 def kinds(documents: list[dict[str, Any]]) -> list[str]:
     return sorted(document["kind"] for document in documents)
-
-
-def one(documents: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
-    found = [d for d in documents if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
-    assert len(found) == 1, f"{kind} {name or ''}: {len(found)} found"
-    return found[0]
 
 
 def containers(documents: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -97,8 +68,9 @@ def containers(documents: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 # --- Helm's own checks -----------------------------------------------------------------------------------
 
 
-def test_helm_lint_is_clean() -> None:
-    report = helm.lint(CHART, REQUIRED, strict=True, kube_version=f"v{KUBERNETES}")
+@pytest.mark.parametrize("overrides", [{}, EVERYTHING_ON], ids=["defaults", "everything-on"])
+def test_helm_lint_is_clean(overrides: dict[str, Any]) -> None:
+    report = helm.lint(CHART, merge(REQUIRED, overrides), strict=True, kube_version=f"v{KUBERNETES}")
     assert report["errors"] == [], report
     assert [m for m in report["messages"] if m["severity"] >= 2] == [], report  # info (e.g. "icon is recommended") only
 
@@ -114,22 +86,22 @@ def test_helm_lint_reports_a_broken_template(tmp_path: Path) -> None:
 
 def test_the_schema_accepts_the_defaults_and_rejects_bad_values(chart: Any) -> None:
     chart.validate_schema(REQUIRED)
-    chart.validate_schema(_merge(REQUIRED, EVERYTHING_ON))
-    bad = [
-        {"gateway": {"replicas": "two"}},
-        {"worker": {"metricsPort": 0}},
-        {"image": {"pullPolicy": "Sometimes"}},
-        {"config": {"HOOKGATE_NO_SUCH_SETTING": "1"}},
-        {"config": {"HOOKGATE_OTEL_EXPORTER": "zipkin"}},
-        {"config": {"HOOKGATE_INGEST_LIMIT_LOW": "fast"}},
-        {"config": {"HOOKGATE_SECRET_KEY": "belongs-in-secrets"}},
-        {"secrets": {"redisUrl": "http://not-redis"}},
-        {"publicUrl": "hooks.example.com"},
-        {"gatway": {"replicas": 2}},
+    chart.validate_schema(merge(REQUIRED, EVERYTHING_ON))
+    bad = [  # (values, what Helm's message names)
+        ({"gateway": {"replicas": "two"}}, "/gateway/replicas"),
+        ({"worker": {"metricsPort": 0}}, "/worker/metricsPort"),
+        ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
+        ({"config": {"HOOKGATE_NO_SUCH_SETTING": "1"}}, "HOOKGATE_NO_SUCH_SETTING"),
+        ({"config": {"HOOKGATE_OTEL_EXPORTER": "zipkin"}}, "/config/HOOKGATE_OTEL_EXPORTER"),
+        ({"config": {"HOOKGATE_INGEST_LIMIT_LOW": "fast"}}, "/config/HOOKGATE_INGEST_LIMIT_LOW"),
+        ({"config": {"HOOKGATE_SECRET_KEY": "belongs-in-secrets"}}, "HOOKGATE_SECRET_KEY"),
+        ({"secrets": {"redisUrl": "http://not-redis"}}, "/secrets/redisUrl"),
+        ({"publicUrl": "hooks.example.com"}, "/publicUrl"),
+        ({"gatway": {"replicas": 2}}, "gatway"),
     ]
-    for values in bad:
-        with pytest.raises(helm.HelmValuesError):
-            chart.validate_schema(_merge(REQUIRED, values))
+    for values, named in bad:
+        with pytest.raises(helm.HelmValuesError, match=re.escape(named)):
+            chart.validate_schema(merge(REQUIRED, values))
 
 
 def test_the_schema_knows_every_setting_exactly_as_the_code_declares_it() -> None:
@@ -281,6 +253,15 @@ def test_contradictory_values_fail_with_the_charts_message(chart: Any, values: d
     assert message in refusal(chart, values)
 
 
+def test_a_values_file_with_two_schedulers_fails_to_render(chart: Any, tmp_path: Path) -> None:
+    values_file = tmp_path / "two-schedulers.yaml"
+    values_file.write_text("scheduler:\n  replicas: 2\nworker:\n  replicas: 3\n")
+    values = helm.values_from_yaml(values_file.read_text())  # Helm's own reading of a -f file
+    message = refusal(chart, values)
+    assert "hookgate: scheduler.replicas is 2, but Hookgate has no scheduler process to run" in message
+    assert "scale worker.replicas" in message
+
+
 def test_missing_connection_secrets_are_named(chart: Any) -> None:
     message = refusal(chart, {}, base={})
     assert "secrets.secretKey, secrets.databaseUrl, secrets.redisUrl required" in message
@@ -354,7 +335,7 @@ def test_the_dockerfile_builds_one_non_root_image_of_the_package(chart: Any) -> 
     assert user and user[-1].split(":")[0] == str(chart.values["podSecurityContext"]["runAsUser"]) != "0"
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert pyproject["project"]["scripts"][_image_entrypoint()[0]] == "gateway.cli:main"
-    copied = {value.split()[0] for name, value in instructions if name == "COPY" and not value.startswith("--from")}
+    copied = {source for name, value in instructions if name == "COPY" and not value.startswith("--from") for source in value.split()[:-1]}
     packages = {pattern.rstrip("*") for pattern in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]}
     assert packages <= copied, f"the image would lack {packages - copied}"
     assert cli.build_parser().parse_args(json.loads(dockerfile.cmd)).run is cli._serve  # noqa: SLF001
