@@ -411,3 +411,16 @@ def test_the_packaged_chart_carries_the_grafana_files(chart: Any, tmp_path: Path
             assert member is not None and member.read() == (GRAFANA / name).read_bytes()
     assert not [name for name in names if name.startswith("hookgate/ci/")]
     assert "hookgate/values.schema.json" in names
+
+
+def test_the_values_in_docs_deploy_install_as_written(chart: Any) -> None:
+    """Every YAML values block of docs/DEPLOY.md passes the schema and renders (each laid over the
+    first, the full values-prod.yaml), so the install guide cannot drift from the chart."""
+    blocks = [yaml.safe_load(block.split("```")[0]) for block in (ROOT / "docs" / "DEPLOY.md").read_text().split("```yaml\n")[1:]]
+    assert len(blocks) >= 2 and blocks[0]["secrets"]["existingSecret"]
+    for block in blocks:
+        assert block.keys() <= chart.values.keys(), block
+        documents = render(chart, block, base=blocks[0])
+        assert one(documents, "Deployment", "hg-hookgate-worker")
+    assert one(render(chart, {}, base=blocks[0]), "Ingress")["spec"]["tls"][0]["hosts"] == ["hooks.example.com"]
+
