@@ -19,9 +19,10 @@ import pytest
 from litestar import Litestar
 from litestar.routes import HTTPRoute
 from litestar.testing import AsyncTestClient
-from sqlalchemy import text
+from sqlalchemy import text, update
 
 from gateway.database import Base, create_engine, utcnow
+from gateway.events.models import Delivery
 from gateway.settings import Settings
 from ml.online.models import Anomaly
 from tests.conftest import OPERATOR_KEY, Stack, TenantHandle, new_source, new_tenant
@@ -99,8 +100,8 @@ async def _world(stack: Stack, alice: TenantHandle) -> dict[str, str]:
     since = (utcnow() - timedelta(hours=1)).isoformat()
     job = await client.post("/api/v1/replays", json={"since": since}, headers=alice.auth)
     assert job.status_code == 202, job.text
-    [delivery] = await stack.deliveries(alice)
-    anomaly = await _anomaly(stack.settings.database_url, uuid.UUID(alice.id))
+    [delivery] = await stack.deliveries(alice, event_id=event_id, endpoint_id=endpoint["id"])
+    anomaly = await _worker_rows(stack.settings.database_url, uuid.UUID(alice.id), job.json()["id"], delivery["id"])
     return {
         "source_id": source["id"],
         "endpoint_id": endpoint["id"],
@@ -111,16 +112,20 @@ async def _world(stack: Stack, alice: TenantHandle) -> dict[str, str]:
     }
 
 
-async def _anomaly(database_url: str, tenant_id: uuid.UUID) -> uuid.UUID:
-    """An open incident row, as the monitor would store it (no worker runs in this test)."""
+async def _worker_rows(database_url: str, tenant_id: uuid.UUID, job_id: str, delivery_id: str) -> uuid.UUID:
+    """What a worker would have added (none runs here): an open incident, and the replay job's
+    first delivery (the replayed one)."""
     engine = create_engine(database_url, pool_size=1)
     now, anomaly_id = utcnow(), uuid.uuid4()
     row = {"id": anomaly_id, "tenant_id": tenant_id, "kind": "card_testing", "detector": "card_testing", "severity": "high",
            "score": 1.0, "explanation": ["test"], "features": {}, "started_at": now, "last_seen_at": now,
-           "windows": 1, "created_at": now, "updated_at": now}
+           "windows": 1, "ended_at": now, "created_at": now, "updated_at": now}  # closed: one world per call may add more
     try:
         async with engine.begin() as connection:
             await connection.execute(Anomaly.__table__.insert(), row)
+            await connection.execute(
+                update(Delivery).where(Delivery.id == uuid.UUID(delivery_id)).values(replay_job_id=uuid.UUID(job_id))
+            )
     finally:
         await engine.dispose()
     return anomaly_id
@@ -159,11 +164,78 @@ async def test_another_tenants_key_gets_404_and_changes_nothing_on_every_id_rout
         changed = [table for table in before if before[table] != after[table]]
         if changed:
             failures.append(f"{call.method} {call.template} by another tenant changed {changed}")
-    # The owner's calls find every resource: the requests above were real ones. Deletes go last.
-    for call in sorted(calls, key=lambda c: c.method == "DELETE"):
-        response = await client.request(call.method, _path(call, ids), json=BODIES.get(call.operation_id), headers=alice.auth)
+    # The owner's calls find every resource: the requests above were real ones. A call that removes
+    # things (a delete, a cancel that withdraws deliveries) gets a world of its own.
+    for call in calls:
+        owned = await _world(stack, alice) if call.method == "DELETE" or call.operation_id == "cancelReplay" else ids
+        response = await client.request(call.method, _path(call, owned), json=BODIES.get(call.operation_id), headers=alice.auth)
         if response.status_code == 404 or response.status_code >= 500:
             failures.append(f"owner's {call.method} {call.template}: {response.status_code} {response.text[:200]}")
+    assert not failures, "\n".join(failures)
+
+
+# Ids inside queries and bodies name the same resources as the path parameters above.
+_FIELD_RESOURCE = {"endpoint_id": "endpoint_id", "endpoint_ids": "endpoint_id", "source_id": "source_id",
+                   "event_id": "event_id", "replay_job_id": "job_id"}
+_BASE_BODIES = {"createReplay": {"since": (utcnow() - timedelta(hours=1)).isoformat()}}
+
+
+def _uuid_fields(app: Litestar) -> Iterator[tuple[str, str, str, str, str]]:
+    """(method, path, operation id, "query" | "body", field) for every id a request carries outside its path."""
+    document = app.openapi_schema.to_schema()
+    components = document["components"]["schemas"]
+
+    def properties(schema: dict[str, Any]) -> dict[str, Any]:
+        if "$ref" in schema:
+            return properties(components[schema["$ref"].rsplit("/", 1)[1]])
+        found = dict(schema.get("properties", {}))
+        for alternative in schema.get("oneOf", []) + schema.get("anyOf", []):
+            found.update(properties(alternative))
+        return found
+
+    def is_id(schema: dict[str, Any]) -> bool:
+        if schema.get("format") == "uuid":
+            return True
+        return ("items" in schema and is_id(schema["items"])) or any(is_id(a) for a in schema.get("oneOf", []) + schema.get("anyOf", []))
+
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            for parameter in operation.get("parameters", []):
+                if parameter["in"] == "query" and is_id(parameter.get("schema", {})):
+                    yield method.upper(), path, operation["operationId"], "query", parameter["name"]
+            body = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
+            for name, schema in properties(body or {}).items():
+                if is_id(schema):
+                    yield method.upper(), path, operation["operationId"], "body", name
+
+
+async def test_another_tenants_ids_in_queries_and_bodies_find_nothing(stack: Stack) -> None:
+    """Lists filtered by another tenant's id are empty; actions naming one answer 404 and change nothing."""
+    client = stack.client
+    alice, mallory = await new_tenant(client, "Alice"), await new_tenant(client, "Mallory")
+    ids = await _world(stack, alice)
+    own = {"event_id": await stack.ingest(await new_source(client, mallory))}  # Mallory's own, for paths
+    fields = list(_uuid_fields(client.app))
+    assert len(fields) >= 5 and not [f for f in fields if f[4] not in _FIELD_RESOURCE], f"map these ids: {fields}"
+    failures = []
+    for method, template, operation_id, place, name in fields:
+        path = template.format(**own)
+        value = ids[_FIELD_RESOURCE[name]]
+        query = {name: value} if place == "query" else None
+        body = {**_BASE_BODIES.get(operation_id, {}), name: [value] if name.endswith("_ids") else value} if place == "body" else None
+        before = await _snapshot(stack.settings.database_url)
+        response = await client.request(method, path, params=query, json=body, headers=mallory.auth)
+        changed = [t for t, rows in (await _snapshot(stack.settings.database_url)).items() if rows != before[t]]
+        if method == "GET":
+            ok = response.status_code == 200 and response.json()["data"] == []
+        else:
+            ok = response.status_code == 404 and response.headers["content-type"].startswith("application/problem+json")
+        if not ok or changed:
+            failures.append(f"{method} {template} with another tenant's {name}: {response.status_code} {response.text[:160]} changed={changed}")
+        if method == "GET":  # the control: the owner's filter finds its rows
+            mine = await client.request(method, path, params=query, headers=alice.auth)
+            if not mine.json()["data"]:
+                failures.append(f"owner's {method} {template}?{name}= found nothing: the check above proved nothing")
     assert not failures, "\n".join(failures)
 
 
