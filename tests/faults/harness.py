@@ -178,7 +178,7 @@ class Ledger:
     scenario: str
     sent: int = 0
     acknowledged: set[str] = field(default_factory=set)
-    answers: Counter[str] = field(default_factory=Counter)  # status code (or "error") -> count
+    answers: Counter[str] = field(default_factory=Counter)  # status code, or "no answer" (connection cut) -> count
 
     def row(self, stored: set[str], receiver: Receiver) -> dict[str, Any]:
         delivered = set(receiver.delivered) & self.acknowledged
@@ -219,7 +219,7 @@ class Traffic:
         self._names = itertools.cycle(random.Random(11).sample(fixture_names(), len(fixture_names())))
 
     async def send(self, count: int, per_second: float = 60.0, timestamp_offset: int = 0) -> list[tuple[str, int | str]]:
-        """Send ``count`` events; returns (event id, status or "error") per event."""
+        """Send ``count`` events; returns (event id, status or "no answer") per event."""
         async with httpx.AsyncClient(timeout=10) as http:
             tasks = []
             for _ in range(count):
@@ -237,8 +237,8 @@ class Traffic:
             try:
                 response = await http.post(source["ingest_url"], content=body, headers=headers)
             except httpx.TransportError:
-                self._ledger.answers["error"] += 1
-                return event["id"], "error"
+                self._ledger.answers["no answer"] += 1
+                return event["id"], "no answer"
             self._ledger.answers[str(response.status_code)] += 1
             if 200 <= response.status_code < 300:
                 assert response.json()["duplicate"] is False

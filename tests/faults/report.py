@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tests.faults.harness import report_path
 
-_COLUMNS = ("scenario", "sent", "acknowledged", "stored", "delivered", "lost", "duplicates")
+_COLUMNS = ("scenario", "sent", "acknowledged", "stored", "delivered", "lost", "duplicates", "not acknowledged")
 _MARKERS = re.compile(r"(<!-- fault-table -->\n).*?(<!-- /fault-table -->)", re.S)
 
 
@@ -25,7 +25,10 @@ def table(results: Path) -> str:
         row = json.loads(line)
         rows[row["scenario"]] = row
     lines = ["| " + " | ".join(_COLUMNS) + " |", "|" + " --- |" * len(_COLUMNS)]
-    lines += ["| " + " | ".join(str(row[column]) for column in _COLUMNS) + " |" for row in rows.values()]
+    for row in rows.values():
+        refused = [f"{answer} ×{count}" for answer, count in row["answers"].items() if not answer.startswith("2")]  # type: ignore[union-attr]
+        cells = [str(row[column]) for column in _COLUMNS[:-1]] + [", ".join(refused) or "–"]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
