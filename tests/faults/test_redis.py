@@ -41,13 +41,16 @@ async def test_redis_stopped_and_restarted_mid_run_loses_nothing(
     await deployment.provision(receiver)
     await deployment.start_worker()
     ledger = Ledger("Redis stopped 4 s, restarted empty")
-    traffic = asyncio.create_task(Traffic(ledger, deployment).send(300, per_second=40))
+    traffic = Traffic(ledger, deployment)
+    sending = asyncio.create_task(traffic.send(300, per_second=40))
     await asyncio.sleep(2.0)
     await asyncio.to_thread(throwaway_redis.stop)
     await asyncio.sleep(4.0)
     await asyncio.to_thread(throwaway_redis.start)
-    await traffic
+    await sending
     # Critical and high events are admitted without the limiter; normal and low get a 503 (retried
     # by the provider): nothing but those two answers.
     assert set(ledger.answers) <= {"200", "503"}, ledger.answers
+    after = await traffic.send(50, per_second=50)  # Redis is back: everything is admitted again
+    assert {status for _, status in after} == {200}, after
     await ledger.settle(deployment, receiver)
