@@ -27,6 +27,7 @@ from gateway.ingest.service import IngestService
 from gateway.logs import configure as configure_logs
 from gateway.metrics import exposition
 from gateway.problems import EXCEPTION_HANDLERS, Problem
+from gateway.requests import JsonRequest
 from gateway.settings import Settings, get_settings
 from gateway.tracing import configure as configure_tracing
 from gateway.wiring import Runtime
@@ -131,6 +132,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         openapi_config=OpenAPIConfig(title="Hookgate", version="0.1.0", path="/schema"),
         request_max_body_size=settings.max_body_bytes,
+        request_class=JsonRequest,  # deeply nested JSON is a 400, not a 500
         logging_config=None,  # gateway/logs.py: one JSON line per record
         state=State({"settings": settings}),
         lifespan=[lifespan],

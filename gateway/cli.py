@@ -7,16 +7,19 @@ import os
 import sys
 from pathlib import Path
 
-from gateway.settings import get_settings, settings_from_env, settings_reference
+from gateway.settings import Settings, get_settings, settings_from_env, settings_reference
 
 _APP = "gateway.app:create_app"
 
 
-def _granian(host: str, port: int, workers: int) -> None:
+def _granian(settings: Settings, host: str, port: int, workers: int) -> None:
     from granian import Granian
     from granian.constants import Interfaces
+    from granian.http import HTTP1Settings
 
-    Granian(_APP, factory=True, address=host, port=port, workers=workers, interface=Interfaces.ASGI).serve()
+    # Slow and oversized request heads are bounded here, before the app sees a byte.
+    http1 = HTTP1Settings(header_read_timeout=round(settings.header_read_timeout_seconds * 1000), max_buffer_size=settings.max_header_bytes)
+    Granian(_APP, factory=True, address=host, port=port, workers=workers, interface=Interfaces.ASGI, http1_settings=http1).serve()
 
 
 def _dev(args: argparse.Namespace) -> None:
@@ -36,13 +39,13 @@ def _dev(args: argparse.Namespace) -> None:
         f"  data:         {Path(args.data_dir).resolve()}\n",
         flush=True,
     )
-    _granian(args.host, args.port, 1)
+    _granian(settings, args.host, args.port, 1)
 
 
 def _serve(args: argparse.Namespace) -> None:
-    get_settings()  # fail fast on bad settings, before forking workers
+    settings = get_settings()  # fail fast on bad settings, before forking workers
     _metrics_dir()
-    _granian(args.host, args.port, args.workers)
+    _granian(settings, args.host, args.port, args.workers)
 
 
 def _metrics_dir() -> None:

@@ -45,6 +45,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         str, _doc("Absolute base URL that providers reach, used to build ingest URLs.")
     ] = "http://127.0.0.1:8000"
     max_body_bytes: Annotated[int, _doc("Largest accepted ingest body; larger answers 413.")] = 1_048_576
+    max_header_bytes: Annotated[
+        int, msgspec.Meta(ge=8192), _doc("HTTP/1 read buffer of `hookgate serve`: a request head larger than this answers 431.")
+    ] = 65_536
+    header_read_timeout_seconds: Annotated[
+        float, msgspec.Meta(gt=0), _doc("Seconds a client has to send a request head before `hookgate serve` drops it (slow clients).")
+    ] = 10.0
     stripe_tolerance_seconds: Annotated[
         int, _doc("How old (or how far in the future) a signed timestamp may be.")
     ] = 300

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,16 @@ from gateway.database import Base, create_engine
 from gateway.migrate import upgrade_async
 from gateway.settings import Settings
 from gateway.worker import run_worker
-from tests.support.services import create_database, drop_database, free_port, fresh_services, test_postgres_url, test_redis_url
+from tests.support.services import (
+    ThrowawayPostgres,
+    ThrowawayRedis,
+    create_database,
+    drop_database,
+    free_port,
+    fresh_services,
+    test_postgres_url,
+    test_redis_url,
+)
 from tests.support.stripe_events import signed_stripe, stripe_event
 
 OPERATOR_KEY = "hgop_test-operator-key"
@@ -64,6 +73,20 @@ async def production_env() -> AsyncIterator[dict[str, str]]:
             "HOOKGATE_WORKER_METRICS_PORT": "0",
             "PORT": str(port),
         }
+
+
+@pytest.fixture
+def throwaway_postgres() -> Iterator[ThrowawayPostgres]:
+    """A private Postgres server the test may stop and restart."""
+    with ThrowawayPostgres() as server:
+        yield server
+
+
+@pytest.fixture
+def throwaway_redis() -> Iterator[ThrowawayRedis]:
+    """A private Redis server the test may stop, restart or flush."""
+    with ThrowawayRedis() as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

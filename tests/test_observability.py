@@ -8,7 +8,6 @@ import asyncio
 import io
 import json
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -90,20 +89,9 @@ async def test_metrics_count_exactly_what_ingest_and_delivery_did(stack_factory)
     assert ("hookgate_pending_deliveries", (("priority", "critical"),)) in after  # set by the sweeps
 
 
-@pytest.fixture
-def pg() -> Iterator[ThrowawayPostgres]:
-    with ThrowawayPostgres() as server:
-        yield server
-
-
-@pytest.fixture
-def redis_server() -> Iterator[ThrowawayRedis]:
-    with ThrowawayRedis() as server:
-        yield server
-
-
 @pytest.mark.slow
-async def test_readyz_follows_postgres_and_redis_going_down_and_back(pg: ThrowawayPostgres, redis_server: ThrowawayRedis) -> None:
+async def test_readyz_follows_postgres_and_redis_going_down_and_back(throwaway_postgres: ThrowawayPostgres, throwaway_redis: ThrowawayRedis) -> None:
+    pg, redis_server = throwaway_postgres, throwaway_redis
     await upgrade_async(pg.url)
     app = create_app(make_settings(pg.url, redis_server.url))
     async with AsyncTestClient(app) as client:

@@ -70,7 +70,7 @@ def test_unreachable_configured_url_stops_the_run(monkeypatch: pytest.MonkeyPatc
 @pytest.mark.parametrize(
     ("function", "default", "finder", "package"),
     [
-        ("test_postgres_url", "_PG_DEFAULT", "_pg_bindir", "postgresql"),
+        ("test_postgres_url", "_PG_DEFAULT", "pg_bindir", "postgresql"),
         ("test_redis_url", "_REDIS_DEFAULT", "_redis_server", "redis-server"),
     ],
 )

@@ -198,6 +198,8 @@ def _parse(body: bytes) -> dict[str, object]:
         payload = _json.decode(body)
     except msgspec.DecodeError as exc:
         raise Problem(400, "invalid-json", f"the body is not valid JSON: {exc}") from None
+    except RecursionError:  # msgspec's depth limit raises this, not DecodeError
+        raise Problem(400, "invalid-json", "the body is JSON nested too deeply") from None
     if not isinstance(payload, dict):
         raise Problem(400, "invalid-json", "the body must be a JSON object")
     return payload

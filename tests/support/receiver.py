@@ -25,15 +25,16 @@ Responder = Callable[[Received, asyncio.StreamReader, asyncio.StreamWriter], Awa
 class Server:
     """A real HTTP/1.1 server on 127.0.0.1: counts connections, records requests, answers via ``respond``."""
 
-    def __init__(self, respond: Responder, *, tls: ssl.SSLContext | None = None) -> None:
+    def __init__(self, respond: Responder, *, tls: ssl.SSLContext | None = None, port: int = 0) -> None:
         self._respond = respond
         self._tls = tls
+        self._port = port  # fixed, so a receiver can go down and come back at the same URL
         self._handlers: set[asyncio.Task[None]] = set()
         self.connections = 0
         self.requests: list[Received] = []
 
     async def __aenter__(self) -> Server:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0, ssl=self._tls)
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self._port, ssl=self._tls)
         self.port: int = self._server.sockets[0].getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         return self

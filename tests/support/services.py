@@ -207,7 +207,7 @@ class ThrowawayPostgres(_Throwaway):
     _stop_signal = signal.SIGINT  # the postmaster's "fast" shutdown, what pg_ctl -m fast sends
 
     def __init__(self) -> None:
-        bindir = _pg_bindir()
+        bindir = pg_bindir()
         if bindir is None:
             hint = _install_hint("postgresql")
             raise RuntimeError(f"no initdb/postgres binaries on PATH or in /usr/lib/postgresql/*/bin; {hint}")
@@ -351,7 +351,7 @@ def _run_sync(coro: Coroutine[Any, Any, None]) -> None:
         pool.submit(asyncio.run, coro).result()
 
 
-def _pg_bindir() -> Path | None:
+def pg_bindir() -> Path | None:
     """A directory with initdb and postgres of one version: the one on PATH, else the newest Debian install."""
     on_path = shutil.which("initdb")
     candidates = [Path(on_path).resolve().parent] if on_path else []

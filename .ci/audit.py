@@ -1,0 +1,64 @@
+"""Audit the installed dependencies with pip-audit (PyPI's advisory data, the OSV feed behind it).
+
+Policy: a known vulnerability with a fixed release fails CI — upgrade the pin, or add its id to
+``.ci/pip-audit-ignore`` with the reason it does not apply and a date to look again. One without
+any fix yet is printed as a warning (there is nothing to upgrade to). A package pip-audit could
+not look up (PyPI's per-release JSON unreachable, as behind some mirrors) is reported as NOT
+AUDITED, never counted as clean; that alone does not fail CI, since it says nothing about the code.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+IGNORE_FILE = Path(__file__).with_name("pip-audit-ignore")
+
+
+def _ignored() -> dict[str, str]:
+    """``ID  reason…`` per line; ``#`` starts a comment."""
+    entries = {}
+    for line in IGNORE_FILE.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            vuln_id, _, reason = line.partition(" ")
+            entries[vuln_id] = reason.strip()
+    return entries
+
+
+def main() -> int:
+    found = subprocess.run(
+        [sys.executable, "-m", "pip_audit", "--skip-editable", "--progress-spinner", "off", "-f", "json"],
+        capture_output=True,
+        text=True,
+    )
+    try:
+        report = json.loads(found.stdout)
+    except json.JSONDecodeError:
+        print(f"pip-audit did not produce a report (exit {found.returncode}):\n{found.stderr}", file=sys.stderr)
+        return 2
+    ignored, failures = _ignored(), []
+    skipped = [d for d in report["dependencies"] if "skip_reason" in d]
+    for dependency in report["dependencies"]:
+        for vuln in dependency.get("vulns", []):
+            ids = {vuln["id"], *vuln.get("aliases", [])}
+            line = f"{dependency['name']} {dependency['version']}: {vuln['id']} (fixed in {', '.join(vuln['fix_versions']) or 'nothing yet'})"
+            if ids & set(ignored):
+                print(f"ignored (reviewed): {line}")
+            elif vuln["fix_versions"]:
+                failures.append(line)
+            else:
+                print(f"warning, no fix released: {line}")
+    audited = len(report["dependencies"]) - len(skipped)
+    for line in failures:
+        print(f"VULNERABLE: {line}", file=sys.stderr)
+    if skipped:
+        print(f"NOT AUDITED: {len(skipped)} packages, e.g. {skipped[0]['skip_reason']}", file=sys.stderr)
+    print(f"pip-audit: {audited} packages audited, {len(skipped)} not audited, {len(failures)} fixable vulnerabilities")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
