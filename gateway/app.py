@@ -23,6 +23,7 @@ from gateway.events.controller import EventController
 from gateway.health import readiness, ready
 from gateway.idempotency.middleware import IdempotencyMiddleware
 from gateway.ingest.controller import ingest
+from gateway.ingest.group_commit import GroupCommit
 from gateway.ingest.service import IngestService
 from gateway.logs import configure as configure_logs
 from gateway.metrics import exposition
@@ -67,6 +68,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         sessions,
         directory,
         admission,
+        GroupCommit(runtime.engine, max_rows=settings.ingest_commit_batch_rows, concurrency=settings.ingest_commit_concurrency),
         defaults=default_rates(settings),
         tolerance=settings.stripe_tolerance_seconds,
     )
