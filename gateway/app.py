@@ -22,7 +22,7 @@ from gateway.doorbell import ArqDoorbell, Doorbell
 from gateway.events.controller import EventController
 from gateway.health import readiness, ready
 from gateway.idempotency.middleware import IdempotencyMiddleware
-from gateway.ingest.controller import ingest
+from gateway.ingest.controller import INGEST_STATE, IngestDeps, ingest
 from gateway.ingest.group_commit import GroupCommit
 from gateway.ingest.service import IngestService
 from gateway.logs import configure as configure_logs
@@ -120,7 +120,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "db_session": Provide(provide_session),
             "settings": _constant(settings),
             "secret_box": _constant(box),
-            "ingest_service": _constant(ingest_service),
             "admission": _constant(admission),
             "source_directory": _constant(directory),
             "breaker": _constant(runtime.breaker),
@@ -134,6 +133,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
         openapi_config=OpenAPIConfig(title="Hookgate", version="0.1.0", path="/schema"),
         request_max_body_size=settings.max_body_bytes,
         logging_config=None,  # gateway/logs.py: one JSON line per record
-        state=State({"settings": settings}),
+        state=State({"settings": settings, INGEST_STATE: IngestDeps(ingest_service, doorbell)}),
         lifespan=[lifespan],
     )
