@@ -22,7 +22,8 @@ from gateway.doorbell import ArqDoorbell, Doorbell
 from gateway.events.controller import EventController
 from gateway.health import readiness, ready
 from gateway.idempotency.middleware import IdempotencyMiddleware
-from gateway.ingest.controller import ingest
+from gateway.ingest.controller import INGEST_STATE, IngestDeps, ingest
+from gateway.ingest.group_commit import GroupCommit
 from gateway.ingest.service import IngestService
 from gateway.logs import configure as configure_logs
 from gateway.metrics import exposition
@@ -68,6 +69,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         sessions,
         directory,
         admission,
+        GroupCommit(runtime.engine, max_rows=settings.ingest_commit_batch_rows, concurrency=settings.ingest_commit_concurrency),
         defaults=default_rates(settings),
         tolerance=settings.stripe_tolerance_seconds,
     )
@@ -119,7 +121,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "db_session": Provide(provide_session),
             "settings": _constant(settings),
             "secret_box": _constant(box),
-            "ingest_service": _constant(ingest_service),
             "admission": _constant(admission),
             "source_directory": _constant(directory),
             "breaker": _constant(runtime.breaker),
@@ -134,6 +135,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
         request_max_body_size=settings.max_body_bytes,
         request_class=JsonRequest,  # deeply nested JSON is a 400, not a 500
         logging_config=None,  # gateway/logs.py: one JSON line per record
-        state=State({"settings": settings}),
+        state=State({"settings": settings, INGEST_STATE: IngestDeps(ingest_service, doorbell)}),
         lifespan=[lifespan],
     )

@@ -25,6 +25,11 @@ INGEST = Counter(
 INGEST_LATENCY = Histogram(
     "hookgate_ingest_duration_seconds", "Time from request to answer on the ingest route.", ["outcome"], buckets=_LATENCY
 )
+INGEST_BATCH_ROWS = Histogram(
+    "hookgate_ingest_commit_batch_rows",
+    "Events committed together by one ingest group commit (grows with the load).",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
 ADMISSION = Counter(
     "hookgate_admission_total",
     "Ingest admission decisions by priority and outcome (admitted, refused, failed_open, failed_closed).",

@@ -57,6 +57,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     source_cache_ttl_seconds: Annotated[
         float, _doc("How long the ingest route caches a source lookup (and a miss).")
     ] = 5.0
+    ingest_commit_batch_rows: Annotated[
+        int, msgspec.Meta(ge=1, le=10_000), _doc("Most events one ingest group commit stores in one transaction.")
+    ] = 256
+    ingest_commit_concurrency: Annotated[
+        int,
+        msgspec.Meta(ge=1, le=1_000),
+        _doc("Ingest transactions committing at once per process; events arriving while all are busy "
+             "wait and commit together in the next (group commit). Keep it below the pool size."),
+    ] = 4
     secret_grace_seconds: Annotated[
         int, _doc("Default time a replaced secret keeps verifying (sources) or signing (endpoints).")
     ] = 86_400

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.limiter import Limiter, MemoryLimiter, Rate, RedisLimiter
+from gateway.limiter import Limiter, MemoryLimiter, Rate, RedisLimiter, Tally
 
 RATE = Rate(per_second=5, burst=3)  # one every 0.2 s: slow enough that test overhead does not count
 INTERVAL = 1 / RATE.per_second
@@ -117,3 +117,24 @@ async def test_redis_limiters_share_one_budget(redis_client: aioredis.Redis, red
     finally:
         await other.aclose()
     assert rate.burst + 4 * 2 <= allowed <= rate.burst + rate.per_second * elapsed
+
+
+async def test_concurrent_redis_hits_share_pipelines_and_still_count_each_one(redis_client: aioredis.Redis) -> None:
+    """Hits that queue behind busy pipelines go out together; each is still its own atomic decision."""
+    limiter = RedisLimiter(redis_client)
+    calls_before, checks_before = await _script_calls(redis_client), await _pipelined_script_checks(redis_client)
+    decisions = await asyncio.gather(*(limiter.hit("k", RATE, Tally("usage", "low", 60)) for _ in range(200)))
+    assert sum(d.allowed for d in decisions) == RATE.burst
+    assert all(d.retry_after > 0 for d in decisions if not d.allowed)
+    assert await limiter.tallies("usage") == {"low:admitted": RATE.burst, "low:refused": 200 - RATE.burst}
+    assert await _script_calls(redis_client) - calls_before == 200
+    assert await _pipelined_script_checks(redis_client) > checks_before  # at least one batch went as a pipeline
+
+
+async def _script_calls(redis_client: aioredis.Redis) -> int:
+    return int((await redis_client.info("commandstats")).get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+async def _pipelined_script_checks(redis_client: aioredis.Redis) -> int:
+    """redis-py checks the pipeline's scripts with SCRIPT EXISTS before sending a pipeline."""
+    return int((await redis_client.info("commandstats")).get("cmdstat_script|exists", {}).get("calls", 0))

@@ -1,18 +1,34 @@
-"""``POST /ingest/{token}``: where providers send events."""
+"""``POST /ingest/{token}``: where providers send events.
+
+The hottest route, so it takes the leanest path Litestar allows for a documented route: its two
+collaborators come from the app state (``INGEST_STATE``) rather than dependency injection, and the
+doorbell rings in a task of its own rather than a response background task (together about a
+sixth of the route's CPU in a profile under load). The ring still follows the commit.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
+from dataclasses import dataclass
 
 import msgspec
-from litestar import Request, Response, post
-from litestar.background_tasks import BackgroundTask
+from litestar import Request, post
 from litestar.exceptions import HTTPException
 
 from gateway.doorbell import Doorbell, ring_safely
 from gateway.ingest.service import Accepted, IngestService, observe
 from gateway.tracing import context_of, tracer
+
+INGEST_STATE = "ingest"
+_rings: set[asyncio.Task[None]] = set()  # strong references until each ring is done
+
+
+@dataclass(frozen=True, slots=True)
+class IngestDeps:
+    service: IngestService
+    doorbell: Doorbell
 
 
 class IngestReceipt(msgspec.Struct):
@@ -44,16 +60,18 @@ async def _enqueue(doorbell: Doorbell, accepted: Accepted) -> None:
 async def ingest(
     request: Request,  # type: ignore[type-arg]
     token: str,
-    ingest_service: IngestService,
-    doorbell: Doorbell,
-) -> Response[IngestReceipt]:
-    """Answers only after the commit; the doorbell rings after the answer is sent."""
+) -> IngestReceipt:
+    """Answers only after the commit; the doorbell rings after it, alongside the answer."""
     started = time.perf_counter()
     try:
         body = await request.body()
     except HTTPException as exc:  # larger than the limit: refused before the source is looked up
         observe(None, "too_large" if exc.status_code == 413 else "error", started)
         raise
-    accepted = await ingest_service.ingest(token, body, _headers(request))
-    ring = None if accepted.duplicate else BackgroundTask(_enqueue, doorbell, accepted)
-    return Response(IngestReceipt(id=accepted.id, duplicate=accepted.duplicate), background=ring)
+    deps: IngestDeps = request.app.state[INGEST_STATE]
+    accepted = await deps.service.ingest(token, body, _headers(request))
+    if not accepted.duplicate:
+        ring = asyncio.create_task(_enqueue(deps.doorbell, accepted))
+        _rings.add(ring)
+        ring.add_done_callback(_rings.discard)
+    return IngestReceipt(id=accepted.id, duplicate=accepted.duplicate)

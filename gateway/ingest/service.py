@@ -15,18 +15,17 @@ from dataclasses import dataclass
 import msgspec
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
-from sqlalchemy import Insert, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.admission.service import Admission
 from gateway.database import utcnow
 from gateway.events.facts import NONE, Facts, stripe_facts
-from gateway.events.models import Event
 from gateway.events.priority import Priority, classify
-from gateway.events.store import event_row, insert_once
+from gateway.events.store import event_row
 from gateway.ingest import providers
-from gateway.ingest.tallies import BAD_SIGNATURES, DUPLICATES, bump
+from gateway.ingest.group_commit import GroupCommit
+from gateway.ingest.tallies import BAD_SIGNATURES, bump
 from gateway.limiter import Rate
 from gateway.metrics import INGEST, INGEST_LATENCY
 from gateway.problems import Problem
@@ -59,6 +58,7 @@ class IngestService:
         sessions: async_sessionmaker[AsyncSession],
         directory: SourceDirectory,
         admission: Admission,
+        group_commit: GroupCommit,
         *,
         defaults: Mapping[Priority, Rate],
         tolerance: int,
@@ -66,6 +66,7 @@ class IngestService:
         self._sessions = sessions
         self._directory = directory
         self._admission = admission
+        self._group_commit = group_commit
         self._defaults = defaults
         self._tolerance = tolerance
         self._dialect = sessions.kw["bind"].dialect.name
@@ -150,28 +151,13 @@ class IngestService:
             facts=facts,
             trace_context=current_traceparent(),
         )
-        statement = insert_once(self._dialect, [values])
         try:
             with tracer.start_as_current_span("store"):
-                return await self._insert(statement, source, values)
+                stored = await self._group_commit.store(values)
         except _STORAGE_ERRORS:
             _log.warning("event not stored: storage unavailable", exc_info=True)
             raise _unavailable() from None
-
-    async def _insert(self, statement: Insert, source: SourceKey, values: dict[str, object]) -> Accepted:
-        async with self._sessions() as session, session.begin():
-            stored = await session.scalar(statement)
-            if stored is not None:
-                return Accepted(stored, duplicate=False, traceparent=values["trace_context"])  # type: ignore[arg-type]
-            existing = await session.scalar(
-                select(Event.id).where(
-                    Event.tenant_id == source.tenant_id,
-                    Event.source_id == source.id,
-                    Event.external_id == values["external_id"],
-                )
-            )
-            await session.execute(bump(self._dialect, source.tenant_id, DUPLICATES, utcnow()))
-            return Accepted(existing, duplicate=True)  # type: ignore[arg-type]
+        return Accepted(stored.id, stored.duplicate, None if stored.duplicate else values["trace_context"])  # type: ignore[arg-type]
 
 
 def observe(

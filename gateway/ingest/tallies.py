@@ -24,12 +24,12 @@ class IngestTally(Base):
     bad_signatures: Mapped[int] = mapped_column(Integer, default=0)
 
 
-def bump(dialect_name: str, tenant_id: uuid.UUID, field: str, at: datetime) -> Insert:
-    """Add one to ``field`` in the tenant's row for the minute of ``at`` (an upsert)."""
+def bump(dialect_name: str, tenant_id: uuid.UUID, field: str, at: datetime, amount: int = 1) -> Insert:
+    """Add ``amount`` to ``field`` in the tenant's row for the minute of ``at`` (an upsert)."""
     minute = at.replace(second=0, microsecond=0)
     insert = dialect_insert(dialect_name)(IngestTally).values(
-        {"tenant_id": tenant_id, "minute": minute, DUPLICATES: 0, BAD_SIGNATURES: 0, field: 1}
+        {"tenant_id": tenant_id, "minute": minute, DUPLICATES: 0, BAD_SIGNATURES: 0, field: amount}
     )
     return insert.on_conflict_do_update(
-        index_elements=["tenant_id", "minute"], set_={field: getattr(IngestTally, field) + 1}
+        index_elements=["tenant_id", "minute"], set_={field: getattr(IngestTally, field) + amount}
     )

@@ -1,12 +1,14 @@
 """Ingest-side source lookup: an in-process TTL cache of token → source and decrypted secrets.
 
-Misses are cached too, so a flood of unknown tokens costs one query per token per TTL. A cached
+Misses are cached too, so a flood of unknown tokens costs one query per token per TTL; the
+requests that miss one token together share one query, so an expiry under load is no stampede. A cached
 source whose signature check fails is reloaded (at most once a second) so that a freshly added
 secret works at once in every process.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Mapping
@@ -52,17 +54,19 @@ class SourceDirectory:
         self._box = box
         self._ttl = ttl
         self._cache: dict[str, _Entry] = {}
+        self._loading: dict[str, asyncio.Future[_Entry]] = {}
 
     async def find(self, token: str) -> SourceKey | None:
         entry = self._cache.get(token)
         now = time.monotonic()
         if entry is None or now - entry.loaded >= self._ttl:
-            entry = await self._load(token, now)
+            entry = await self._load_once(token, now)
         return entry.key
 
     def forget(self, token: str) -> None:
         """Drop a changed source here; other processes see the change within the TTL."""
         self._cache.pop(token, None)
+        self._loading.pop(token, None)
 
     async def reload_if_stale(self, token: str) -> SourceKey | None:
         """A fresher copy when the cached one is older than a second, else None."""
@@ -70,7 +74,14 @@ class SourceDirectory:
         now = time.monotonic()
         if entry is None or now - entry.loaded < _RELOAD_AFTER:
             return None
-        return (await self._load(token, now)).key
+        return (await self._load_once(token, now)).key
+
+    async def _load_once(self, token: str, now: float) -> _Entry:
+        loading = self._loading.get(token)
+        if loading is None:
+            loading = self._loading[token] = asyncio.ensure_future(self._load(token, now))
+            loading.add_done_callback(lambda _: self._loading.pop(token, None))
+        return await asyncio.shield(loading)  # a waiter that goes away does not cancel the others' query
 
     async def _load(self, token: str, now: float) -> _Entry:
         async with self._sessions() as session:

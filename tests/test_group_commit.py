@@ -1,0 +1,107 @@
+"""Group commit on the ingest path: batches form under load, a batch is one transaction, and a
+duplicate inside one batch is stored once — on both backends, through the store and the route."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from gateway.database import create_engine
+from gateway.events.models import Event
+from gateway.events.store import event_row
+from gateway.ingest.group_commit import GroupCommit
+from gateway.ingest.tallies import IngestTally
+from gateway.metrics import INGEST_BATCH_ROWS
+from tests.conftest import TenantHandle, ingest_path, new_source
+from tests.support.stripe_events import signed_stripe, stripe_event
+
+
+@pytest.fixture
+async def engine(database_url: str) -> Any:
+    engine = create_engine(database_url, pool_size=4)
+    yield engine
+    await engine.dispose()
+
+
+async def _source_ids(client: AsyncTestClient[Litestar], tenant: TenantHandle) -> tuple[uuid.UUID, uuid.UUID, dict[str, Any]]:
+    source = await new_source(client, tenant)
+    return uuid.UUID(tenant.id), uuid.UUID(source["id"]), source
+
+
+def _row(tenant_id: uuid.UUID, source_id: uuid.UUID, external_id: str) -> dict[str, object]:
+    return event_row(tenant_id, source_id, external_id=external_id, type="charge.succeeded", created_at=None,
+                     priority="critical", body=b"{}", headers={})
+
+
+def _batches() -> tuple[float, float]:
+    """(batches, rows) observed so far by the batch-size histogram."""
+    samples = {s.name: s.value for metric in INGEST_BATCH_ROWS.collect() for s in metric.samples}
+    return samples["hookgate_ingest_commit_batch_rows_count"], samples["hookgate_ingest_commit_batch_rows_sum"]
+
+
+async def _stored(engine: Any, *external_ids: str) -> dict[str, uuid.UUID]:
+    async with engine.connect() as connection:
+        rows = await connection.execute(select(Event.external_id, Event.id).where(Event.external_id.in_(external_ids)))
+        return {row.external_id: row.id for row in rows}
+
+
+async def test_rows_waiting_for_a_busy_slot_commit_together_and_a_repeat_is_stored_once(
+    client: AsyncTestClient[Litestar], tenant: TenantHandle, engine: Any
+) -> None:
+    tenant_id, source_id, _ = await _source_ids(client, tenant)
+    commit = GroupCommit(engine, max_rows=100, concurrency=1)
+    batches_before, rows_before = _batches()
+    # The first row takes the only slot; the rest queue behind it and leave as one batch.
+    names = ["evt_first", "evt_a", "evt_b", "evt_a", "evt_c"]
+    outcomes = await asyncio.gather(*(commit.store(_row(tenant_id, source_id, name)) for name in names))
+    batches_after, rows_after = _batches()
+    assert (batches_after - batches_before, rows_after - rows_before) == (2, 5)
+
+    stored = await _stored(engine, "evt_first", "evt_a", "evt_b", "evt_c")
+    assert [o.id for o in outcomes] == [stored[name] for name in names]
+    assert [o.duplicate for o in outcomes] == [False, False, False, True, False]
+
+    again = await commit.store(_row(tenant_id, source_id, "evt_b"))  # already stored: a plain duplicate
+    assert again.id == stored["evt_b"] and again.duplicate
+    async with engine.connect() as connection:
+        assert await connection.scalar(select(func.count()).select_from(Event)) == 4
+        assert await connection.scalar(select(func.sum(IngestTally.duplicates))) == 2
+
+
+async def test_a_failing_batch_fails_every_caller_in_it_and_stores_none_of_them(
+    client: AsyncTestClient[Litestar], tenant: TenantHandle, engine: Any
+) -> None:
+    tenant_id, source_id, _ = await _source_ids(client, tenant)
+    commit = GroupCommit(engine, max_rows=100, concurrency=1)
+    orphan = _row(uuid.uuid4(), source_id, "evt_orphan")  # no such tenant: the foreign key fails the batch
+    rows = [_row(tenant_id, source_id, "evt_alone"), _row(tenant_id, source_id, "evt_x"), orphan, _row(tenant_id, source_id, "evt_y")]
+    outcomes = await asyncio.gather(*(commit.store(row) for row in rows), return_exceptions=True)
+    assert not isinstance(outcomes[0], BaseException)  # it committed alone, before the others queued
+    assert all(isinstance(outcome, IntegrityError) for outcome in outcomes[1:])
+    assert set(await _stored(engine, "evt_alone", "evt_x", "evt_orphan", "evt_y")) == {"evt_alone"}
+
+    later = await commit.store(_row(tenant_id, source_id, "evt_x"))  # the store is usable after a failed batch
+    assert not later.duplicate
+
+
+async def test_concurrent_ingests_of_one_event_store_it_once_and_both_get_200(
+    client: AsyncTestClient[Litestar], tenant: TenantHandle, engine: Any
+) -> None:
+    _, _, source = await _source_ids(client, tenant)
+    event = stripe_event()
+    body, headers = signed_stripe(event, source["secret"])
+    others = [signed_stripe(stripe_event(), source["secret"]) for _ in range(6)]
+    requests = [(body, headers), *others, (body, headers)]
+    responses = await asyncio.gather(*(client.post(ingest_path(source), content=b, headers=h) for b, h in requests))
+    assert [r.status_code for r in responses] == [200] * len(requests)
+    first, last = responses[0].json(), responses[-1].json()
+    assert first["id"] == last["id"] and sorted([first["duplicate"], last["duplicate"]]) == [False, True]
+    assert len({r.json()["id"] for r in responses}) == 7
+    assert len(await _stored(engine, event["id"])) == 1
