@@ -28,12 +28,10 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -46,6 +44,7 @@ import asyncpg
 import httpx
 
 from bench import procstats
+from bench.servers import granian_argv, hookgate_env, unthrottled_tenant, wait_port
 from bench.targets.diy_receiver import SCHEMA as DIY_SCHEMA
 from tests.support.processes import Process, serve
 from tests.support.services import create_database, drop_database, free_port, fresh_services, test_postgres_url
@@ -53,9 +52,7 @@ from tests.support.stripe_events import fixture_names, stripe_event, stripe_sign
 
 RESULTS = Path(__file__).with_name("results")
 LUA = Path(__file__).with_name("wrk") / "post_events.lua"
-OPERATOR_KEY = "hgop_bench-operator"
 TARGETS = ("ceiling", "litestar", "diy", "hookgate")
-_UNLIMITED = {"rate_per_second": 1_000_000, "burst": 1_000_000}
 
 
 @dataclass(frozen=True)
@@ -79,29 +76,11 @@ class Load:
     warmup: int
 
 
-def _granian(app: str, workers: int, port: int) -> list[str]:
-    return [sys.executable, "-m", "granian", "--interface", "asgi", "--workers", str(workers),
-            "--host", "127.0.0.1", "--port", str(port), "--no-ws", app]
-
-
-def _wait_port(process: Process, port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.proc is not None
-        if process.proc.poll() is not None:
-            raise RuntimeError(f"{process.argv} exited:\n{process.output()[-3000:]}")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise TimeoutError(f"port {port} did not open:\n{process.output()[-3000:]}")
-
-
 @asynccontextmanager
 async def _asgi_app(app: str, workers: int, logs: Path) -> AsyncIterator[Running]:
     port = free_port()
-    with Process(_granian(app, workers, port), logs / f"{app.split(':')[0]}.log") as process:
-        await asyncio.to_thread(_wait_port, process, port)
+    with Process(granian_argv(app, workers, port), logs / f"{app.split(':')[0]}.log") as process:
+        await asyncio.to_thread(wait_port, process, port)
         assert process.proc is not None
         yield Running(f"http://127.0.0.1:{port}", "/ingest/bench", "whsec_bench", process.proc.pid)
 
@@ -118,7 +97,7 @@ async def _diy(workers: int, logs: Path) -> AsyncIterator[Running]:
                 "--log-level", "warning", "--no-access-log", "bench.targets.diy_receiver:app"]
         env = {"DIY_DATABASE_URL": dsn, "DIY_STRIPE_SECRET": secret}
         with Process(argv, logs / "diy.log", env) as process:
-            await asyncio.to_thread(_wait_port, process, port)
+            await asyncio.to_thread(wait_port, process, port)
             assert process.proc is not None
 
             async def stored(ids: list[str]) -> int:
@@ -134,18 +113,10 @@ async def _diy(workers: int, logs: Path) -> AsyncIterator[Running]:
 async def _hookgate(workers: int, logs: Path) -> AsyncIterator[Running]:
     async with fresh_services("hookgate_bench", redis_db=4) as (url, redis_url):
         port = str(free_port())
-        env = {
-            "HOOKGATE_DATABASE_URL": url, "HOOKGATE_REDIS_URL": redis_url, "HOOKGATE_SECRET_KEY": "bench-secret",
-            "HOOKGATE_OPERATOR_KEY": OPERATOR_KEY, "HOOKGATE_PUBLIC_URL": f"http://127.0.0.1:{port}", "PORT": port,
-        }
-        with serve(env, logs, workers=workers) as gateway:
+        with serve(hookgate_env(url, redis_url, port), logs, workers=workers) as gateway:
             await asyncio.to_thread(gateway.wait_http, f"http://127.0.0.1:{port}/healthz")
-            operator = {"authorization": f"Bearer {OPERATOR_KEY}"}
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
-                tenant = (await http.post("/api/v1/tenants", json={"name": "Bench"}, headers=operator)).json()
-                limits = {"limits": {p: _UNLIMITED for p in ("critical", "high", "normal", "low")}}
-                (await http.patch(f"/api/v1/tenants/{tenant['id']}", json=limits, headers=operator)).raise_for_status()
-                auth = {"authorization": f"Bearer {tenant['api_key']}"}
+                _, auth = await unthrottled_tenant(http)
                 source = (await http.post("/api/v1/sources", json={"name": "stripe", "provider": "stripe"}, headers=auth)).json()
             connection = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
 

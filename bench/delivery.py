@@ -1,0 +1,155 @@
+"""Delivery benchmark: end-to-end latency at a fixed offered rate, and deliveries per second per
+worker process at saturation.
+
+Real processes on the local Postgres and Redis (a fresh database each run): ``hookgate serve``,
+``--workers`` ``hookgate worker`` processes and a fast receiver (``bench/targets/receiver.py`` on
+Granian, answering 200 at once). One tenant, one endpoint subscribed to everything.
+
+- **Open loop**: Stripe-signed events posted at ``--rate`` per second for ``--seconds``, each on
+  its schedule whatever the answers (no coordinated omission); the latency of each is its arrival
+  at the receiver minus its ingest 2xx, both on the machine's monotonic clock.
+- **Saturation**: ``--backlog`` due deliveries written straight to the database, then the time
+  until the receiver has them all: deliveries per second, and that divided by the worker processes.
+
+Writes ``bench/results/delivery.json``. Run from the repository root:
+``.venv/bin/python -m bench.delivery [--rate 500 --seconds 10 --backlog 10000 --workers 1]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from itertools import cycle
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench import procstats
+from bench.servers import granian_argv, hookgate_env, unthrottled_tenant, wait_port
+from tests.support.backlog import add_backlog
+from tests.support.processes import HOOKGATE, Process, serve
+from tests.support.services import free_port, fresh_services
+from tests.support.stripe_events import fixture_names, signed_stripe, stripe_event
+
+RESULTS = Path(__file__).with_name("results")
+
+
+def _arrivals(log: Path) -> dict[str, float]:
+    """First arrival of each event id (retries and duplicates keep the first)."""
+    seen: dict[str, float] = {}
+    for line in log.read_text().splitlines():
+        event_id, at = line.split()
+        seen.setdefault(event_id, float(at))
+    return seen
+
+
+async def _until(condition: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} within {timeout} s")
+        await asyncio.sleep(0.05)
+
+
+async def _open_loop(http: httpx.AsyncClient, source: dict[str, Any], rate: float, seconds: float) -> tuple[dict[str, float], int]:
+    """Post at ``rate``/s on a fixed schedule; returns each acknowledged event's 2xx time, and the failures."""
+    acked: dict[str, float] = {}
+    failures = 0
+    names = cycle(fixture_names())
+    path = httpx.URL(source["ingest_url"]).path
+
+    async def post(event: dict[str, Any]) -> None:
+        nonlocal failures
+        body, headers = signed_stripe(event, source["secret"])
+        response = await http.post(path, content=body, headers=headers)
+        if response.status_code == 200:
+            acked[event["id"]] = time.monotonic()
+        else:
+            failures += 1
+
+    start, posts = time.monotonic(), []
+    for n in range(int(rate * seconds)):
+        await asyncio.sleep(max(0.0, start + n / rate - time.monotonic()))
+        posts.append(asyncio.create_task(post(stripe_event(next(names)))))
+    await asyncio.gather(*posts)
+    return acked, failures
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    values = sorted(values)
+    pick = lambda q: values[min(len(values) - 1, int(q * len(values)))]  # noqa: E731
+    return {"p50_ms": round(statistics.median(values) * 1000, 1), "p90_ms": round(pick(0.9) * 1000, 1),
+            "p99_ms": round(pick(0.99) * 1000, 1), "max_ms": round(values[-1] * 1000, 1)}
+
+
+async def run(rate: float, seconds: float, backlog: int, workers: int) -> dict[str, Any]:
+    logs = Path(tempfile.mkdtemp(prefix="hookgate-delivery-bench-"))
+    received, receiver_port, port = logs / "received.log", free_port(), str(free_port())
+    received.touch()
+    result: dict[str, Any] = {"rate_per_second": rate, "seconds": seconds, "backlog": backlog, "workers": workers}
+    async with fresh_services("hookgate_bench", redis_db=5) as (url, redis_url):
+        env = hookgate_env(url, redis_url, port, allow_private_endpoints="true", log_level="WARNING",
+                           tenant_delivery_concurrency="1000", worker_metrics_port="0")
+        receiver_argv = granian_argv("bench.targets.receiver:app", 1, receiver_port)
+        with Process(receiver_argv, logs / "receiver.log", {"RECEIVER_LOG": str(received)}) as receiver, serve(env, logs) as gateway:
+            await asyncio.to_thread(wait_port, receiver, receiver_port)
+            await asyncio.to_thread(gateway.wait_http, f"http://127.0.0.1:{port}/healthz")
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30,
+                                         limits=httpx.Limits(max_connections=200)) as http:
+                tenant, auth = await unthrottled_tenant(http, delivery_concurrency=1000)
+                source = (await http.post("/api/v1/sources", json={"name": "stripe", "provider": "stripe"}, headers=auth)).json()
+                endpoint = (await http.post("/api/v1/endpoints", json={"url": f"http://127.0.0.1:{receiver_port}/hook"}, headers=auth)).json()
+                worker_procs = [Process([*HOOKGATE, "worker"], logs / f"worker-{i}.log", env) for i in range(workers)]
+                for worker in worker_procs:
+                    worker.start()
+                try:
+                    await _open_loop(http, source, min(rate, 50), 2)  # warm-up: the workers are up, pools are open
+                    await _until(lambda: len(_arrivals(received)) >= int(min(rate, 50) * 2), 60, "the warm-up deliveries")
+                    acked, failures = await _open_loop(http, source, rate, seconds)
+                    await _until(lambda: set(acked) <= set(_arrivals(received)), 120, "every acknowledged event delivered")
+                    arrivals = _arrivals(received)
+                    result["open_loop"] = {"acknowledged": len(acked), "ingest_failures": failures,
+                                           "latency": _percentiles([arrivals[i] - at for i, at in acked.items()])}
+
+                    before_stats = [procstats.tree(w.proc.pid) for w in worker_procs if w.proc is not None]
+                    already = len(_arrivals(received))
+                    started = time.monotonic()
+                    await add_backlog(url, uuid.UUID(tenant["id"]), uuid.UUID(endpoint["id"]), backlog)
+                    await _until(lambda: len(_arrivals(received)) >= already + backlog, 600, "the backlog delivered")
+                    elapsed = time.monotonic() - started
+                    after_stats = [procstats.tree(w.proc.pid) for w in worker_procs if w.proc is not None]
+                    per_second = backlog / elapsed
+                    result["saturation"] = {
+                        "deliveries": backlog, "seconds": round(elapsed, 2), "deliveries_per_second": round(per_second, 1),
+                        "per_worker_process": round(per_second / workers, 1),
+                        "workers": [procstats.usage(b, a) for b, a in zip(before_stats, after_stats, strict=True)],
+                    }
+                finally:
+                    for worker in worker_procs:
+                        worker.stop()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rate", type=float, default=500, help="offered events per second (open loop)")
+    parser.add_argument("--seconds", type=float, default=10, help="length of the open-loop phase")
+    parser.add_argument("--backlog", type=int, default=10_000, help="due deliveries for the saturation phase")
+    parser.add_argument("--workers", type=int, default=1, help="hookgate worker processes")
+    args = parser.parse_args()
+    result = asyncio.run(run(args.rate, args.seconds, args.backlog, args.workers))
+    result["command"] = " ".join(sys.argv)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "delivery.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
