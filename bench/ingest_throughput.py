@@ -156,14 +156,29 @@ def _wrk(running: Running, requests: Path, out: Path, threads: int, connections:
     return json.loads(out.read_text())
 
 
-async def _measure(target: str, workers: int, load: Load, work: Path) -> dict[str, Any]:
+def _profile(running: Running, seconds: int, name: str) -> list[subprocess.Popen[bytes]]:
+    """py-spy flame graphs (SVG) of the target's worker processes, into bench/results/."""
+    workers = [stat.pid for stat in procstats.tree(running.pid) if stat.pid != running.pid] or [running.pid]
+    RESULTS.mkdir(exist_ok=True)
+    spy = str(Path(sys.executable).with_name("py-spy"))
+    return [
+        subprocess.Popen([spy, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "100", "--format", "flamegraph",
+                          "--output", str(RESULTS / f"{name}-{n}.svg")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for n, pid in enumerate(workers)
+    ]
+
+
+async def _measure(target: str, workers: int, load: Load, work: Path, profile: str | None = None) -> dict[str, Any]:
     async with _start(target, workers, work) as running:
         warm, main = work / f"{target}-warm.tsv", work / f"{target}.tsv"
         await asyncio.to_thread(_requests_file, warm, running.secret, load.warmup)
         await asyncio.to_thread(_wrk, running, warm, work / f"{target}-warm.json", load.threads, load.connections, 2)
         await asyncio.to_thread(_requests_file, main, running.secret, load.events)
         before = procstats.tree(running.pid)
+        spies = _profile(running, load.duration - 1, profile) if profile else []
         raw = await asyncio.to_thread(_wrk, running, main, work / f"{target}.json", load.threads, load.connections, load.duration)
+        for spy in spies:
+            await asyncio.to_thread(spy.wait)
         processes = procstats.usage(before, procstats.tree(running.pid))
         acked = (work / f"{target}.json.acked").read_text().split()
         stored = None if running.stored is None else await running.stored(acked)
@@ -181,12 +196,15 @@ async def _measure(target: str, workers: int, load: Load, work: Path) -> dict[st
     return result
 
 
-async def _run_all(targets: Sequence[str], workers: int, load: Load, runs: int) -> dict[str, Any]:
+async def _run_all(targets: Sequence[str], workers: int, load: Load, runs: int, profile: str | None) -> dict[str, Any]:
     per_run: list[dict[str, Any]] = []
     for number in range(1, runs + 1):
         work = Path(tempfile.mkdtemp(prefix="hookgate-bench-"))
         try:
-            results = {target: await _measure(target, workers, load, work) for target in targets}
+            results = {
+                target: await _measure(target, workers, load, work, f"flame_{target}" if target == profile and number == 1 else None)
+                for target in targets
+            }
         finally:
             shutil.rmtree(work, ignore_errors=True)
         for target, result in results.items():
@@ -228,6 +246,8 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=40_000, help="unique events prepared per target and run")
     parser.add_argument("--targets", default=",".join(TARGETS), help=f"comma-separated subset of {','.join(TARGETS)}")
     parser.add_argument("--name", default="ingest_throughput", help="results file name (bench/results/<name>.json)")
+    parser.add_argument("--profile", choices=TARGETS, help="record py-spy flame graphs of this target's workers in the first run "
+                        "(bench/results/flame_<target>-<n>.svg; needs py-spy and root)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install wrk")
@@ -235,7 +255,7 @@ def main() -> None:
     if unknown := set(targets) - set(TARGETS):
         sys.exit(f"unknown targets: {', '.join(sorted(unknown))}")
     load = Load(args.threads, args.connections, args.duration, args.events, warmup=2_000)
-    report = asyncio.run(_run_all(targets, args.workers, load, args.runs))
+    report = asyncio.run(_run_all(targets, args.workers, load, args.runs, args.profile))
     report |= {"command": " ".join(sys.argv), "load": vars(args), "ratios": _ratios(report["median"])}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")

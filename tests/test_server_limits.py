@@ -19,7 +19,10 @@ async def _head(port: int, head: bytes) -> bytes:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(head)
-        await writer.drain()
+        try:
+            await writer.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered (431) and closed before reading a huge head whole: read its answer
         return await asyncio.wait_for(reader.read(200), 30)
     finally:
         writer.close()
