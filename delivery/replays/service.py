@@ -50,7 +50,8 @@ class ReplayService:
             raise Problem(422, "invalid-window", "since must be before until")
         if data.endpoint_id is not None:
             await EndpointRepository(self.session, self.tenant_id).get(data.endpoint_id)
-        job = self._job(REDRIVE, since=since, until=until, endpoint_id=data.endpoint_id)
+        ids = None if data.delivery_ids is None else sorted({str(value) for value in data.delivery_ids})
+        job = self._job(REDRIVE, since=since, until=until, endpoint_id=data.endpoint_id, delivery_ids=ids)
         job.total = await steps.count(self.session, steps.dead_letters(job))
         return await self._queue(job)
 
