@@ -28,6 +28,7 @@ class AccountError(ValueError):
 
 
 def normal_email(email: str) -> str:
+    """Trimmed and lower-cased, or an error for the email field."""
     email = email.strip().lower()
     if len(email) > 320 or not _EMAIL.match(email):
         raise AccountError("email", "Enter an email address like name@example.com.")
@@ -42,6 +43,7 @@ def _checked_password(password: str) -> str:
 
 
 async def create_user(session: AsyncSession, tenant_id: uuid.UUID, email: str, password: str) -> User:
+    """A tenant's user (committed); an AccountError names the field at fault."""
     if await session.get(Tenant, tenant_id) is None:
         raise AccountError("tenant", f"There is no tenant {tenant_id}.")
     user = User(tenant_id=tenant_id, email=normal_email(email), password_hash=hash_password(_checked_password(password)))
@@ -89,6 +91,7 @@ async def invite(session: AsyncSession, tenant_id: uuid.UUID, email: str, by: uu
 
 
 async def pending_invite(session: AsyncSession, token: str) -> Invite | None:
+    """The invitation this link's token names, unless it is unknown, used or expired."""
     found = await session.scalar(select(Invite).where(Invite.token_hash == sha256_hex(token)))
     if found is None or found.accepted_at is not None or found.expires_at <= utcnow():
         return None
@@ -96,5 +99,10 @@ async def pending_invite(session: AsyncSession, token: str) -> Invite | None:
 
 
 async def accept(session: AsyncSession, pending: Invite, password: str) -> User:
+    """The invited account, created in the commit that uses up the invitation."""
     pending.accepted_at = utcnow()
-    return await create_user(session, pending.tenant_id, pending.email, password)
+    try:
+        return await create_user(session, pending.tenant_id, pending.email, password)
+    except AccountError:
+        await session.rollback()
+        raise

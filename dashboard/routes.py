@@ -13,16 +13,18 @@ from litestar.contrib.jinja import JinjaTemplateEngine
 from litestar.di import Provide
 from litestar.static_files import create_static_files_router
 from litestar.template import TemplateConfig
+from markupsafe import Markup
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard.anomalies import AnomalyPages, ApiKeyPages
 from dashboard.dead_letters import DeadLetterPages, replays
 from dashboard.endpoints import EndpointPages
 from dashboard.events import EventPages
-from dashboard.login import LoginController, LoginThrottle, logout
+from dashboard.login import InvitationController, LoginController, LoginThrottle, logout
 from dashboard.overview import overview
 from dashboard.sessions import Signer
 from dashboard.sources import SourcePages
+from dashboard.team import invite_teammate, team
 from dashboard.web import EXCEPTION_HANDLERS, PREFIX, login_guard, viewer_of
 from gateway.limiter import Limiter, Rate
 from gateway.settings import Settings
@@ -30,8 +32,13 @@ from gateway.settings import Settings
 _HERE = Path(__file__).parent
 
 
-def _when(value: datetime | None) -> str:
-    return "—" if value is None else value.strftime("%Y-%m-%d %H:%M:%S UTC")
+def _when(value: datetime | None) -> Markup:
+    """A UTC time, short on the page and exact in the tooltip and the markup."""
+    if value is None:
+        return Markup("—")
+    return Markup('<time datetime="{}" title="{}">{}</time>').format(
+        value.isoformat(), value.strftime("%Y-%m-%d %H:%M:%S UTC"), value.strftime("%d %b %H:%M:%S")
+    )
 
 
 def _engine(engine: JinjaTemplateEngine) -> None:
@@ -47,7 +54,7 @@ def dashboard_routers(sessions: Callable[[], AsyncSession], settings: Settings, 
     constant: Callable[[Any], Provide] = lambda value: Provide(lambda: value, use_cache=True, sync_to_thread=False)  # noqa: E731
     public = Router(
         path=PREFIX,
-        route_handlers=[LoginController],
+        route_handlers=[LoginController, InvitationController],
         dependencies={
             "signer": constant(signer),
             "login_throttle": constant(LoginThrottle(limiter, Rate.parse(settings.dashboard_login_limit))),
@@ -57,7 +64,8 @@ def dashboard_routers(sessions: Callable[[], AsyncSession], settings: Settings, 
     )
     pages = Router(
         path=PREFIX,
-        route_handlers=[overview, logout, SourcePages, EndpointPages, EventPages, DeadLetterPages, replays, AnomalyPages, ApiKeyPages],
+        route_handlers=[overview, logout, SourcePages, EndpointPages, EventPages, DeadLetterPages, replays, AnomalyPages, ApiKeyPages,
+                       team, invite_teammate],
         guards=[login_guard(sessions, signer)],
         dependencies={"viewer": Provide(viewer_of, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]

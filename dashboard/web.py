@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import msgspec
 from litestar import MediaType, Request, Response
@@ -93,8 +93,12 @@ def ids(data: FormMultiDict, name: str) -> list[uuid.UUID]:
 
 
 def page(request: Request[Any, Any, Any], name: str, status_code: int = 200, **context: Any) -> Template:
+    """A page with what the layout needs; a list's ``next_cursor`` becomes an "Older" link that keeps the filters."""
     viewer: Viewer | None = request.state.get("viewer")
     notice = NOTICES.get(request.query_params.get("done", ""))
+    if context.get("next_cursor"):
+        query = {key: value for key, value in request.query_params.items() if key not in ("cursor", "done")}
+        context["older"] = f"{request.url.path}?{urlencode({**query, 'cursor': context['next_cursor']})}"
     return Template(
         template_name=name,
         context={"viewer": viewer, "csrf": viewer.csrf_token if viewer else "", "notice": notice, "path": request.url.path, **context},

@@ -29,7 +29,7 @@ from tests.support.stripe_events import stripe_event
 PASSWORD = "correct horse battery"
 SESSION = "hookgate_session"
 PAGES = ["/dashboard/", "/dashboard/sources", "/dashboard/endpoints", "/dashboard/endpoints/new", "/dashboard/events",
-         "/dashboard/dead-letters", "/dashboard/replays", "/dashboard/anomalies", "/dashboard/api-keys"]
+         "/dashboard/dead-letters", "/dashboard/replays", "/dashboard/anomalies", "/dashboard/api-keys", "/dashboard/team"]
 
 
 def _csrf(html: str) -> str:
@@ -54,7 +54,7 @@ class Browser:
 
     async def get(self, path: str, **params: str) -> Any:
         self._use()
-        return await self.client.get(path, params=params, follow_redirects=False)
+        return await self.client.get(path, params=params or None, follow_redirects=False)
 
     async def post(self, path: str, data: dict[str, Any] | None = None, *, csrf: bool = True) -> Any:
         self._use()
@@ -155,7 +155,7 @@ async def test_every_form_refuses_a_post_without_the_csrf_token(stack: Stack, si
         f"/dashboard/endpoints/{endpoint['id']}/rotate", f"/dashboard/endpoints/{endpoint['id']}/reveal",
         f"/dashboard/endpoints/{endpoint['id']}/test", f"/dashboard/events/{uuid.uuid4()}/replay",
         "/dashboard/dead-letters/redrive", "/dashboard/dead-letters/purge", f"/dashboard/anomalies/{uuid.uuid4()}/acknowledge",
-        "/dashboard/api-keys", f"/dashboard/api-keys/{uuid.uuid4()}/revoke",
+        "/dashboard/api-keys", f"/dashboard/api-keys/{uuid.uuid4()}/revoke", "/dashboard/team/invite",
     ]
     for path in forms:
         response = await browser.post(path, {"url": "http://127.0.0.1:9/x", "name": "x", "enabled": "false"}, csrf=False)
@@ -385,6 +385,54 @@ async def test_overview_counts_the_last_day(stack: Stack, signed_in: Callable[..
         assert '<span class="num">2</span> events in 24 h' in text
         assert "2 of 2 finished deliveries succeeded" in text
         assert re.search(r"<title>\d\d:00 UTC: 2 events received</title>", text)
+
+
+async def test_a_teammate_joins_through_an_invitation(stack: Stack, signed_in: Callable[..., Any]) -> None:
+    _tenant, inviter = await signed_in("Acme")
+    _other, stranger = await signed_in("Other")
+    taken = await inviter.post("/dashboard/team/invite", {"email": "not-an-email"})
+    assert taken.status_code == 400 and _errors(taken.text) == ["Enter an email address like name@example.com."]
+    made = await inviter.post("/dashboard/team/invite", {"email": "Zoe@Example.com"})
+    link = re.search(r'id="invite-link">([^<]+)<', made.text).group(1)
+    path = link.removeprefix(stack.settings.public_url)
+    assert path.startswith("/dashboard/invite/")
+    assert "zoe@example.com" in (await inviter.get("/dashboard/team")).text
+    assert "zoe@example.com" not in (await stranger.get("/dashboard/team")).text
+
+    client = stack.client
+    client.cookies.clear()
+    assert (await client.get("/dashboard/invite/made-up-token")).status_code == 404
+    form = await client.get(path)
+    assert form.status_code == 200 and "zoe@example.com" in form.text
+    refused = await client.post(path, data={"password": PASSWORD, "confirm": PASSWORD}, follow_redirects=False)
+    assert refused.status_code == 403
+    form = await client.get(path)
+    token = _csrf(form.text)
+    differ = await client.post(path, data={"password": PASSWORD, "confirm": "something else", "csrf_token": token})
+    assert differ.status_code == 400 and _errors(differ.text) == ["The two passwords differ."]
+    short = await client.post(path, data={"password": "short", "confirm": "short", "csrf_token": _csrf(differ.text)})
+    assert short.status_code == 400 and _errors(short.text) == ["Use at least 10 characters."]
+    joined = await client.post(path, data={"password": PASSWORD, "confirm": PASSWORD, "csrf_token": _csrf(short.text)},
+                               follow_redirects=False)
+    assert joined.status_code == 303 and SESSION in joined.cookies
+    assert "zoe@example.com" in (await client.get("/dashboard/")).text
+    client.cookies.clear()
+    assert (await client.get(path)).status_code == 404  # used up
+    assert (await _login(client, "zoe@example.com")).status_code == 303
+    again = await inviter.post("/dashboard/team/invite", {"email": "zoe@example.com"})
+    assert again.status_code == 400 and _errors(again.text) == ["This person already has an account."]
+
+
+async def test_lists_page_with_a_cursor_that_keeps_the_filters(stack: Stack, signed_in: Callable[..., Any]) -> None:
+    tenant, browser = await signed_in()
+    source = await new_source(stack.client, tenant)
+    sent = [await stack.ingest(source, stripe_event("customer_updated")) for _ in range(51)]
+    first = await browser.get("/dashboard/events", type="customer.updated")
+    assert sent[-1] in first.text and sent[0] not in first.text
+    older = unescape(re.search(r'href="([^"]+)">Older events', first.text).group(1))
+    assert "type=customer.updated" in older and "cursor=" in older
+    second = await browser.get(older)
+    assert sent[0] in second.text and sent[-1] not in second.text and "Older events" not in second.text
 
 
 async def test_cli_creates_users(stack: Stack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
