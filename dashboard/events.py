@@ -24,6 +24,7 @@ from gateway.problems import Problem
 from gateway.repository import where_equal, within
 from tenants.endpoints.models import Endpoint
 from tenants.endpoints.service import EndpointRepository
+from tenants.sources.models import Source
 from tenants.sources.service import SourceRepository
 
 WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7)}
@@ -59,8 +60,8 @@ class EventPages(Controller):
         window: str = "",
         cursor: str | None = None,
     ) -> Any:
-        repo = EventRepository(db_session, viewer.tenant_id)
-        sources = await SourceRepository(db_session, viewer.tenant_id).fetch(SourceRepository(db_session, viewer.tenant_id).scoped())
+        repo, source_repo = EventRepository(db_session, viewer.tenant_id), SourceRepository(db_session, viewer.tenant_id)
+        sources = await source_repo.fetch(source_repo.scoped())
         query = where_equal(repo.scoped(), {Event.type: type, Event.source_id: optional_uuid(source_id)})
         if status in STATUSES:
             query = query.where(exists().where(Delivery.event_id == Event.id, Delivery.status == status))
@@ -84,10 +85,9 @@ class EventPages(Controller):
             select(Attempt).where(Attempt.delivery_id.in_(attempts)).order_by(Attempt.number)
         ):
             attempts[attempt.delivery_id].append(attempt)
-        live = await EndpointRepository(db_session, viewer.tenant_id).fetch(
-            EndpointRepository(db_session, viewer.tenant_id).scoped().where(Endpoint.enabled.is_(True))
-        )
-        source = await db_session.get(SourceRepository.model, event.source_id) if event.source_id else None
+        endpoint_repo = EndpointRepository(db_session, viewer.tenant_id)
+        live = await endpoint_repo.fetch(endpoint_repo.scoped().where(Endpoint.enabled.is_(True)))
+        source = await db_session.get(Source, event.source_id) if event.source_id else None
         return page(request, "event.html", event=event, payload=_pretty(event.body), deliveries=deliveries, attempts=attempts,
                     endpoints=await endpoint_names(db_session, viewer.tenant_id), live_endpoints=live, source=source,
                     error=request.query_params.get("error"))

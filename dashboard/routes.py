@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from litestar import Router
 from litestar.contrib.jinja import JinjaTemplateEngine
@@ -51,7 +50,10 @@ def template_config() -> TemplateConfig[JinjaTemplateEngine]:
 
 def dashboard_routers(sessions: Callable[[], AsyncSession], settings: Settings, limiter: Limiter) -> list[Router]:
     signer = Signer.from_secret(settings.secret_key)
-    constant: Callable[[Any], Provide] = lambda value: Provide(lambda: value, use_cache=True, sync_to_thread=False)  # noqa: E731
+
+    def constant(value: object) -> Provide:
+        return Provide(lambda: value, use_cache=True, sync_to_thread=False)
+
     public = Router(
         path=PREFIX,
         route_handlers=[LoginController, InvitationController],

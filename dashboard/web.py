@@ -24,10 +24,17 @@ from tenants.crypto import same
 PREFIX = "/dashboard"
 CSRF_FIELD = "csrf_token"
 _SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
+# Pages hold one tenant's data and sometimes a secret: never cached, never framed, and only our
+# own scripts, styles and form targets.
+_HEADERS = {
+    "cache-control": "no-store",
+    "x-frame-options": "DENY",
+    "content-security-policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'",
+    "referrer-policy": "same-origin",
+}
 
 # Messages a redirect may ask the next page to show (a key, never free text from the URL).
 NOTICES = {
-    "endpoint-created": "Endpoint created.",
     "endpoint-saved": "Changes saved.",
     "endpoint-enabled": "Endpoint enabled: new events will be delivered to it.",
     "endpoint-disabled": "Endpoint disabled: events are no longer delivered to it.",
@@ -38,7 +45,6 @@ NOTICES = {
     "purged": "Dead letters purged.",
     "acknowledged": "Anomaly acknowledged.",
     "revoked": "API key revoked: requests with it are refused from now on.",
-    "source-created": "Source created.",
     "logged-out": "You are logged out.",
 }
 
@@ -104,6 +110,7 @@ def page(request: Request[Any, Any, Any], name: str, status_code: int = 200, **c
         context={"viewer": viewer, "csrf": viewer.csrf_token if viewer else "", "notice": notice, "path": request.url.path, **context},
         status_code=status_code,
         media_type=MediaType.HTML,
+        headers=_HEADERS,
     )
 
 

@@ -8,7 +8,7 @@ import re
 import uuid
 from collections.abc import Callable
 from html import unescape
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from litestar import Litestar
@@ -22,6 +22,7 @@ from gateway.events.models import Delivery
 from gateway.settings import get_settings
 from ml.online.models import Anomaly
 from tenants.models import ApiKey
+from tenants.sources.schemas import Provider
 from tests.conftest import Stack, TenantHandle, new_source, new_tenant
 from tests.support.receiver import Script, Server
 from tests.support.stripe_events import stripe_event
@@ -126,6 +127,8 @@ async def test_login_wrong_password_csrf_open_redirect_and_logout(stack: Stack) 
     stack.client.cookies.set(SESSION, cookie)
     overview = await stack.client.get("/dashboard/")
     assert overview.status_code == 200 and "ana@example.com" in overview.text
+    assert overview.headers["cache-control"] == "no-store" and overview.headers["x-frame-options"] == "DENY"
+    assert "frame-ancestors 'none'" in overview.headers["content-security-policy"]
 
     out = await stack.client.post("/dashboard/logout", data={"csrf_token": _csrf(overview.text)}, follow_redirects=False)
     assert out.status_code == 303
@@ -192,6 +195,7 @@ async def test_another_tenants_pages_and_actions_answer_404(stack: Stack, signed
             (f"/dashboard/sources/{source['id']}/reveal", {}), (f"/dashboard/sources/{source['id']}/rotate", {}),
             (f"/dashboard/events/{event_id}/replay", {}), (f"/dashboard/anomalies/{anomaly_id}/acknowledge", {}),
             (f"/dashboard/api-keys/{key_id}/revoke", {}), ("/dashboard/dead-letters/purge", {"delivery_id": delivery["id"]}),
+            ("/dashboard/dead-letters/redrive", {"scope": "selected", "delivery_id": delivery["id"]}),
         ]
         for path, data in actions:
             response = await browser_b.post(path, data)
@@ -283,6 +287,8 @@ async def test_sources_events_replay_and_api_keys(stack: Stack, signed_in: Calla
         tenant, browser = await signed_in()
         empty = await browser.get("/dashboard/events")
         assert "No event yet" in empty.text
+        form = (await browser.get("/dashboard/sources")).text
+        assert all(f'<option value="{provider}"' in form for provider in get_args(Provider))  # each with a setup hint
         missing = await browser.post("/dashboard/sources", {"name": "", "provider": "stripe"})
         assert missing.status_code == 400 and _errors(missing.text) == ["Give the source a name (up to 200 characters)."]
         created = await browser.post("/dashboard/sources", {"name": "Stripe live", "provider": "stripe"})
