@@ -8,11 +8,11 @@ from datetime import datetime
 
 from markupsafe import Markup, escape
 
-_W, _H, _PAD_L, _PAD_B, _PAD_T = 720, 180, 36, 22, 10
+_W, _H, _PAD_L, _PAD_B, _PAD_T = 720, 220, 72, 28, 20
 
 
 def _frame(label: str, body: str, top: str) -> Markup:
-    width, height = _W - _PAD_L, _H - _PAD_B - _PAD_T
+    height = _H - _PAD_B - _PAD_T
     grid = "".join(
         f'<line class="grid" x1="{_PAD_L}" x2="{_W}" y1="{_PAD_T + height * i / 2:.1f}" y2="{_PAD_T + height * i / 2:.1f}"/>'
         for i in range(3)
@@ -23,7 +23,7 @@ def _frame(label: str, body: str, top: str) -> Markup:
     )
     return Markup(
         f'<svg class="chart" viewBox="0 0 {_W} {_H}" role="img" aria-label="{escape(label)}, last 24 hours" '
-        f'preserveAspectRatio="none" data-width="{width}">{grid}{axis}{body}</svg>'
+        f'>{grid}{axis}{body}</svg>'
     )
 
 
