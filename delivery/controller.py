@@ -12,17 +12,15 @@ from litestar.di import Provide
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from delivery.operational import send_test
-from delivery.replays.event_replay import replay_event
-from gateway.doorbell import Doorbell, ring_safely
-from gateway.events.models import DEAD, Attempt, Delivery
-from gateway.events.repository import DeliveryRepository, EventRepository
+from delivery.operational import send_test_and_ring
+from delivery.replays.event_replay import replay_and_ring
+from gateway.doorbell import Doorbell
+from gateway.events.models import Attempt, Delivery
+from gateway.events.repository import DeliveryRepository
 from gateway.events.schemas import AttemptOut, DeliveryOut
 from gateway.pagination import Page, page_of, paginate
-from gateway.problems import Problem
 from gateway.repository import where_equal, within
 from tenants.auth import authenticate_tenant
-from tenants.endpoints.service import EndpointRepository
 
 
 class TestSent(msgspec.Struct):
@@ -80,22 +78,14 @@ class DeliveryController(Controller):
 
     @delete("/deliveries/{delivery_id:uuid}", operation_id="purgeDeadDelivery", summary="Purge a dead letter (the event stays)")
     async def purge(self, repo: DeliveryRepository, delivery_id: uuid.UUID) -> None:
-        delivery = await repo.get(delivery_id, for_update=True)
-        if delivery.status != DEAD:
-            raise Problem(409, "not-dead", f"only dead deliveries can be purged; this one is {delivery.status}")
-        await repo.session.delete(delivery)
-        await repo.session.commit()
+        await repo.purge_dead(delivery_id)
 
     @post("/events/{event_id:uuid}/replay", operation_id="replayEvent", status_code=202, summary="Deliver a stored event again")
     async def replay(
         self, repo: DeliveryRepository, tenant_id: uuid.UUID, event_id: uuid.UUID, doorbell: Doorbell, data: ReplayRequest | None = None
     ) -> ReplayOut:
         """To the named endpoints, or to every enabled endpoint subscribed to its type."""
-        event = await EventRepository(repo.session, tenant_id).get(event_id)
-        ids = await replay_event(repo.session, event, data.endpoint_ids if data else None)
-        await repo.session.commit()
-        await ring_safely(doorbell, [event.id])
-        rows = await repo.fetch(repo.scoped().where(Delivery.id.in_(ids)).order_by(Delivery.endpoint_id))
+        event, rows = await replay_and_ring(repo.session, tenant_id, event_id, data.endpoint_ids if data else None, doorbell)
         return ReplayOut(event_id=event.id, deliveries=[DeliveryOut.of(row) for row in rows])
 
     @get("/deliveries/{delivery_id:uuid}/attempts", operation_id="listAttempts", summary="Every HTTP try, oldest first")
@@ -110,8 +100,5 @@ class DeliveryController(Controller):
     async def test_endpoint(
         self, db_session: AsyncSession, tenant_id: uuid.UUID, endpoint_id: uuid.UUID, doorbell: Doorbell
     ) -> TestSent:
-        endpoint = await EndpointRepository(db_session, tenant_id).get(endpoint_id)
-        event, delivery_id = await send_test(db_session, tenant_id, endpoint.id)
-        await db_session.commit()
-        await ring_safely(doorbell, [event.id])
+        event, delivery_id = await send_test_and_ring(db_session, tenant_id, endpoint_id, doorbell)
         return TestSent(event_id=event.id, delivery_id=delivery_id)

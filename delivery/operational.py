@@ -11,7 +11,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from delivery.fanout import delivery_row, fan_out, insert_deliveries
 from gateway.database import new_id, utcnow
+from gateway.doorbell import Doorbell, ring_safely
 from gateway.events.models import Event
+from tenants.endpoints.service import EndpointRepository
 
 DELIVERY_DEAD = "delivery.dead"
 CIRCUIT_OPENED = "endpoint.circuit_opened"
@@ -56,3 +58,14 @@ async def send_test(session: AsyncSession, tenant_id: uuid.UUID, endpoint_id: uu
     row = delivery_row(event, endpoint_id)
     await insert_deliveries(session, [row])
     return event, row["id"]  # type: ignore[return-value]
+
+
+async def send_test_and_ring(
+    session: AsyncSession, tenant_id: uuid.UUID, endpoint_id: uuid.UUID, doorbell: Doorbell
+) -> tuple[Event, uuid.UUID]:
+    """A test event to one of the tenant's endpoints (404 for another tenant's), committed and rung."""
+    endpoint = await EndpointRepository(session, tenant_id).get(endpoint_id)
+    event, delivery_id = await send_test(session, tenant_id, endpoint.id)
+    await session.commit()
+    await ring_safely(doorbell, [event.id])
+    return event, delivery_id

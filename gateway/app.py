@@ -14,6 +14,7 @@ from litestar.plugins.prometheus import PrometheusConfig
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from dashboard.routes import dashboard_routers, template_config
 from delivery.controller import DeliveryController
 from delivery.replays.controller import ReplayController
 from gateway.admission.controller import usage
@@ -116,6 +117,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             DeliveryController,
             ReplayController,
             AnomalyController,
+            *dashboard_routers(sessions, settings, runtime.limiter),
         ],
         dependencies={
             "db_session": Provide(provide_session),
@@ -131,6 +133,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             DefineMiddleware(IdempotencyMiddleware, sessions=sessions, box=box, max_body=settings.max_body_bytes),
         ],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        template_config=template_config(),
         openapi_config=OpenAPIConfig(title="Hookgate", version="0.1.0", path="/schema"),
         request_max_body_size=settings.max_body_bytes,
         request_class=JsonRequest,  # deeply nested JSON is a 400, not a 500

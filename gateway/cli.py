@@ -35,6 +35,7 @@ def _dev(args: argparse.Namespace) -> None:
         f"  operator key: {info.operator_key}\n"
         f"  tenant key:   {info.api_key}\n"
         f"  ingest URL:   {info.ingest_url}\n"
+        f"  dashboard:    {settings.public_url}/dashboard/login   (user {info.dashboard_email}, password {info.dashboard_password})\n"
         f"  Stripe secret (whsec_): {info.source_secret}\n"
         f"  data:         {Path(args.data_dir).resolve()}\n",
         flush=True,
@@ -74,6 +75,21 @@ def _worker(_args: argparse.Namespace) -> None:
 
 def _settings(_args: argparse.Namespace) -> None:
     print(settings_reference())
+
+
+def _users_create(args: argparse.Namespace) -> None:
+    import asyncio
+    import getpass
+    import uuid
+
+    from dashboard.accounts import AccountError, create_operator_user
+
+    password = args.password or os.environ.get("HOOKGATE_USER_PASSWORD") or getpass.getpass("password: ")
+    try:
+        user = asyncio.run(create_operator_user(get_settings().database_url, uuid.UUID(args.tenant), args.email, password))
+    except (AccountError, ValueError) as exc:
+        sys.exit(f"error: {exc}")
+    print(f"created dashboard user {user.email} for tenant {user.tenant_id}; log in at {get_settings().public_url}/dashboard/login")
 
 
 def _ml_simulate(args: argparse.Namespace) -> None:
@@ -133,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("worker", help="delivery worker (arq on Redis + dispatch loop)").set_defaults(run=_worker)
     commands.add_parser("settings", help="print every HOOKGATE_* setting").set_defaults(run=_settings)
     _ml_commands(commands)
+    users = commands.add_parser("users", help="dashboard users").add_subparsers(dest="users_command", required=True)
+    create_user = users.add_parser("create", help="create a tenant's dashboard user")
+    create_user.add_argument("--tenant", required=True, help="tenant id")
+    create_user.add_argument("--email", required=True)
+    create_user.add_argument("--password", help="default: HOOKGATE_USER_PASSWORD, else asked for on the terminal")
+    create_user.set_defaults(run=_users_create)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""``hookgate dev``: prepare a data directory with SQLite, keys and a demo tenant, once."""
+"""``hookgate dev``: prepare a data directory with SQLite, keys, a demo tenant and its dashboard user, once."""
 
 from __future__ import annotations
 
@@ -10,6 +10,10 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy import select
+
+from dashboard.accounts import create_user
+from dashboard.models import User
 from gateway.database import create_engine, session_factory, utcnow
 from gateway.migrate import upgrade
 from gateway.settings import Settings
@@ -27,6 +31,11 @@ class DevInfo:
     api_key: str
     ingest_url: str
     source_secret: str
+    dashboard_email: str
+    dashboard_password: str
+
+
+DEMO_EMAIL = "demo@hookgate.dev"
 
 
 def _kept(path: Path, make: str) -> str:
@@ -68,11 +77,16 @@ async def _demo(settings: Settings, demo_file: Path) -> DevInfo:
             source = await session.get(Source, uuid.UUID(demo["source_id"]))
             assert source is not None, f"demo source missing: delete {demo_file} to recreate it"
             service = SourceService(session, source.tenant_id, box, settings)
+            password = _kept(demo_file.parent / "dashboard.password", secrets.token_urlsafe(12))
+            if await session.scalar(select(User.id).where(User.email == DEMO_EMAIL)) is None:
+                await create_user(session, source.tenant_id, DEMO_EMAIL, password)
             return DevInfo(
                 operator_key=settings.operator_key,
                 api_key=demo["api_key"],
                 ingest_url=service.shape(source).ingest_url,
                 source_secret=active_plaintexts(box, source.secrets, utcnow())[0],
+                dashboard_email=DEMO_EMAIL,
+                dashboard_password=password,
             )
     finally:
         await engine.dispose()

@@ -34,6 +34,12 @@ class Rate:
         if self.burst < 1:
             raise ValueError(f"burst must be >= 1, got {self.burst}")
 
+    @classmethod
+    def parse(cls, text: str) -> Rate:
+        """A setting's ``per_second/burst``."""
+        per_second, burst = text.split("/")
+        return cls(float(per_second), int(burst))
+
 
 @dataclass(frozen=True, slots=True)
 class Decision:

@@ -174,8 +174,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         int, msgspec.Meta(ge=1), _doc("Days of feature windows kept (the training history needs them).")
     ] = 8
 
+    dashboard_session_hours: Annotated[
+        float, msgspec.Meta(gt=0), _doc("How long a dashboard login lasts (the session cookie and its row).")
+    ] = 12.0
+    dashboard_login_limit: Annotated[
+        str,
+        _RATE,
+        _doc("Login attempts per email address and per client address: `attempts_per_second/burst` "
+             "(the default allows 10 at once, then one every 10 s)."),
+    ] = "0.1/10"
+    dashboard_invite_hours: Annotated[
+        float, msgspec.Meta(gt=0), _doc("How long a dashboard invitation link stays valid.")
+    ] = 168.0
+
     def __post_init__(self) -> None:
-        for name in ("ingest_limit_critical", "ingest_limit_high", "ingest_limit_normal", "ingest_limit_low"):
+        for name in ("ingest_limit_critical", "ingest_limit_high", "ingest_limit_normal", "ingest_limit_low", "dashboard_login_limit"):
             if float(getattr(self, name).split("/")[0]) <= 0 or int(getattr(self, name).split("/")[1]) < 1:
                 raise ValueError(f"{name} needs a rate above 0 and a burst of at least 1")
         if self.anomaly_window_seconds % 60:

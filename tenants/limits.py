@@ -22,11 +22,7 @@ Overrides = Mapping[str, Mapping[str, Any]]
 
 def default_rates(settings: Settings) -> dict[Priority, Rate]:
     """The settings' ``ingest_limit_<priority>`` values (``rate/burst``) as rates."""
-    rates: dict[Priority, Rate] = {}
-    for priority in PRIORITIES:
-        per_second, burst = getattr(settings, f"ingest_limit_{priority}").split("/")
-        rates[priority] = Rate(float(per_second), int(burst))
-    return rates
+    return {priority: Rate.parse(getattr(settings, f"ingest_limit_{priority}")) for priority in PRIORITIES}
 
 
 def rate_for(priority: Priority, overrides: Overrides | None, defaults: Mapping[Priority, Rate]) -> Rate:

@@ -143,6 +143,16 @@ async def test_redrive_retries_exactly_the_dead_letters_once_the_receiver_recove
         nothing = await stack.client.post("/api/v1/deliveries/redrive", json={"endpoint_id": flaky_ep["id"]}, headers=tenant.auth)
         assert nothing.json()["status"] == "completed" and nothing.json()["total"] == 0
 
+        # exactly the chosen dead letters (the dashboard's "redrive selected"); a succeeded one is not dead: not counted
+        chosen = [still_dead[0]["id"], redriven[0]["id"]]
+        picked = await stack.client.post("/api/v1/deliveries/redrive", json={"delivery_ids": chosen}, headers=tenant.auth)
+        assert picked.status_code == 202 and picked.json()["total"] == 1 and picked.json()["delivery_ids"] == sorted(chosen)
+        empty = await stack.client.post("/api/v1/deliveries/redrive", json={"delivery_ids": []}, headers=tenant.auth)
+        assert empty.status_code == 400
+        unknown = await stack.client.post("/api/v1/deliveries/redrive", json={"delivery_ids": [str(uuid.uuid4())]},
+                                          headers=tenant.auth)
+        assert unknown.status_code == 404
+
 
 async def test_only_failed_replays_just_the_events_whose_delivery_died(stack_factory) -> None:  # type: ignore[no-untyped-def]
     stack: Stack = await stack_factory(retry_schedule="0")

@@ -9,7 +9,9 @@ from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from delivery.fanout import delivery_row, endpoints_for, subscribed
+from gateway.doorbell import Doorbell, ring_safely
 from gateway.events.models import Delivery, Event
+from gateway.events.repository import DeliveryRepository, EventRepository
 from gateway.problems import Problem
 from tenants.endpoints.models import Endpoint
 from tenants.endpoints.service import EndpointRepository
@@ -24,6 +26,18 @@ async def replay_event(session: AsyncSession, event: Event, endpoint_ids: list[u
     rows = [{**delivery_row(event, endpoint.id), "is_replay": True} for endpoint in targets]
     await session.execute(insert(Delivery), rows)
     return [row["id"] for row in rows]  # type: ignore[misc]
+
+
+async def replay_and_ring(
+    session: AsyncSession, tenant_id: uuid.UUID, event_id: uuid.UUID, endpoint_ids: list[uuid.UUID] | None, doorbell: Doorbell
+) -> tuple[Event, list[Delivery]]:
+    """Replay one of the tenant's events (404 for another tenant's), commit, ring; the new deliveries."""
+    event = await EventRepository(session, tenant_id).get(event_id)
+    ids = await replay_event(session, event, endpoint_ids)
+    await session.commit()
+    await ring_safely(doorbell, [event.id])
+    repo = DeliveryRepository(session, tenant_id)
+    return event, await repo.fetch(repo.scoped().where(Delivery.id.in_(ids)).order_by(Delivery.endpoint_id))
 
 
 async def _chosen(session: AsyncSession, event: Event, endpoint_ids: list[uuid.UUID]) -> list[Endpoint]:

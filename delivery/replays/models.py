@@ -44,6 +44,8 @@ class ReplayJob(Base):
     source_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("sources.id"), default=None)
     endpoint_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("endpoints.id"), default=None)
     only_failed: Mapped[bool] = mapped_column(Boolean, default=False)
+    # A redrive of chosen dead letters (the dashboard's "redrive selected"), as id strings.
+    delivery_ids: Mapped[list[str] | None] = mapped_column(JSON, default=None)
     # Progress: None while unknown (a backfill learns its size only by listing).
     total: Mapped[int | None] = mapped_column(Integer, default=None)
     done: Mapped[int] = mapped_column(Integer, default=0)

@@ -25,11 +25,13 @@ class ReplayCreate(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class RedriveCreate(msgspec.Struct, forbid_unknown_fields=True):
-    """The dead-letter list's filters: a window on when the deliveries were created."""
+    """The dead-letter list's filters: a window on when the deliveries were created, and/or
+    exactly these dead deliveries."""
 
     endpoint_id: uuid.UUID | None = None
     since: datetime | None = None
     until: datetime | None = None
+    delivery_ids: Annotated[list[uuid.UUID], msgspec.Meta(min_length=1, max_length=1000)] | None = None
 
 
 class BackfillCreate(msgspec.Struct, forbid_unknown_fields=True):
@@ -52,6 +54,7 @@ class ReplayJobOut(msgspec.Struct):
     source_id: uuid.UUID | None
     endpoint_id: uuid.UUID | None
     only_failed: bool
+    delivery_ids: list[str] | None
     error: str | None
     created_at: datetime
     started_at: datetime | None

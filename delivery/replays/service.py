@@ -5,14 +5,15 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from delivery.replays import steps
 from delivery.replays.models import ACTIVE, BACKFILL, CANCELLED, COMPLETED, REDRIVE, REPLAY, ReplayJob
 from delivery.replays.schemas import BackfillCreate, RedriveCreate, ReplayCreate
 from gateway.database import utcnow
-from gateway.problems import Problem
+from gateway.events.models import Delivery
+from gateway.problems import Problem, not_found
 from gateway.repository import TenantRepository
 from tenants.endpoints.models import Endpoint
 from tenants.endpoints.service import EndpointRepository
@@ -50,9 +51,20 @@ class ReplayService:
             raise Problem(422, "invalid-window", "since must be before until")
         if data.endpoint_id is not None:
             await EndpointRepository(self.session, self.tenant_id).get(data.endpoint_id)
-        job = self._job(REDRIVE, since=since, until=until, endpoint_id=data.endpoint_id)
+        ids = None if data.delivery_ids is None else await self._own_deliveries(data.delivery_ids)
+        job = self._job(REDRIVE, since=since, until=until, endpoint_id=data.endpoint_id, delivery_ids=ids)
         job.total = await steps.count(self.session, steps.dead_letters(job))
         return await self._queue(job)
+
+    async def _own_deliveries(self, delivery_ids: list[uuid.UUID]) -> list[str]:
+        """The chosen ids as the job keeps them; 404 when one is not the tenant's (as for any other id)."""
+        chosen = set(delivery_ids)
+        found = await self.session.scalar(
+            select(func.count()).where(Delivery.tenant_id == self.tenant_id, Delivery.id.in_(chosen))
+        )
+        if found != len(chosen):
+            raise not_found("delivery")
+        return sorted(str(value) for value in chosen)
 
     async def backfill(self, source_id: uuid.UUID, data: BackfillCreate) -> ReplayJob:
         source = await SourceRepository(self.session, self.tenant_id).get(source_id)

@@ -69,6 +69,8 @@ def dead_letters(job: ReplayJob) -> Select[Any]:
     )
     if job.endpoint_id is not None:
         query = query.where(Delivery.endpoint_id == job.endpoint_id)
+    if job.delivery_ids is not None:
+        query = query.where(Delivery.id.in_([uuid.UUID(value) for value in job.delivery_ids]))
     return within(query, Delivery.created_at, job.since, job.until)
 
 

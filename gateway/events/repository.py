@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 
 from sqlalchemy import ColumnElement, or_
 
-from gateway.events.models import Delivery, Event
+from gateway.events.models import DEAD, Delivery, Event
+from gateway.problems import Problem
 from gateway.repository import TenantRepository
 
 
@@ -18,6 +20,14 @@ class EventRepository(TenantRepository[Event]):
 class DeliveryRepository(TenantRepository[Delivery]):
     model = Delivery
     noun = "delivery"
+
+    async def purge_dead(self, delivery_id: uuid.UUID) -> None:
+        """Delete a dead letter (its event stays); 409 for a delivery that is not dead."""
+        delivery = await self.get(delivery_id, for_update=True)
+        if delivery.status != DEAD:
+            raise Problem(409, "not-dead", f"only dead deliveries can be purged; this one is {delivery.status}")
+        await self.session.delete(delivery)
+        await self.session.commit()
 
 
 def unleased(now: datetime) -> ColumnElement[bool]:

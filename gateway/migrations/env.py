@@ -8,6 +8,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 
 # Every model module, so that each table is registered on the metadata autogenerate compares.
+import dashboard.models  # noqa: F401
 import delivery.replays.models  # noqa: F401
 import gateway.events.models  # noqa: F401
 import gateway.idempotency.models  # noqa: F401

@@ -30,6 +30,13 @@ class AnomalyRepository(TenantRepository[Anomaly]):
     model = Anomaly
     noun = "anomaly"
 
+    async def acknowledge(self, anomaly_id: uuid.UUID) -> Anomaly:
+        """Mark as seen (once: a second acknowledgement keeps the first time)."""
+        anomaly = await self.get(anomaly_id, for_update=True)
+        anomaly.acknowledged_at = anomaly.acknowledged_at or utcnow()
+        await self.session.commit()
+        return anomaly
+
 
 def _repo(db_session: AsyncSession, tenant_id: uuid.UUID) -> AnomalyRepository:
     return AnomalyRepository(db_session, tenant_id)
@@ -68,10 +75,7 @@ class AnomalyController(Controller):
 
     @post("/{anomaly_id:uuid}/acknowledge", operation_id="acknowledgeAnomaly", status_code=200, summary="Mark as seen")
     async def acknowledge(self, repo: AnomalyRepository, anomaly_id: uuid.UUID) -> AnomalyOut:
-        anomaly = await repo.get(anomaly_id, for_update=True)
-        anomaly.acknowledged_at = anomaly.acknowledged_at or utcnow()
-        await repo.session.commit()
-        return AnomalyOut.of(anomaly)
+        return AnomalyOut.of(await repo.acknowledge(anomaly_id))
 
     @get("/detection", operation_id="getAnomalyDetection", summary="Thresholds, and whether the model is trained yet")
     async def detection(self, repo: AnomalyRepository, settings: Settings) -> DetectionOut:

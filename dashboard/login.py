@@ -1,0 +1,145 @@
+"""Logging in and out, and accepting an invitation. Those forms have no session yet, so their
+CSRF token is a double-submit: a random cookie the form must repeat (a cross-site page can make
+the browser send the cookie but cannot read it)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from litestar import Controller, Request, get, post
+from litestar.datastructures import Cookie
+from litestar.response import Redirect, Template
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dashboard import sessions
+from dashboard.accounts import AccountError, accept, authenticate, pending_invite
+from dashboard.models import User
+from dashboard.sessions import COOKIE, Signer, Viewer
+from dashboard.web import CSRF_FIELD, PREFIX, field, form, page, see_other
+from gateway.limiter import Limiter, Rate
+from gateway.problems import Problem
+from gateway.settings import Settings
+from tenants.crypto import new_token, same
+
+_FORM_CSRF = "hookgate_form_csrf"
+
+
+def _next(target: str) -> str:
+    """Only a dashboard path: never an open redirect to another site."""
+    return target if target.startswith(PREFIX) and not target.startswith("//") and "\\" not in target else PREFIX
+
+
+def _secure(settings: Settings) -> bool:
+    return settings.public_url.startswith("https://")
+
+
+def _form(request: Request[Any, Any, Any], settings: Settings, name: str, status_code: int = 200, **context: Any) -> Template:
+    """A pre-session form page with a fresh double-submit token (cookie + hidden field)."""
+    token = new_token(24)
+    response = page(request, name, status_code=status_code, form_csrf=token, **context)
+    response.cookies.append(Cookie(key=_FORM_CSRF, value=token, path=PREFIX, httponly=True, samesite="lax", secure=_secure(settings)))
+    return response
+
+
+def _submitted_by_us(request: Request[Any, Any, Any], data: Any) -> bool:
+    cookie = request.cookies.get(_FORM_CSRF, "")
+    return bool(cookie) and same(str(data.get(CSRF_FIELD, "")), cookie)
+
+
+async def _signed_in(db: AsyncSession, user: User, signer: Signer, settings: Settings, target: str) -> Redirect:
+    """A new session for ``user``: its cookie set, the pre-session token dropped, off to ``target``."""
+    cookie = await sessions.start(db, user, signer, settings.dashboard_session_hours)
+    response = see_other(target)
+    response.cookies.append(
+        Cookie(
+            key=COOKIE, value=cookie, path=PREFIX, httponly=True, samesite="lax", secure=_secure(settings),
+            max_age=int(settings.dashboard_session_hours * 3600),
+        )
+    )
+    response.cookies.append(Cookie(key=_FORM_CSRF, value="", path=PREFIX, max_age=0))
+    return response
+
+
+@dataclass(frozen=True)
+class LoginThrottle:
+    """GCRA limits on login attempts per client address and per email (the app's limiter: shared
+    through Redis in production, so every worker counts the same attempts)."""
+
+    limiter: Limiter
+    rate: Rate
+
+    async def wait(self, request: Request[Any, Any, Any], email: str) -> int:
+        """Seconds to wait when this address or this email has tried too often, else 0."""
+        client = request.client.host if request.client else "unknown"
+        for key in (f"login:ip:{client}", f"login:email:{email}"):
+            decision = await self.limiter.hit(key, self.rate)
+            if not decision.allowed:
+                return max(1, math.ceil(decision.retry_after))
+        return 0
+
+
+class LoginController(Controller):
+    path = "/login"
+
+    @get(operation_id="dashboardLoginForm", include_in_schema=False)
+    async def login_form(self, request: Request[Any, Any, Any], settings: Settings, next: str = PREFIX) -> Template:
+        return _form(request, settings, "login.html", next=_next(next), email="")
+
+    @post(operation_id="dashboardLogin", include_in_schema=False)
+    async def login(
+        self, request: Request[Any, Any, Any], db_session: AsyncSession, settings: Settings, signer: Signer, login_throttle: LoginThrottle
+    ) -> Any:
+        data = await form(request)
+        email, target = field(data, "email").lower(), _next(field(data, "next"))
+        if not _submitted_by_us(request, data):
+            return _form(request, settings, "login.html", 403, next=target, email=email, error="The form expired. Please try again.")
+        wait = await login_throttle.wait(request, email)
+        if wait:
+            return _form(request, settings, "login.html", 429, next=target, email=email,
+                         error=f"Too many attempts. Try again in {wait} seconds.")
+        user = await authenticate(db_session, email, str(data.get("password", "")))
+        if user is None:
+            return _form(request, settings, "login.html", 400, next=target, email=email, error="Wrong email or password.")
+        return await _signed_in(db_session, user, signer, settings, target)
+
+
+class InvitationController(Controller):
+    """The link a teammate was sent: choose a password, and be signed in."""
+
+    path = "/invite/{token:str}"
+
+    @get(operation_id="dashboardInvitation", include_in_schema=False)
+    async def invitation(self, request: Request[Any, Any, Any], db_session: AsyncSession, settings: Settings, token: str) -> Any:
+        pending = await pending_invite(db_session, token)
+        if pending is None:
+            raise Problem(404, "not-found", "invitation not found")
+        return _form(request, settings, "invitation.html", email=pending.email, errors={})
+
+    @post(operation_id="dashboardAcceptInvitation", include_in_schema=False)
+    async def accept_invitation(
+        self, request: Request[Any, Any, Any], db_session: AsyncSession, settings: Settings, signer: Signer, token: str
+    ) -> Any:
+        pending = await pending_invite(db_session, token)
+        if pending is None:
+            raise Problem(404, "not-found", "invitation not found")
+        data, email = await form(request), pending.email
+        password = str(data.get("password", ""))
+        if not _submitted_by_us(request, data):
+            return _form(request, settings, "invitation.html", 403, email=email, errors={"_": "The form expired. Please try again."})
+        if password != str(data.get("confirm", "")):
+            return _form(request, settings, "invitation.html", 400, email=email, errors={"confirm": "The two passwords differ."})
+        try:
+            user = await accept(db_session, pending, password)
+        except AccountError as exc:
+            return _form(request, settings, "invitation.html", 400, email=email, errors={exc.field: str(exc)})
+        return await _signed_in(db_session, user, signer, settings, f"{PREFIX}/")
+
+
+@post("/logout", operation_id="dashboardLogout", include_in_schema=False)
+async def logout(viewer: Viewer, db_session: AsyncSession) -> Redirect:
+    await sessions.end(db_session, viewer)
+    response = see_other(f"{PREFIX}/login", "logged-out")
+    response.cookies.append(Cookie(key=COOKIE, value="", path=PREFIX, max_age=0, httponly=True, samesite="lax"))
+    return response

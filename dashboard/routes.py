@@ -1,0 +1,77 @@
+"""The dashboard as the app factory mounts it: the public login route and static files, the
+signed-in pages behind the login guard, and the template engine."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+from litestar import Router
+from litestar.contrib.jinja import JinjaTemplateEngine
+from litestar.di import Provide
+from litestar.static_files import create_static_files_router
+from litestar.template import TemplateConfig
+from markupsafe import Markup
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dashboard.anomalies import AnomalyPages, ApiKeyPages
+from dashboard.dead_letters import DeadLetterPages, replays
+from dashboard.endpoints import EndpointPages
+from dashboard.events import EventPages
+from dashboard.login import InvitationController, LoginController, LoginThrottle, logout
+from dashboard.overview import overview
+from dashboard.sessions import Signer
+from dashboard.sources import SourcePages
+from dashboard.team import invite_teammate, team
+from dashboard.web import EXCEPTION_HANDLERS, PREFIX, login_guard, viewer_of
+from gateway.limiter import Limiter, Rate
+from gateway.settings import Settings
+
+_HERE = Path(__file__).parent
+
+
+def _when(value: datetime | None) -> Markup:
+    """A UTC time, short on the page and exact in the tooltip and the markup."""
+    if value is None:
+        return Markup("—")
+    return Markup('<time datetime="{}" title="{}">{}</time>').format(
+        value.isoformat(), value.strftime("%Y-%m-%d %H:%M:%S UTC"), value.strftime("%d %b %H:%M:%S")
+    )
+
+
+def _engine(engine: JinjaTemplateEngine) -> None:
+    engine.engine.filters["when"] = _when
+
+
+def template_config() -> TemplateConfig[JinjaTemplateEngine]:
+    return TemplateConfig(directory=_HERE / "templates", engine=JinjaTemplateEngine, engine_callback=_engine)
+
+
+def dashboard_routers(sessions: Callable[[], AsyncSession], settings: Settings, limiter: Limiter) -> list[Router]:
+    signer = Signer.from_secret(settings.secret_key)
+
+    def constant(value: object) -> Provide:
+        return Provide(lambda: value, use_cache=True, sync_to_thread=False)
+
+    public = Router(
+        path=PREFIX,
+        route_handlers=[LoginController, InvitationController],
+        dependencies={
+            "signer": constant(signer),
+            "login_throttle": constant(LoginThrottle(limiter, Rate.parse(settings.dashboard_login_limit))),
+        },
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        include_in_schema=False,
+    )
+    pages = Router(
+        path=PREFIX,
+        route_handlers=[overview, logout, SourcePages, EndpointPages, EventPages, DeadLetterPages, replays, AnomalyPages, ApiKeyPages,
+                       team, invite_teammate],
+        guards=[login_guard(sessions, signer)],
+        dependencies={"viewer": Provide(viewer_of, sync_to_thread=False)},
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        include_in_schema=False,
+    )
+    static = create_static_files_router(path=f"{PREFIX}/static", directories=[_HERE / "static"], name="dashboard-static")
+    return [public, pages, static]

@@ -1,0 +1,43 @@
+"""The team: the tenant's dashboard users and invitations. An invitation is a single-use link
+shown once to the inviter (no mail server needed); the invitee chooses a password there."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request, get, post
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dashboard.accounts import AccountError, invite
+from dashboard.models import Invite, User
+from dashboard.sessions import Viewer
+from dashboard.web import PREFIX, field, form, page
+from gateway.database import utcnow
+from gateway.settings import Settings
+
+
+async def _team(request: Request[Any, Any, Any], viewer: Viewer, db: AsyncSession, status_code: int = 200, **context: Any) -> Any:
+    users = await db.scalars(select(User).where(User.tenant_id == viewer.tenant_id).order_by(User.created_at))
+    pending = await db.scalars(
+        select(Invite)
+        .where(Invite.tenant_id == viewer.tenant_id, Invite.accepted_at.is_(None), Invite.expires_at > utcnow())
+        .order_by(Invite.created_at.desc())
+    )
+    return page(request, "team.html", status_code, users=list(users), invites=list(pending), **{"errors": {}, **context})
+
+
+@get("/team", operation_id="dashboardTeam", include_in_schema=False)
+async def team(request: Request[Any, Any, Any], viewer: Viewer, db_session: AsyncSession) -> Any:
+    return await _team(request, viewer, db_session)
+
+
+@post("/team/invite", operation_id="dashboardInvite", include_in_schema=False)
+async def invite_teammate(request: Request[Any, Any, Any], viewer: Viewer, db_session: AsyncSession, settings: Settings) -> Any:
+    email = field(await form(request), "email")
+    try:
+        token = await invite(db_session, viewer.tenant_id, email, viewer.user.id, settings.dashboard_invite_hours)
+    except AccountError as exc:
+        return await _team(request, viewer, db_session, 400, errors={exc.field: str(exc)}, email=email)
+    link = f"{settings.public_url.rstrip('/')}{PREFIX}/invite/{token}"
+    return await _team(request, viewer, db_session, link=link, invited=email)

@@ -1,0 +1,150 @@
+"""What every dashboard page shares: the login guard with its CSRF check, form reading, rendering
+pages and errors, and redirects after a POST (so a reload never repeats an action)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import msgspec
+from litestar import MediaType, Request, Response
+from litestar.connection import ASGIConnection
+from litestar.datastructures import FormMultiDict
+from litestar.exceptions import HTTPException
+from litestar.handlers import BaseRouteHandler
+from litestar.response import Redirect, Template
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dashboard.sessions import COOKIE, Signer, Viewer, resume
+from gateway.problems import Problem
+from tenants.crypto import same
+
+PREFIX = "/dashboard"
+CSRF_FIELD = "csrf_token"
+_SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
+# Pages hold one tenant's data and sometimes a secret: never cached, never framed, and only our
+# own scripts, styles and form targets.
+_HEADERS = {
+    "cache-control": "no-store",
+    "x-frame-options": "DENY",
+    "content-security-policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'",
+    "referrer-policy": "same-origin",
+}
+
+# Messages a redirect may ask the next page to show (a key, never free text from the URL).
+NOTICES = {
+    "endpoint-saved": "Changes saved.",
+    "endpoint-enabled": "Endpoint enabled: new events will be delivered to it.",
+    "endpoint-disabled": "Endpoint disabled: events are no longer delivered to it.",
+    "endpoint-deleted": "Endpoint deleted. Its past deliveries stay in the event log.",
+    "test-sent": "Test event sent. It shows up below within a few seconds.",
+    "replayed": "Replay queued: a new delivery is on its way.",
+    "redrive-started": "Redrive started: the dead letters are being retried (progress below).",
+    "purged": "Dead letters purged.",
+    "acknowledged": "Anomaly acknowledged.",
+    "revoked": "API key revoked: requests with it are refused from now on.",
+    "logged-out": "You are logged out.",
+}
+
+
+class LoginRequired(HTTPException):
+    status_code = 401
+
+
+def viewer_of(request: ASGIConnection[Any, Any, Any, Any]) -> Viewer:
+    """The guard's Viewer for this request (a dependency of every signed-in page)."""
+    return request.state["viewer"]  # type: ignore[no-any-return]
+
+
+def login_guard(sessions: Callable[[], AsyncSession], signer: Signer) -> Callable[..., Any]:
+    """A guard that admits only a live session, and on a POST only with the session's CSRF token."""
+
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler) -> None:
+        async with sessions() as db:
+            viewer = await resume(db, connection.cookies.get(COOKIE), signer)
+        if viewer is None:
+            raise LoginRequired()
+        if connection.scope["method"] not in _SAFE:
+            token = (await form(connection)).get(CSRF_FIELD, "")  # type: ignore[arg-type]
+            if not same(str(token), viewer.csrf_token):
+                raise Problem(403, "csrf", "This form expired or did not come from the dashboard. Go back, reload and try again.")
+        connection.state["viewer"] = viewer
+
+    return guard
+
+
+async def form(request: Request[Any, Any, Any]) -> FormMultiDict:
+    """The posted form (Litestar keeps it, so the guard and the handler read it once)."""
+    return await request.form()
+
+
+def field(data: FormMultiDict, name: str) -> str:
+    value = data.get(name, "")
+    return value.strip() if isinstance(value, str) else ""
+
+
+def optional_uuid(value: str) -> uuid.UUID | None:
+    """A filter or form value that should be an id; blank or malformed means not given."""
+    try:
+        return uuid.UUID(value) if value else None
+    except ValueError:
+        return None
+
+
+def ids(data: FormMultiDict, name: str) -> list[uuid.UUID]:
+    """Checked boxes' ids; anything that is not a UUID is ignored."""
+    return [found for value in data.getall(name, []) if (found := optional_uuid(str(value))) is not None]
+
+
+def page(request: Request[Any, Any, Any], name: str, status_code: int = 200, **context: Any) -> Template:
+    """A page with what the layout needs; a list's ``next_cursor`` becomes an "Older" link that keeps the filters."""
+    viewer: Viewer | None = request.state.get("viewer")
+    notice = NOTICES.get(request.query_params.get("done", ""))
+    if context.get("next_cursor"):
+        query = {key: value for key, value in request.query_params.items() if key not in ("cursor", "done")}
+        context["older"] = f"{request.url.path}?{urlencode({**query, 'cursor': context['next_cursor']})}"
+    return Template(
+        template_name=name,
+        context={"viewer": viewer, "csrf": viewer.csrf_token if viewer else "", "notice": notice, "path": request.url.path, **context},
+        status_code=status_code,
+        media_type=MediaType.HTML,
+        headers=_HEADERS,
+    )
+
+
+def see_other(path: str, done: str | None = None) -> Redirect:
+    """303 after a POST, with an optional notice key for the next page."""
+    return Redirect(path=f"{path}?done={done}" if done else path, status_code=303)
+
+
+def field_errors(exc: msgspec.ValidationError | Problem, fields: dict[str, str], plain: dict[str, str] | None = None) -> dict[str, str]:
+    """An error from a schema or a service, put next to the form field it is about.
+
+    ``fields`` maps a schema path (``$.url``) or a problem kind (``unsafe-url``) to a field name;
+    what matches nothing goes at the top of the form (``_``). ``plain`` rewords a field's schema
+    errors for people (the schema's own words are for API clients)."""
+    if isinstance(exc, Problem):
+        key, text = exc.kind, str(exc.detail)
+    else:
+        text, _, path = str(exc).partition(" - at `")
+        key = path.rstrip("`")
+    name = fields.get(key, "_")
+    text = (plain or {}).get(name, text) if not isinstance(exc, Problem) else text
+    return {name: text[:1].upper() + text[1:]}
+
+
+def _error_page(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    """Errors as pages: no session → the login page; 404 the same for missing and another tenant's."""
+    if isinstance(exc, LoginRequired):
+        back = request.url.path if request.method == "GET" else PREFIX
+        return Redirect(path=f"{PREFIX}/login?next={quote(back)}", status_code=303)
+    status = exc.status_code
+    detail = exc.detail if status < 500 else "Something went wrong on our side. Try again in a moment."
+    if status == 404:
+        detail = "There is nothing here. It may have been deleted, or the link is wrong."
+    return page(request, "error.html", status_code=status, status=status, detail=detail)
+
+
+EXCEPTION_HANDLERS = {HTTPException: _error_page}

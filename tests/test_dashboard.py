@@ -1,0 +1,462 @@
+"""Dashboard routes on both backends: login and its throttle, the session guard on every page and
+form, CSRF on every form, tenant isolation (another tenant's ids answer 404), and each form's effect."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from collections.abc import Callable
+from html import unescape
+from typing import Any, get_args
+
+import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+from sqlalchemy import select
+
+from dashboard.accounts import create_user
+from gateway.cli import main as cli
+from gateway.database import create_engine, session_factory, utcnow
+from gateway.events.models import Delivery
+from gateway.settings import get_settings
+from ml.online.models import Anomaly
+from tenants.models import ApiKey
+from tenants.sources.schemas import Provider
+from tests.conftest import Stack, TenantHandle, new_source, new_tenant
+from tests.support.receiver import Script, Server
+from tests.support.stripe_events import stripe_event
+
+PASSWORD = "correct horse battery"
+SESSION = "hookgate_session"
+PAGES = ["/dashboard/", "/dashboard/sources", "/dashboard/endpoints", "/dashboard/endpoints/new", "/dashboard/events",
+         "/dashboard/dead-letters", "/dashboard/replays", "/dashboard/anomalies", "/dashboard/api-keys", "/dashboard/team"]
+
+
+def _csrf(html: str) -> str:
+    match = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert match, "no CSRF field in the form"
+    return match.group(1)
+
+
+def _errors(html: str) -> list[str]:
+    return [unescape(text) for text in re.findall(r'class="error"[^>]*>([^<]+)<', html)]
+
+
+class Browser:
+    """One signed-in user on the shared test client: its session cookie and its CSRF token."""
+
+    def __init__(self, client: AsyncTestClient[Litestar], cookie: str, csrf: str) -> None:
+        self.client, self.cookie, self.csrf = client, cookie, csrf
+
+    def _use(self) -> None:
+        self.client.cookies.clear()
+        self.client.cookies.set(SESSION, self.cookie)
+
+    async def get(self, path: str, **params: str) -> Any:
+        self._use()
+        return await self.client.get(path, params=params or None, follow_redirects=False)
+
+    async def post(self, path: str, data: dict[str, Any] | None = None, *, csrf: bool = True) -> Any:
+        self._use()
+        fields = {**(data or {}), **({"csrf_token": self.csrf} if csrf else {})}
+        return await self.client.post(path, data=fields, follow_redirects=False)
+
+
+async def _user(settings: Any, tenant: TenantHandle, email: str) -> None:
+    engine = create_engine(settings.database_url, pool_size=1)
+    try:
+        async with session_factory(engine)() as session:
+            await create_user(session, uuid.UUID(tenant.id), email, PASSWORD)
+    finally:
+        await engine.dispose()
+
+
+async def _login(client: AsyncTestClient[Litestar], email: str, password: str = PASSWORD, next: str = "/dashboard/") -> Any:
+    client.cookies.clear()
+    form = await client.get("/dashboard/login")
+    data = {"email": email, "password": password, "csrf_token": _csrf(form.text), "next": next}
+    return await client.post("/dashboard/login", data=data, follow_redirects=False)
+
+
+@pytest.fixture
+async def signed_in(stack: Stack) -> Callable[..., Any]:
+    async def make(name: str = "Acme") -> tuple[TenantHandle, Browser]:
+        tenant = await new_tenant(stack.client, name)
+        email = f"{name.lower()}-{uuid.uuid4().hex[:6]}@example.com"
+        await _user(stack.settings, tenant, email)
+        response = await _login(stack.client, email)
+        assert response.status_code == 303 and response.headers["location"] == "/dashboard/"
+        cookie = response.cookies[SESSION]
+        stack.client.cookies.set(SESSION, cookie)
+        page = await stack.client.get("/dashboard/")
+        return tenant, Browser(stack.client, cookie, _csrf(page.text))
+
+    return make
+
+
+async def test_every_page_and_form_needs_a_session(stack: Stack) -> None:
+    for path in PAGES:
+        response = await stack.client.get(path, follow_redirects=False)
+        assert response.status_code == 303, path
+        assert response.headers["location"].startswith("/dashboard/login?next=/dashboard"), path
+    response = await stack.client.post("/dashboard/endpoints", data={"url": "http://127.0.0.1:9/"}, follow_redirects=False)
+    assert response.status_code == 303 and response.headers["location"].startswith("/dashboard/login")
+    stack.client.cookies.set(SESSION, "made-up.signature")
+    forged = await stack.client.get("/dashboard/", follow_redirects=False)
+    assert forged.status_code == 303
+
+
+async def test_login_wrong_password_csrf_open_redirect_and_logout(stack: Stack) -> None:
+    tenant = await new_tenant(stack.client)
+    await _user(stack.settings, tenant, "ana@example.com")
+    wrong = await _login(stack.client, "ana@example.com", "not the password")
+    assert wrong.status_code == 400 and "Wrong email or password." in _errors(wrong.text)
+    unknown = await _login(stack.client, "nobody@example.com")
+    assert unknown.status_code == 400 and SESSION not in unknown.cookies
+
+    stack.client.cookies.clear()
+    no_token = await stack.client.post("/dashboard/login", data={"email": "ana@example.com", "password": PASSWORD})
+    assert no_token.status_code == 403 and SESSION not in no_token.cookies
+
+    away = await _login(stack.client, "ANA@example.com", next="https://evil.example/")
+    assert away.status_code == 303 and away.headers["location"] == "/dashboard"
+    cookie = away.cookies[SESSION]
+    set_cookie = away.headers["set-cookie"].lower()
+    assert "httponly" in set_cookie and "samesite=lax" in set_cookie
+    stack.client.cookies.set(SESSION, cookie)
+    overview = await stack.client.get("/dashboard/")
+    assert overview.status_code == 200 and "ana@example.com" in overview.text
+    assert overview.headers["cache-control"] == "no-store" and overview.headers["x-frame-options"] == "DENY"
+    assert "frame-ancestors 'none'" in overview.headers["content-security-policy"]
+
+    out = await stack.client.post("/dashboard/logout", data={"csrf_token": _csrf(overview.text)}, follow_redirects=False)
+    assert out.status_code == 303
+    stack.client.cookies.set(SESSION, cookie)  # a copied cookie dies with its server-side session
+    assert (await stack.client.get("/dashboard/", follow_redirects=False)).status_code == 303
+
+
+async def test_login_is_rate_limited(stack_factory: Callable[..., Any]) -> None:
+    stack = await stack_factory(dashboard_login_limit="0.001/3")
+    tenant = await new_tenant(stack.client)
+    await _user(stack.settings, tenant, "bo@example.com")
+    statuses = [(await _login(stack.client, "bo@example.com", "wrong password!")).status_code for _ in range(4)]
+    assert statuses == [400, 400, 400, 429]
+    refused = await _login(stack.client, "bo@example.com")  # even the right password waits now
+    assert refused.status_code == 429 and SESSION not in refused.cookies
+    assert "Too many attempts" in _errors(refused.text)[0]
+
+
+async def test_every_form_refuses_a_post_without_the_csrf_token(stack: Stack, signed_in: Callable[..., Any]) -> None:
+    tenant, browser = await signed_in()
+    endpoint = await stack.endpoint(tenant, "http://127.0.0.1:9/hook")
+    source = await new_source(stack.client, tenant)
+    forms = [
+        "/dashboard/logout", "/dashboard/sources", f"/dashboard/sources/{source['id']}/reveal",
+        f"/dashboard/sources/{source['id']}/rotate", "/dashboard/endpoints", f"/dashboard/endpoints/{endpoint['id']}",
+        f"/dashboard/endpoints/{endpoint['id']}/enabled", f"/dashboard/endpoints/{endpoint['id']}/delete",
+        f"/dashboard/endpoints/{endpoint['id']}/rotate", f"/dashboard/endpoints/{endpoint['id']}/reveal",
+        f"/dashboard/endpoints/{endpoint['id']}/test", f"/dashboard/events/{uuid.uuid4()}/replay",
+        "/dashboard/dead-letters/redrive", "/dashboard/dead-letters/purge", f"/dashboard/anomalies/{uuid.uuid4()}/acknowledge",
+        "/dashboard/api-keys", f"/dashboard/api-keys/{uuid.uuid4()}/revoke", "/dashboard/team/invite",
+    ]
+    for path in forms:
+        response = await browser.post(path, {"url": "http://127.0.0.1:9/x", "name": "x", "enabled": "false"}, csrf=False)
+        assert response.status_code == 403, path
+    wrong = await browser.post("/dashboard/endpoints", {"url": "http://127.0.0.1:9/x", "csrf_token": "guess"}, csrf=False)
+    assert wrong.status_code == 403
+    # nothing happened: still one endpoint, enabled, and the session still works
+    listed = (await stack.client.get("/api/v1/endpoints", headers=tenant.auth)).json()["data"]
+    assert [(e["id"], e["enabled"]) for e in listed] == [(endpoint["id"], True)]
+    assert (await browser.get("/dashboard/")).status_code == 200
+
+
+async def test_another_tenants_pages_and_actions_answer_404(stack: Stack, signed_in: Callable[..., Any]) -> None:
+    async with Server(Script()) as receiver:
+        tenant_a, _browser_a = await signed_in("Alpha")
+        _tenant_b, browser_b = await signed_in("Beta")
+        endpoint = await stack.endpoint(tenant_a, f"{receiver.url}/a")
+        source = await new_source(stack.client, tenant_a)
+        event_id = await stack.ingest(source)
+        [delivery] = await stack.settled(tenant_a, 1)
+        anomaly_id = await _anomaly(stack, tenant_a)
+        key_id = await _api_key_id(stack, tenant_a)
+        pages = [f"/dashboard/endpoints/{endpoint['id']}", f"/dashboard/events/{event_id}", f"/dashboard/sources/{source['id']}",
+                 f"/dashboard/anomalies/{anomaly_id}"]
+        for path in pages:
+            response = await browser_b.get(path)
+            assert response.status_code == 404, path
+            assert "There is nothing here" in response.text
+        actions = [
+            (f"/dashboard/endpoints/{endpoint['id']}", {"url": "http://127.0.0.1:9/b"}),
+            (f"/dashboard/endpoints/{endpoint['id']}/enabled", {"enabled": "false"}),
+            (f"/dashboard/endpoints/{endpoint['id']}/rotate", {}), (f"/dashboard/endpoints/{endpoint['id']}/reveal", {}),
+            (f"/dashboard/endpoints/{endpoint['id']}/test", {}), (f"/dashboard/endpoints/{endpoint['id']}/delete", {}),
+            (f"/dashboard/sources/{source['id']}/reveal", {}), (f"/dashboard/sources/{source['id']}/rotate", {}),
+            (f"/dashboard/events/{event_id}/replay", {}), (f"/dashboard/anomalies/{anomaly_id}/acknowledge", {}),
+            (f"/dashboard/api-keys/{key_id}/revoke", {}), ("/dashboard/dead-letters/purge", {"delivery_id": delivery["id"]}),
+            ("/dashboard/dead-letters/redrive", {"scope": "selected", "delivery_id": delivery["id"]}),
+        ]
+        for path, data in actions:
+            response = await browser_b.post(path, data)
+            assert response.status_code == 404, path
+            assert "whsec_" not in response.text
+        # B's lists do not show A's rows, and A's endpoint, key and delivery are untouched
+        for path, marker in [("/dashboard/events", event_id), ("/dashboard/endpoints", endpoint["id"]),
+                             ("/dashboard/sources", source["id"])]:
+            assert marker not in (await browser_b.get(path)).text
+        got = (await stack.client.get(f"/api/v1/endpoints/{endpoint['id']}", headers=tenant_a.auth)).json()
+        assert got["enabled"] is True and got["url"] == f"{receiver.url}/a"
+        assert (await stack.client.get("/api/v1/events", headers=tenant_a.auth)).status_code == 200
+        assert len(receiver.requests) == 1  # no test event, no replay went out
+
+
+async def _anomaly(stack: Stack, tenant: TenantHandle) -> str:
+    engine = create_engine(stack.settings.database_url, pool_size=1)
+    try:
+        async with session_factory(engine)() as session:
+            row = Anomaly(tenant_id=uuid.UUID(tenant.id), kind="card_testing", detector="card_testing", severity="high",
+                          score=0.9, explanation=["41 failed charges from 38 cards in one minute"], features={"charge_failed": 41.0},
+                          started_at=utcnow(), last_seen_at=utcnow())
+            session.add(row)
+            await session.commit()
+            return str(row.id)
+    finally:
+        await engine.dispose()
+
+
+async def _api_key_id(stack: Stack, tenant: TenantHandle) -> str:
+    engine = create_engine(stack.settings.database_url, pool_size=1)
+    try:
+        async with session_factory(engine)() as session:
+            return str(await session.scalar(select(ApiKey.id).where(ApiKey.tenant_id == uuid.UUID(tenant.id))))
+    finally:
+        await engine.dispose()
+
+
+async def test_endpoint_forms(stack: Stack, signed_in: Callable[..., Any]) -> None:
+    async with Server(Script()) as receiver:
+        tenant, browser = await signed_in()
+        bad = await browser.post("/dashboard/endpoints", {"url": "ftp://example.com/x", "event_types": "*"})
+        assert bad.status_code == 400 and _errors(bad.text) == ["URL scheme must be http or https"]
+        bad_types = await browser.post("/dashboard/endpoints", {"url": f"{receiver.url}/x", "event_types": "in*voice"})
+        assert bad_types.status_code == 400 and "may only end an entry" in _errors(bad_types.text)[0]
+        bad_rate = await browser.post("/dashboard/endpoints", {"url": f"{receiver.url}/x", "rate_limit_per_second": "-1"})
+        assert bad_rate.status_code == 400 and "above 0" in _errors(bad_rate.text)[0]
+
+        created = await browser.post("/dashboard/endpoints", {"url": f"{receiver.url}/hook", "event_types": "charge.*\ninvoice.paid",
+                                                              "rate_limit_per_second": "5", "description": "billing"})
+        assert created.status_code == 200
+        secret = re.search(r"(whsec_[A-Za-z0-9+/=]+)", created.text).group(1)
+        [endpoint] = (await stack.client.get("/api/v1/endpoints", headers=tenant.auth)).json()["data"]
+        assert (endpoint["event_types"], endpoint["rate_limit_per_second"], endpoint["description"]) == (
+            ["charge.*", "invoice.paid"], 5.0, "billing")
+        path = f"/dashboard/endpoints/{endpoint['id']}"
+        revealed = await browser.post(f"{path}/reveal")
+        assert secret in revealed.text
+
+        saved = await browser.post(path, {"url": f"{receiver.url}/v2", "event_types": "*", "rate_limit_per_second": ""})
+        assert saved.status_code == 303 and saved.headers["location"] == f"{path}?done=endpoint-saved"
+        after = (await stack.client.get(f"/api/v1/endpoints/{endpoint['id']}", headers=tenant.auth)).json()
+        assert (after["url"], after["event_types"], after["rate_limit_per_second"]) == (f"{receiver.url}/v2", ["*"], None)
+        kept = await browser.post(path, {"url": "not a url", "event_types": "*"})
+        assert kept.status_code == 400 and 'value="not a url"' in kept.text and _errors(kept.text)
+
+        await browser.post(f"{path}/enabled", {"enabled": "false"})
+        assert (await stack.client.get(f"/api/v1/endpoints/{endpoint['id']}", headers=tenant.auth)).json()["enabled"] is False
+        await browser.post(f"{path}/enabled", {"enabled": "true"})
+        assert (await stack.client.get(f"/api/v1/endpoints/{endpoint['id']}", headers=tenant.auth)).json()["enabled"] is True
+
+        rotated = await browser.post(f"{path}/rotate")
+        new_secret = re.search(r"(whsec_[A-Za-z0-9+/=]+)", rotated.text).group(1)
+        assert new_secret != secret
+
+        sent = await browser.post(f"{path}/test")
+        assert sent.status_code == 303
+        await stack.settled(tenant, 1)
+        detail = await browser.get(path)
+        assert "hookgate.test" in detail.text and ">200<" in detail.text
+
+        gone = await browser.post(f"{path}/delete")
+        assert gone.status_code == 303 and gone.headers["location"] == "/dashboard/endpoints?done=endpoint-deleted"
+        assert (await browser.get(path)).status_code == 404
+
+
+async def test_sources_events_replay_and_api_keys(stack: Stack, signed_in: Callable[..., Any]) -> None:
+    async with Server(Script()) as receiver:
+        tenant, browser = await signed_in()
+        empty = await browser.get("/dashboard/events")
+        assert "No event yet" in empty.text
+        form = (await browser.get("/dashboard/sources")).text
+        assert all(f'<option value="{provider}"' in form for provider in get_args(Provider))  # each with a setup hint
+        missing = await browser.post("/dashboard/sources", {"name": "", "provider": "stripe"})
+        assert missing.status_code == 400 and _errors(missing.text) == ["Give the source a name (up to 200 characters)."]
+        created = await browser.post("/dashboard/sources", {"name": "Stripe live", "provider": "stripe"})
+        assert created.status_code == 200 and "Developers → Webhooks" in created.text
+        secret = re.search(r"(whsec_[A-Za-z0-9+/=]+)", created.text).group(1)
+        [source] = (await stack.client.get("/api/v1/sources", headers=tenant.auth)).json()["data"]
+        assert source["ingest_url"] in (await browser.get("/dashboard/sources")).text
+        bad_own = await browser.post(f"/dashboard/sources/{source['id']}/rotate", {"secret": "not-a-whsec"})
+        assert bad_own.status_code == 400 and _errors(bad_own.text)
+        own = "whsec_" + "A" * 32
+        rotated = await browser.post(f"/dashboard/sources/{source['id']}/rotate", {"secret": own})
+        assert own in rotated.text
+        revealed = await browser.post(f"/dashboard/sources/{source['id']}/reveal")
+        assert own in revealed.text and secret in revealed.text  # the old one still verifies during the grace period
+
+        await stack.endpoint(tenant, f"{receiver.url}/hook")
+        event = stripe_event("charge_succeeded")
+        event_id = await stack.ingest({**source, "secret": own}, event)
+        await stack.settled(tenant, 1)
+        listed = await browser.get("/dashboard/events", type="charge.succeeded", status="succeeded", window="24h")
+        assert event["id"] in listed.text
+        assert event["id"] not in (await browser.get("/dashboard/events", type="invoice.paid")).text
+        assert event["id"] not in (await browser.get("/dashboard/events", status="dead")).text
+        detail = await browser.get(f"/dashboard/events/{event_id}")
+        assert detail.status_code == 200 and '"object": "event"' in unescape(detail.text) and "succeeded" in detail.text
+
+        replayed = await browser.post(f"/dashboard/events/{event_id}/replay")
+        assert replayed.headers["location"] == f"/dashboard/events/{event_id}?done=replayed"
+        await stack.settled(tenant, 2)
+        assert len(receiver.requests) == 2 and receiver.requests[1].body == receiver.requests[0].body
+
+        named = await browser.post("/dashboard/api-keys", {"name": ""})
+        assert named.status_code == 400 and _errors(named.text)
+        made = await browser.post("/dashboard/api-keys", {"name": "CI"})
+        key = re.search(r"(hgk_[A-Za-z0-9_-]+)", made.text).group(1)
+        auth = {"authorization": f"Bearer {key}"}
+        assert (await stack.client.get("/api/v1/events", headers=auth)).status_code == 200
+        key_id = re.search(r'/dashboard/api-keys/([0-9a-f-]{36})/revoke', made.text).group(1)
+        assert key not in (await browser.get("/dashboard/api-keys")).text  # shown once
+        await browser.post(f"/dashboard/api-keys/{key_id}/revoke")
+        assert (await stack.client.get("/api/v1/events", headers=auth)).status_code == 401
+
+
+async def test_dead_letters_redrive_purge_and_anomalies(stack_factory: Callable[..., Any], signed_in: Callable[..., Any]) -> None:
+    stack = await stack_factory()
+    script = Script(answers=[(500, {}, 0.0)])
+    async with Server(script) as receiver:
+        tenant, browser = await signed_in()
+        await stack.endpoint(tenant, f"{receiver.url}/hook")
+        source = await new_source(stack.client, tenant)
+        for _ in range(3):
+            await stack.ingest(source)
+        dead = await stack.settled(tenant, 3, status="dead")
+        page = await browser.get("/dashboard/dead-letters")
+        assert all(d["id"] in page.text for d in dead)
+        none = await browser.post("/dashboard/dead-letters/redrive", {"scope": "selected"})
+        assert none.headers["location"] == "/dashboard/dead-letters?error=none-selected"
+
+        script.answers = [(200, {}, 0.0)]
+        started = await browser.post("/dashboard/dead-letters/redrive", {"scope": "selected", "delivery_id": dead[0]["id"]})
+        assert started.status_code == 303 and started.headers["location"].startswith("/dashboard/replays")
+        await stack.settled(tenant, 1)
+        assert "redrive" in (await browser.get("/dashboard/replays")).text
+        remaining = {d["id"] for d in await stack.deliveries(tenant, status="dead")}
+        assert remaining == {dead[1]["id"], dead[2]["id"]}
+
+        purged = await browser.post("/dashboard/dead-letters/purge", {"delivery_id": dead[1]["id"]})
+        assert purged.status_code == 303
+        not_dead = await browser.post("/dashboard/dead-letters/purge", {"delivery_id": dead[0]["id"]})
+        assert not_dead.status_code == 409
+        await browser.post("/dashboard/dead-letters/redrive", {"scope": "all"})
+        await stack.settled(tenant, 2)
+        assert await stack.deliveries(tenant, status="dead") == []
+
+        anomaly_id = await _anomaly(stack, tenant)
+        assert "card testing" in (await browser.get("/dashboard/anomalies")).text
+        assert "41 failed charges" in (await browser.get(f"/dashboard/anomalies/{anomaly_id}")).text
+        await browser.post(f"/dashboard/anomalies/{anomaly_id}/acknowledge")
+        engine = create_engine(stack.settings.database_url, pool_size=1)
+        try:
+            async with session_factory(engine)() as session:
+                assert (await session.get(Anomaly, uuid.UUID(anomaly_id))).acknowledged_at is not None
+                assert await session.scalar(select(Delivery.id).where(Delivery.id == uuid.UUID(dead[1]["id"]))) is None
+        finally:
+            await engine.dispose()
+        overview = await browser.get("/dashboard/")
+        assert "<svg" in overview.text and "open anomalies" in overview.text
+
+
+async def test_overview_counts_the_last_day(stack: Stack, signed_in: Callable[..., Any]) -> None:
+    async with Server(Script()) as receiver:
+        tenant, browser = await signed_in()
+        assert "Get started in three steps" in (await browser.get("/dashboard/")).text
+        await stack.endpoint(tenant, f"{receiver.url}/hook")
+        source = await new_source(stack.client, tenant)
+        for _ in range(2):
+            await stack.ingest(source)
+        await stack.settled(tenant, 2)
+        text = (await browser.get("/dashboard/")).text
+        assert '<span class="num">2</span> events in 24 h' in text
+        assert "2 of 2 finished deliveries succeeded" in text
+        assert re.search(r"<title>\d\d:00 UTC: 2 events received</title>", text)
+
+
+async def test_a_teammate_joins_through_an_invitation(stack: Stack, signed_in: Callable[..., Any]) -> None:
+    _tenant, inviter = await signed_in("Acme")
+    _other, stranger = await signed_in("Other")
+    taken = await inviter.post("/dashboard/team/invite", {"email": "not-an-email"})
+    assert taken.status_code == 400 and _errors(taken.text) == ["Enter an email address like name@example.com."]
+    made = await inviter.post("/dashboard/team/invite", {"email": "Zoe@Example.com"})
+    link = re.search(r'id="invite-link">([^<]+)<', made.text).group(1)
+    path = link.removeprefix(stack.settings.public_url)
+    assert path.startswith("/dashboard/invite/")
+    assert "zoe@example.com" in (await inviter.get("/dashboard/team")).text
+    assert "zoe@example.com" not in (await stranger.get("/dashboard/team")).text
+
+    client = stack.client
+    client.cookies.clear()
+    assert (await client.get("/dashboard/invite/made-up-token")).status_code == 404
+    form = await client.get(path)
+    assert form.status_code == 200 and "zoe@example.com" in form.text
+    refused = await client.post(path, data={"password": PASSWORD, "confirm": PASSWORD}, follow_redirects=False)
+    assert refused.status_code == 403
+    form = await client.get(path)
+    token = _csrf(form.text)
+    differ = await client.post(path, data={"password": PASSWORD, "confirm": "something else", "csrf_token": token})
+    assert differ.status_code == 400 and _errors(differ.text) == ["The two passwords differ."]
+    short = await client.post(path, data={"password": "short", "confirm": "short", "csrf_token": _csrf(differ.text)})
+    assert short.status_code == 400 and _errors(short.text) == ["Use at least 10 characters."]
+    joined = await client.post(path, data={"password": PASSWORD, "confirm": PASSWORD, "csrf_token": _csrf(short.text)},
+                               follow_redirects=False)
+    assert joined.status_code == 303 and SESSION in joined.cookies
+    assert "zoe@example.com" in (await client.get("/dashboard/")).text
+    client.cookies.clear()
+    assert (await client.get(path)).status_code == 404  # used up
+    assert (await _login(client, "zoe@example.com")).status_code == 303
+    again = await inviter.post("/dashboard/team/invite", {"email": "zoe@example.com"})
+    assert again.status_code == 400 and _errors(again.text) == ["This person already has an account."]
+
+
+async def test_lists_page_with_a_cursor_that_keeps_the_filters(stack: Stack, signed_in: Callable[..., Any]) -> None:
+    tenant, browser = await signed_in()
+    source = await new_source(stack.client, tenant)
+    sent = [await stack.ingest(source, stripe_event("customer_updated")) for _ in range(51)]
+    first = await browser.get("/dashboard/events", type="customer.updated")
+    assert sent[-1] in first.text and sent[0] not in first.text
+    older = unescape(re.search(r'href="([^"]+)">Older events', first.text).group(1))
+    assert "type=customer.updated" in older and "cursor=" in older
+    second = await browser.get(older)
+    assert sent[0] in second.text and sent[-1] not in second.text and "Older events" not in second.text
+
+
+async def test_cli_creates_users(stack: Stack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    tenant = await new_tenant(stack.client)
+    monkeypatch.setenv("HOOKGATE_DATABASE_URL", stack.settings.database_url)
+    monkeypatch.setenv("HOOKGATE_SECRET_KEY", stack.settings.secret_key)
+    monkeypatch.setenv("HOOKGATE_USER_PASSWORD", PASSWORD)
+    get_settings.cache_clear()
+    try:
+        await asyncio.to_thread(cli, ["users", "create", "--tenant", tenant.id, "--email", "Cli@Example.com"])
+        assert "created dashboard user cli@example.com" in capsys.readouterr().out
+        assert (await _login(stack.client, "cli@example.com")).status_code == 303
+        with pytest.raises(SystemExit, match="already exists"):
+            await asyncio.to_thread(cli, ["users", "create", "--tenant", tenant.id, "--email", "cli@example.com"])
+        monkeypatch.setenv("HOOKGATE_USER_PASSWORD", "short")
+        with pytest.raises(SystemExit, match="at least 10 characters"):
+            await asyncio.to_thread(cli, ["users", "create", "--tenant", tenant.id, "--email", "other@example.com"])
+        with pytest.raises(SystemExit, match="no tenant"):
+            await asyncio.to_thread(cli, ["users", "create", "--tenant", str(uuid.uuid4()), "--email", "x@example.com"])
+    finally:
+        get_settings.cache_clear()
