@@ -3,8 +3,9 @@
 The rate statistics come from a bounded slice (four hours) that ends half an hour before now: an
 incident that just started must not become its own baseline, and a bounded slice keeps the cost
 independent of how much history the caller passes. Amount scales (refunds, negative amounts) use
-the whole history, because they are rare. The expected volume is seasonal: the same hour one day
-earlier, when the history reaches that far.
+the whole history, because they are rare. The expected volume is seasonal: the same hour on each of
+the previous days the history reaches (up to a week), averaged so a slow tenant's reference is not
+one noisy hour.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from ml.features import Window
 
 GAP_WINDOWS = 30
 SPAN_WINDOWS = 240
+_SEASONAL_DAYS = 7
 _MIN_AMOUNTS = 10  # fewer non-zero amounts than this: no amount scale, rules use their floors
 
 
@@ -61,7 +63,7 @@ class Baseline:
     lag_p50: float = 0.0  # median of the windows' lag_p50
     refund_p99: float | None = None
     negative_p99: float | None = None
-    seasonal_events: float | None = None  # mean events per window in the same hour one day earlier
+    seasonal_events: float | None = None  # mean events per window in the same hour on the previous days
 
     @property
     def expected_events(self) -> float:
@@ -111,11 +113,15 @@ def _p99(values: list[int]) -> float | None:
 
 
 def _seasonal(history: Sequence[Window], at: datetime) -> float | None:
-    """Mean events per window in the hour centred on ``at`` one day earlier; None if history is shorter."""
-    centre = at - timedelta(days=1)
-    if history[0].start > centre - timedelta(minutes=30):
-        return None
-    lo = bisect.bisect_left(history, centre - timedelta(minutes=30), key=lambda w: w.start)
-    hi = bisect.bisect_left(history, centre + timedelta(minutes=30), key=lambda w: w.start)
-    span = history[lo:hi]
-    return sum(w.events for w in span) / len(span) if span else None
+    """Mean events per window in the hours centred on ``at`` on each previous day (up to a week) that
+    the history covers; None if it does not reach back a day."""
+    events = windows = 0
+    for days in range(1, _SEASONAL_DAYS + 1):
+        centre = at - timedelta(days=days)
+        if history[0].start > centre - timedelta(minutes=30):
+            break
+        lo = bisect.bisect_left(history, centre - timedelta(minutes=30), key=lambda w: w.start)
+        hi = bisect.bisect_left(history, centre + timedelta(minutes=30), key=lambda w: w.start)
+        events += sum(w.events for w in history[lo:hi])
+        windows += hi - lo
+    return events / windows if windows else None

@@ -20,6 +20,7 @@ from ml.rules import (
     card_testing,
     duplicate_flood,
     failure_spike,
+    needed,
     negative_invoice,
     silent_lapse,
     volume_drop,
@@ -90,6 +91,14 @@ def test_rules_stay_quiet_on_ordinary_traffic(rule: Rule) -> None:
     assert _quiet(rule, _history(20, minutes=900)) == 0
 
 
+def test_card_testing_three_cards_beyond_the_customers() -> None:
+    history = _history(20)
+    three = _next(history, events=22, charge_failed=4, failed_cards=4, failed_customers=1)
+    assert _run(card_testing, history, three) is not None
+    retry = _next(history, events=22, charge_failed=4, failed_cards=4, failed_customers=2)
+    assert _run(card_testing, history, retry) is None  # two customers each retrying with a second card
+
+
 def test_card_testing_many_cards_few_customers() -> None:
     history = _history(20)
     burst = _next(history, events=40, charge_failed=30, charge_succeeded=3, failed_cards=30, failed_customers=1)
@@ -114,6 +123,24 @@ def test_failure_spike_is_volume_aware() -> None:
     assert _run(failure_spike, busy, _next(busy, events=100, charge_succeeded=5, **storm)) is not None
 
 
+def test_longer_horizons_need_less_surprise_but_never_under_half() -> None:
+    assert needed(12, 1) == 12
+    assert needed(12, 30) == pytest.approx(12 - np.log(30))
+    assert needed(12, 100_000) == 6
+
+
+def test_failure_spike_counts_a_slow_outage_at_a_long_horizon() -> None:
+    slow = _history(0.5)  # ~4 charges an hour
+    windows = list(slow)
+    failing = {"events": 1, "charge_failed": 1, "failed_customers": 1, "failed_cards": 1}
+    for minute in range(40):  # one failed charge every five minutes, nothing else: 8 of 8
+        windows.append(_next(windows, **(failing if minute % 5 == 0 else {"events": 0})))
+    finding = _run(failure_spike, windows[:-1], windows[-1])
+    assert finding is not None and finding.features["charge_failed"] == 8
+    assert finding.features["surprise"] < DEFAULTS.surprise  # significant only with the horizon's correction
+    assert finding.features["horizon_windows"] > 1
+
+
 def test_failure_spike_accumulates_evidence_over_windows() -> None:
     history = _history(2)
     windows = list(history)
@@ -125,15 +152,23 @@ def test_failure_spike_accumulates_evidence_over_windows() -> None:
     assert findings[0] is None and findings[-1] is not None and findings[-1].features["horizon_windows"] > 1
 
 
-def test_silent_lapse_cluster() -> None:
+def test_silent_lapse_two_close_together_where_lapses_are_rare() -> None:
     history = _history(20)
-    windows = list(history)
-    for lapses in (1, 1):
-        windows.append(_next(windows, events=20, lapses=lapses))
-    assert _run(silent_lapse, windows, _next(windows, events=20)) is None  # two lapses: could be ordinary dunning
-    windows.append(_next(windows, events=20, lapses=1))
-    finding = _run(silent_lapse, windows[:-1], windows[-1])
-    assert finding is not None and finding.features["lapses"] == 3
+    spread = [*history, _next(history, events=20, lapses=1)]
+    for _ in range(19):
+        spread.append(_next(spread, events=20))
+    assert _run(silent_lapse, spread, _next(spread, events=20, lapses=1)) is None  # 20 minutes apart: ordinary dunning
+    close = [*history, _next(history, events=20, lapses=1)]
+    close.append(_next(close, events=20))
+    finding = _run(silent_lapse, close, _next(close, events=20, lapses=1))
+    assert finding is not None and finding.features["lapses"] == 2 and finding.features["horizon_windows"] == 5
+
+
+def test_silent_lapse_relative_to_the_tenants_usual_lapses() -> None:
+    usual = [replace(w, lapses=int(i % 20 == 0)) for i, w in enumerate(_history(200))]  # a lapse every 20 minutes
+    assert _run(silent_lapse, usual, _next(usual, events=200, lapses=2)) is None
+    finding = _run(silent_lapse, usual, _next(usual, events=200, lapses=6))
+    assert finding is not None and finding.features["horizon_windows"] == 1
 
 
 def test_duplicate_flood_relative_to_usual_retries() -> None:
@@ -155,6 +190,12 @@ def test_webhook_lag_needs_more_than_one_retried_event() -> None:
     assert finding.features["lagged_windows"] == 3
     busy = _history(50)
     assert _run(webhook_lag, busy, _next(busy, events=50, lag_p50=120.0, lag_max=300.0)) is not None
+
+
+def test_webhook_lag_from_ten_seconds() -> None:
+    history = _history(50)
+    assert _run(webhook_lag, history, _next(history, events=50, lag_p50=8.0, lag_max=12.0)) is None
+    assert _run(webhook_lag, history, _next(history, events=50, lag_p50=15.0, lag_max=20.0)) is not None
 
 
 def test_negative_invoice_and_large_refund() -> None:
@@ -185,6 +226,16 @@ def test_volume_drop_uses_yesterday_as_the_seasonal_reference() -> None:
     baseline = Baseline.from_history(history, history[-1].start + timedelta(minutes=1))
     assert baseline.seasonal_events == pytest.approx(50, rel=0.1)
     assert Baseline.from_history(history[:600], history[600].start).seasonal_events is None
+
+
+def test_seasonal_reference_averages_the_same_hour_over_previous_days() -> None:
+    days = 3
+    history = [
+        replace(w, events=10 * (1 + (w.start - T0).days)) for w in _history(0, minutes=days * 1440)
+    ]  # 10, 20, 30 events a minute on days 1, 2, 3
+    at = history[-1].start + timedelta(minutes=1) - timedelta(hours=12)
+    baseline = Baseline.from_history(history[: days * 1440 - 720], at)
+    assert baseline.seasonal_events == pytest.approx(15)  # the mean of the two earlier days at this hour
 
 
 def test_bad_signature_probe() -> None:
