@@ -99,9 +99,7 @@ def _ml_commands(commands: argparse._SubParsersAction) -> None:
     simulate.add_argument("--days", type=int, default=7)
     simulate.add_argument("--tenants", type=int, default=20)
     simulate.add_argument("--seed", type=int, default=0)
-    simulate.add_argument(
-        "--max-per-hour", type=float, default=10_000, help="busiest tenant's peak events/hour (the quietest has 10)"
-    )
+    simulate.add_argument("--max-per-hour", type=float, default=10_000, help="busiest tenant's peak events/hour (the quietest has 10)")
     simulate.add_argument("--out", required=True, help="output directory")
     simulate.add_argument(
         "--fixtures", help="Stripe event payloads (*.json) to draw from (default: shared/fixtures/stripe-events beside the repo)"

@@ -21,6 +21,7 @@ from ml.findings import Finding
 from ml.surprise import binomial_excess, poisson_deficit, poisson_excess, to_score
 
 _DROP_HORIZON = 240  # the longest horizon (windows)
+_DROP_FLOOR = 0.8  # least fraction of `drop_surprise` a long horizon needs
 _DROP_REFERENCE = 60  # windows before a volume-drop horizon that serve as its local reference
 _FAILURE_HORIZONS = (1, 2, 3, 5, 10, 15, 30, 60, 120, 240)
 _LAPSE_HORIZONS = (1, 5, 15, 30)  # capped at `lapse_horizon_windows`
@@ -94,21 +95,25 @@ def failure_spike(recent: Sequence[Window], baseline: Baseline, t: Thresholds) -
 
     A horizon with a card-testing window in it is skipped: those failures have a rule of their own,
     and the attacker's single attempts around the burst would otherwise read as a failure spike.
+    A horizon whose newest quarter has charges but not the failure ratio is skipped: a long horizon
+    still holding an outage that has ended is not news, and would re-open it.
     """
     typical = max(baseline.failure_rate, t.failure_floor_rate)
     min_ratio = max(t.failure_min_ratio, t.failure_ratio_multiplier * typical)
     best = None
-    failed = charges = 0
+    failed, charges = [0], [0]  # over the newest k windows, k = 0, 1, ...
     for k, window in enumerate(reversed(recent[-_FAILURE_HORIZONS[-1] :]), start=1):
         if _card_testing_like(window, t):
             break  # every longer horizon holds this window too
-        failed += window.charge_failed
-        charges += window.charge_failed + window.charge_succeeded
-        if k not in _FAILURE_HORIZONS or failed < t.failure_min_failures or failed < charges * min_ratio:
+        failed.append(failed[-1] + window.charge_failed)
+        charges.append(charges[-1] + window.charge_failed + window.charge_succeeded)
+        if k not in _FAILURE_HORIZONS or failed[k] < t.failure_min_failures or failed[k] < charges[k] * min_ratio:
             continue
-        surprise = binomial_excess(failed, charges, typical)
+        if failed[k // 4] < charges[k // 4] * min_ratio:
+            continue  # over: the newest quarter is back to normal
+        surprise = binomial_excess(failed[k], charges[k], typical)
         if _better(surprise, needed(t.surprise, k), best):
-            best = (surprise, needed(t.surprise, k), k, failed, charges)
+            best = (surprise, needed(t.surprise, k), k, failed[k], charges[k])
     if best is None:
         return None
     surprise, threshold, k, failed, charges = best
@@ -231,6 +236,8 @@ def volume_drop(recent: Sequence[Window], baseline: Baseline, t: Thresholds) -> 
     Expected is the lowest of three rates: the same hour yesterday, the recent baseline, and the
     hour just before the horizon. The last one follows shifts the daily reference cannot know
     about (the first weekend, a holiday) without absorbing a drop that is still in the horizon.
+    Long horizons get less of the horizon discount (``_DROP_FLOOR``): the expected count is itself
+    an estimate, and its error grows with the horizon where a count rule's baseline error does not.
     """
     rate = baseline.expected_events
     if rate <= 0 or baseline.windows < 2 * 60:
@@ -249,8 +256,8 @@ def volume_drop(recent: Sequence[Window], baseline: Baseline, t: Thresholds) -> 
         if observed > t.drop_ratio * expected:
             continue
         surprise = poisson_deficit(observed, expected) / baseline.events.dispersion
-        if _better(surprise, needed(threshold, k), best):
-            best = (surprise, needed(threshold, k), k, observed, expected)
+        if _better(surprise, needed(threshold, k, _DROP_FLOOR), best):
+            best = (surprise, needed(threshold, k, _DROP_FLOOR), k, observed, expected)
     if best is None:
         return None
     surprise, threshold, k, observed, expected = best
@@ -276,9 +283,9 @@ RULES: tuple[Rule, ...] = (
 )
 
 
-def needed(threshold: float, k: int) -> float:
-    """Surprise a k-window horizon needs: ``ln k`` less than one window (see the module docstring), at least half."""
-    return max(threshold / 2, threshold - math.log(k))
+def needed(threshold: float, k: int, floor: float = 0.5) -> float:
+    """Surprise a k-window horizon needs: ``ln k`` less than one window (see the module docstring), at least ``floor`` of it."""
+    return max(floor * threshold, threshold - math.log(k))
 
 
 def _better(surprise: float, threshold: float, best: tuple[float, float, *tuple[object, ...]] | None) -> bool:

@@ -133,12 +133,26 @@ def test_failure_spike_counts_a_slow_outage_at_a_long_horizon() -> None:
     slow = _history(0.5)  # ~4 charges an hour
     windows = list(slow)
     failing = {"events": 1, "charge_failed": 1, "failed_customers": 1, "failed_cards": 1}
-    for minute in range(40):  # one failed charge every five minutes, nothing else: 8 of 8
-        windows.append(_next(windows, **(failing if minute % 5 == 0 else {"events": 0})))
+    for minute in range(25):  # a charge every five minutes, four of the last five failing
+        charge = failing if minute % 5 == 4 and minute > 5 else {"events": 1, "charge_succeeded": 1}
+        windows.append(_next(windows, **(charge if minute % 5 == 4 else {"events": 0})))
     finding = _run(failure_spike, windows[:-1], windows[-1])
-    assert finding is not None and finding.features["charge_failed"] == 8
+    assert finding is not None and finding.features["charge_failed"] == 4
     assert finding.features["surprise"] < DEFAULTS.surprise  # significant only with the horizon's correction
     assert finding.features["horizon_windows"] > 1
+
+
+def test_failure_spike_does_not_reopen_from_an_outage_that_ended() -> None:
+    windows = list(_history(0.5))
+    before = Baseline.from_history(windows, windows[-1].start)  # the baseline as it was before the outage
+    failing = {"events": 1, "charge_failed": 1, "failed_customers": 1, "failed_cards": 1}
+    for minute in range(60):  # an hour of outage: a failed charge every other minute
+        windows.append(_next(windows, **(failing if minute % 2 else {"events": 0})))
+    assert failure_spike([*windows[-(RECENT_WINDOWS - 1) :], _next(windows, **failing)], before, DEFAULTS) is not None
+    for _ in range(40):  # then charges succeed again
+        windows.append(_next(windows, events=1, charge_succeeded=1))
+    ordinary_decline = [*windows[-(RECENT_WINDOWS - 1) :], _next(windows, **failing)]
+    assert failure_spike(ordinary_decline, before, DEFAULTS) is None  # the old failures are not news again
 
 
 def test_failure_spike_accumulates_evidence_over_windows() -> None:
@@ -226,16 +240,6 @@ def test_volume_drop_uses_yesterday_as_the_seasonal_reference() -> None:
     baseline = Baseline.from_history(history, history[-1].start + timedelta(minutes=1))
     assert baseline.seasonal_events == pytest.approx(50, rel=0.1)
     assert Baseline.from_history(history[:600], history[600].start).seasonal_events is None
-
-
-def test_seasonal_reference_averages_the_same_hour_over_previous_days() -> None:
-    days = 3
-    history = [
-        replace(w, events=10 * (1 + (w.start - T0).days)) for w in _history(0, minutes=days * 1440)
-    ]  # 10, 20, 30 events a minute on days 1, 2, 3
-    at = history[-1].start + timedelta(minutes=1) - timedelta(hours=12)
-    baseline = Baseline.from_history(history[: days * 1440 - 720], at)
-    assert baseline.seasonal_events == pytest.approx(15)  # the mean of the two earlier days at this hour
 
 
 def test_bad_signature_probe() -> None:
