@@ -95,7 +95,7 @@ def failure_spike(recent: Sequence[Window], baseline: Baseline, t: Thresholds) -
 
     A horizon with a card-testing window in it is skipped: those failures have a rule of their own,
     and the attacker's single attempts around the burst would otherwise read as a failure spike.
-    A horizon whose newest quarter has charges but not the failure ratio is skipped: a long horizon
+    A horizon whose newer half has charges but not the failure ratio is skipped: a long horizon
     still holding an outage that has ended is not news, and would re-open it.
     """
     typical = max(baseline.failure_rate, t.failure_floor_rate)
@@ -109,8 +109,8 @@ def failure_spike(recent: Sequence[Window], baseline: Baseline, t: Thresholds) -
         charges.append(charges[-1] + window.charge_failed + window.charge_succeeded)
         if k not in _FAILURE_HORIZONS or failed[k] < t.failure_min_failures or failed[k] < charges[k] * min_ratio:
             continue
-        if failed[k // 4] < charges[k // 4] * min_ratio:
-            continue  # over: the newest quarter is back to normal
+        if failed[k // 2] < charges[k // 2] * min_ratio:
+            continue  # over: the newer half is back to normal
         surprise = binomial_excess(failed[k], charges[k], typical)
         if _better(surprise, needed(t.surprise, k), best):
             best = (surprise, needed(t.surprise, k), k, failed[k], charges[k])
