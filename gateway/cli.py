@@ -93,9 +93,10 @@ def _users_create(args: argparse.Namespace) -> None:
 
 
 def _ml_simulate(args: argparse.Namespace) -> None:
-    from ml.simulate import simulate
+    from ml.simulate import FIXTURES, simulate
 
-    lines, incidents = simulate(args.days, args.tenants, args.seed, Path(args.out), args.max_per_hour)
+    fixtures = Path(args.fixtures) if args.fixtures else FIXTURES
+    lines, incidents = simulate(args.days, args.tenants, args.seed, Path(args.out), args.max_per_hour, fixtures)
     print(f"wrote {lines} events and {incidents} labelled incidents to {args.out}")
 
 
@@ -119,6 +120,9 @@ def _ml_commands(commands: argparse._SubParsersAction) -> None:
     simulate.add_argument("--seed", type=int, default=0)
     simulate.add_argument("--max-per-hour", type=float, default=10_000, help="busiest tenant's peak events/hour (the quietest has 10)")
     simulate.add_argument("--out", required=True, help="output directory")
+    simulate.add_argument(
+        "--fixtures", help="Stripe event payloads (*.json) to draw from (default: shared/fixtures/stripe-events beside the repo)"
+    )
     simulate.set_defaults(run=_ml_simulate)
     evaluate = actions.add_parser("evaluate", help="replay events through the detectors and score them against labels")
     evaluate.add_argument("--events", required=True)

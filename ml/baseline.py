@@ -2,8 +2,9 @@
 
 The rate statistics come from a bounded slice (four hours) that ends half an hour before now: an
 incident that just started must not become its own baseline, and a bounded slice keeps the cost
-independent of how much history the caller passes. Amount scales (refunds, negative amounts) use
-the whole history, because they are rare. The expected volume is seasonal: the same hour one day
+independent of how much history the caller passes. Amount scales (refunds, negative amounts) and
+the charge failure rate use the whole history (up to the same half hour before now), because they
+are rare: four hours of a slow tenant hold a handful of charges and no failure. The expected volume is seasonal: the same hour one day
 earlier, when the history reaches that far.
 """
 
@@ -57,7 +58,7 @@ class Baseline:
     duplicates: Stat = Stat()
     bad_signatures: Stat = Stat()
     lapses: Stat = Stat()
-    failure_rate: float = 0.0  # pooled charge.failed / charges
+    failure_rate: float = 0.0  # pooled charge.failed / charges over the whole history
     lag_p50: float = 0.0  # median of the windows' lag_p50
     refund_p99: float | None = None
     negative_p99: float | None = None
@@ -76,7 +77,8 @@ class Baseline:
             return cls()
         end = len(history) - GAP_WINDOWS if len(history) > 2 * GAP_WINDOWS else len(history)
         recent = history[max(0, end - SPAN_WINDOWS) : end]
-        charges = sum(w.charge_failed + w.charge_succeeded for w in recent)
+        failed = sum(w.charge_failed for w in history[:end])
+        charges = failed + sum(w.charge_succeeded for w in history[:end])
         lags = sorted(w.lag_p50 for w in recent if w.lag_p50 is not None)
         return cls(
             windows=len(recent),
@@ -86,7 +88,7 @@ class Baseline:
             duplicates=_stat(recent, lambda w: w.duplicates),
             bad_signatures=_stat(recent, lambda w: w.bad_signatures),
             lapses=_stat(recent, lambda w: w.lapses),
-            failure_rate=sum(w.charge_failed for w in recent) / charges if charges else 0.0,
+            failure_rate=failed / charges if charges else 0.0,
             lag_p50=lags[len(lags) // 2] if lags else 0.0,
             refund_p99=_p99([w.max_refund for w in history if w.max_refund]),
             negative_p99=_p99([w.negative_amount for w in history if w.negative_amount]),

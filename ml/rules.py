@@ -3,11 +3,14 @@
 Count rules look at the current window and at short trailing sums ("horizons"), because a slow
 tenant's incident only becomes significant over several windows. Significance is a surprise in
 nats against the tenant's own baseline (``ml.surprise``), plus a minimum count so that a tenant
-with no history cannot alert on a single event.
+with no history cannot alert on a single event. A k-window horizon needs ``ln k`` nats less than
+one window (``needed``): it has about 1/k as many independent chances a day to fire by luck, so
+the false-alarm rate per day stays the same while a slow tenant's evidence counts sooner.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from itertools import accumulate
@@ -18,7 +21,10 @@ from ml.findings import Finding
 from ml.surprise import binomial_excess, poisson_deficit, poisson_excess, to_score
 
 _DROP_HORIZON = 240  # the longest horizon (windows)
+_DROP_FLOOR = 0.8  # least fraction of `drop_surprise` a long horizon needs
 _DROP_REFERENCE = 60  # windows before a volume-drop horizon that serve as its local reference
+_FAILURE_HORIZONS = (1, 2, 3, 5, 10, 15, 30, 60, 120, 240)
+_LAPSE_HORIZONS = (1, 5, 15, 30)  # capped at `lapse_horizon_windows`
 RECENT_WINDOWS = _DROP_HORIZON + _DROP_REFERENCE + 1  # what the rules look at, the current window included
 
 
@@ -26,17 +32,17 @@ RECENT_WINDOWS = _DROP_HORIZON + _DROP_REFERENCE + 1  # what the rules look at, 
 class Thresholds:
     surprise: float = 12.0  # nats (~6e-6) a count rule needs against the tenant's baseline
     critical_factor: float = 3.0  # surprise this many times the threshold: severity "critical"
-    card_testing_min_cards: float = 4.0  # failed cards beyond one per failing customer, over a horizon
+    card_testing_min_cards: float = 3.0  # failed cards beyond one per failing customer, over a horizon
     card_testing_cards_per_customer: float = 3.0
     failure_min_failures: float = 4.0
     failure_min_ratio: float = 0.3  # charge failure ratio, and at least `failure_ratio_multiplier` x the typical one
     failure_ratio_multiplier: float = 3.0
     failure_floor_rate: float = 0.02  # typical failure ratio assumed when history has (almost) none
-    lapse_min: float = 3.0  # lapses within `lapse_horizon_windows`
+    lapse_min: float = 2.0  # lapses within `lapse_horizon_windows`
     lapse_horizon_windows: float = 30.0
     lapse_floor_rate: float = 1 / 2880  # lapses per window assumed when history has none (one every two days)
     duplicate_min: float = 4.0
-    lag_seconds: float = 30.0  # lag_p50 at least this, and `lag_multiplier` x the typical p50
+    lag_seconds: float = 10.0  # lag_p50 at least this, and `lag_multiplier` x the typical p50
     lag_multiplier: float = 10.0
     lag_min_events: float = 3.0  # lagged events in the current streak of lagged windows
     large_refund_min: float = 50_000.0  # minor units; and `amount_multiplier` x the tenant's p99
@@ -69,15 +75,15 @@ def card_testing(recent: Sequence[Window], baseline: Baseline, t: Thresholds) ->
         if excess < t.card_testing_min_cards or cards < t.card_testing_cards_per_customer * max(1, customers):
             continue
         surprise = poisson_excess(excess, max(baseline.card_excess.mean, 0.01) * k) / baseline.card_excess.dispersion
-        if surprise >= t.surprise and (best is None or surprise > best[0]):
-            best = (surprise, k, cards, customers)
+        if _better(surprise, needed(t.surprise, k), best):
+            best = (surprise, needed(t.surprise, k), k, cards, customers)
     if best is None:
         return None
-    surprise, k, cards, customers = best
+    surprise, threshold, k, cards, customers = best
     return _finding(
         "card_testing",
         surprise,
-        t.surprise,
+        threshold,
         t,
         [f"{cards} distinct cards failed for {customers} customers{_over(k)}", _typical("failed cards", baseline.card_excess, k)],
         {"failed_cards": cards, "failed_customers": customers, "horizon_windows": k},
@@ -89,27 +95,32 @@ def failure_spike(recent: Sequence[Window], baseline: Baseline, t: Thresholds) -
 
     A horizon with a card-testing window in it is skipped: those failures have a rule of their own,
     and the attacker's single attempts around the burst would otherwise read as a failure spike.
+    A horizon whose newer half has charges but not the failure ratio is skipped: a long horizon
+    still holding an outage that has ended is not news, and would re-open it.
     """
     typical = max(baseline.failure_rate, t.failure_floor_rate)
+    min_ratio = max(t.failure_min_ratio, t.failure_ratio_multiplier * typical)
     best = None
-    for k in (1, 5, 15, 30, 60, 120, 240):
-        span = recent[-k:]
-        if any(_card_testing_like(w, t) for w in span):
+    failed, charges = [0], [0]  # over the newest k windows, k = 0, 1, ...
+    for k, window in enumerate(reversed(recent[-_FAILURE_HORIZONS[-1] :]), start=1):
+        if _card_testing_like(window, t):
+            break  # every longer horizon holds this window too
+        failed.append(failed[-1] + window.charge_failed)
+        charges.append(charges[-1] + window.charge_failed + window.charge_succeeded)
+        if k not in _FAILURE_HORIZONS or failed[k] < t.failure_min_failures or failed[k] < charges[k] * min_ratio:
             continue
-        failed = sum(w.charge_failed for w in span)
-        charges = sum(w.charge_failed + w.charge_succeeded for w in span)
-        if failed < t.failure_min_failures or failed < charges * max(t.failure_min_ratio, t.failure_ratio_multiplier * typical):
-            continue
-        surprise = binomial_excess(failed, charges, typical)
-        if surprise >= t.surprise and (best is None or surprise > best[0]):
-            best = (surprise, k, failed, charges)
+        if failed[k // 2] < charges[k // 2] * min_ratio:
+            continue  # over: the newer half is back to normal
+        surprise = binomial_excess(failed[k], charges[k], typical)
+        if _better(surprise, needed(t.surprise, k), best):
+            best = (surprise, needed(t.surprise, k), k, failed[k], charges[k])
     if best is None:
         return None
-    surprise, k, failed, charges = best
+    surprise, threshold, k, failed, charges = best
     return _finding(
         "failure_spike",
         surprise,
-        t.surprise,
+        threshold,
         t,
         [f"charge.failed {failed} of {charges} charges ({failed / charges:.0%}){_over(k)} vs typical {typical:.0%}"],
         {"charge_failed": failed, "charges": charges, "failure_ratio": failed / charges, "horizon_windows": k},
@@ -118,17 +129,23 @@ def failure_spike(recent: Sequence[Window], baseline: Baseline, t: Thresholds) -
 
 def silent_lapse(recent: Sequence[Window], baseline: Baseline, t: Thresholds) -> Finding | None:
     """Subscriptions deleted after failed invoice payments, in a cluster the tenant does not usually see."""
-    k = int(t.lapse_horizon_windows)
-    lapses = sum(w.lapses for w in recent[-k:])
-    if lapses < t.lapse_min:
+    rate = max(baseline.lapses.mean, t.lapse_floor_rate)
+    best = None
+    for k in _LAPSE_HORIZONS:
+        k = min(k, int(t.lapse_horizon_windows))
+        lapses = sum(w.lapses for w in recent[-k:])
+        if lapses < t.lapse_min:
+            continue
+        surprise = poisson_excess(lapses, rate * k)
+        if _better(surprise, needed(t.surprise, k), best):
+            best = (surprise, needed(t.surprise, k), k, lapses)
+    if best is None:
         return None
-    surprise = poisson_excess(lapses, max(baseline.lapses.mean, t.lapse_floor_rate) * k)
-    if surprise < t.surprise:
-        return None
+    surprise, threshold, k, lapses = best
     return _finding(
         "silent_lapse",
         surprise,
-        t.surprise,
+        threshold,
         t,
         [f"{lapses} subscriptions deleted after invoice.payment_failed{_over(k)}", _typical("lapses", baseline.lapses, k)],
         {"lapses": lapses, "horizon_windows": k},
@@ -219,11 +236,13 @@ def volume_drop(recent: Sequence[Window], baseline: Baseline, t: Thresholds) -> 
     Expected is the lowest of three rates: the same hour yesterday, the recent baseline, and the
     hour just before the horizon. The last one follows shifts the daily reference cannot know
     about (the first weekend, a holiday) without absorbing a drop that is still in the horizon.
+    Long horizons get less of the horizon discount (``_DROP_FLOOR``): the expected count is itself
+    an estimate, and its error grows with the horizon where a count rule's baseline error does not.
     """
     rate = baseline.expected_events
     if rate <= 0 or baseline.windows < 2 * 60:
         return None
-    needed = t.drop_surprise if baseline.seasonal_events is not None else 2 * t.drop_surprise  # no seasonal reference yet
+    threshold = t.drop_surprise if baseline.seasonal_events is not None else 2 * t.drop_surprise  # no seasonal reference yet
     prefix = list(accumulate((w.events for w in recent), initial=0))
     n = len(recent)
     best = None
@@ -237,15 +256,15 @@ def volume_drop(recent: Sequence[Window], baseline: Baseline, t: Thresholds) -> 
         if observed > t.drop_ratio * expected:
             continue
         surprise = poisson_deficit(observed, expected) / baseline.events.dispersion
-        if surprise >= needed and (best is None or surprise > best[0]):
-            best = (surprise, k, observed, expected)
+        if _better(surprise, needed(threshold, k, _DROP_FLOOR), best):
+            best = (surprise, needed(threshold, k, _DROP_FLOOR), k, observed, expected)
     if best is None:
         return None
-    surprise, k, observed, expected = best
+    surprise, threshold, k, observed, expected = best
     return _finding(
         "volume_drop",
         surprise,
-        needed,
+        threshold,
         t,
         [f"{observed} events{_over(k)} vs typical {expected:.0f}"],
         {"events": observed, "expected_events": expected, "horizon_windows": k},
@@ -262,6 +281,16 @@ RULES: tuple[Rule, ...] = (
     volume_drop,
     bad_signature,
 )
+
+
+def needed(threshold: float, k: int, floor: float = 0.5) -> float:
+    """Surprise a k-window horizon needs: ``ln k`` less than one window (see the module docstring), at least ``floor`` of it."""
+    return max(floor * threshold, threshold - math.log(k))
+
+
+def _better(surprise: float, threshold: float, best: tuple[float, float, *tuple[object, ...]] | None) -> bool:
+    """Significant, and further past its own threshold than the best horizon so far."""
+    return surprise >= threshold and (best is None or surprise / threshold > best[0] / best[1])
 
 
 def _card_testing_like(window: Window, t: Thresholds) -> bool:
@@ -285,15 +314,15 @@ def _count_rule(
         if count < minimum:
             continue
         surprise = poisson_excess(count, max(stat.mean, 0.01) * k) / stat.dispersion
-        if surprise >= t.surprise and (best is None or surprise > best[0]):
-            best = (surprise, k, count)
+        if _better(surprise, needed(t.surprise, k), best):
+            best = (surprise, needed(t.surprise, k), k, count)
     if best is None:
         return None
-    surprise, k, count = best
+    surprise, threshold, k, count = best
     return _finding(
         kind,
         surprise,
-        t.surprise,
+        threshold,
         t,
         [f"{label} {count}{_over(k)}", _typical(label, stat, k)],
         {kind: count, "horizon_windows": k},

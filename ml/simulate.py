@@ -25,7 +25,8 @@ import numpy as np
 
 from ml.findings import KINDS
 
-FIXTURES = Path("/work/shared/fixtures/stripe-events")
+# shared/ lies beside the repository (the work tree, or the clean clone CI runs in); `--fixtures` overrides.
+FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "stripe-events"
 START = datetime(2026, 3, 2, tzinfo=timezone.utc)  # a Monday
 HOUR = 3600.0
 _WARMUP_HOURS = 12  # no incidents before the detectors have some history
@@ -59,6 +60,7 @@ _MIX = {
     "radar.early_fraud_warning.created": 0.03,
 }
 _OTHER_WEIGHT = 0.08
+_VISIBLE_LAG = 10.0  # s of backlog lag that sets an event apart from normal delivery (lognormal, median 0.8 s)
 _DUPLICATE_RATE = 0.003  # provider re-sends (lost 2xx)
 _RETRY_RATE = 0.003  # deliveries that only succeeded on a later retry
 _BAD_SIGNATURES_PER_DAY = 0.5
@@ -106,8 +108,11 @@ def _json(value: Any) -> str:
 
 def load_templates(directory: Path = FIXTURES) -> dict[str, _Template]:
     """One template per event type; ``invoice.payment_failed`` (no fixture) is derived from ``invoice.paid``."""
+    paths = sorted(directory.glob("*.json"))
+    if not paths:
+        raise FileNotFoundError(f"no Stripe event fixtures (*.json) in {directory}; pass --fixtures DIR")
     templates = {}
-    for path in sorted(directory.glob("*.json")):
+    for path in paths:
         event = json.loads(path.read_text())
         templates[event["type"]] = _Template.of(event)
         if event["type"] == "invoice.paid":
@@ -146,9 +151,16 @@ class Incident:
     start: float
     end: float
     params: dict[str, float] = field(default_factory=dict)
+    observed: float | None = None  # received time of the first request the incident changed
 
     def label(self) -> dict[str, str]:
-        return {"tenant": self.tenant, "kind": self.kind, "start": _iso(self.start), "end": _iso(self.end)}
+        """The label starts at the first request that shows the incident (its start if none does, or if
+        it shows as an absence: a volume drop); nothing in the stream differs from normal before it."""
+        start = self.start if self.observed is None else min(self.observed, self.end)
+        return {"tenant": self.tenant, "kind": self.kind, "start": _iso(start), "end": _iso(self.end)}
+
+    def saw(self, received: float) -> None:
+        self.observed = received if self.observed is None else min(self.observed, received)
 
 
 _Line = tuple[float, int, str]  # received, sequence (a stable tie-break), the JSON line
@@ -166,6 +178,7 @@ class Simulation:
         self.types = list(self.templates)
         weights = np.array([_MIX.get(name, _OTHER_WEIGHT) for name in self.types])
         self.weights = weights / weights.sum()
+        self._failable = np.array([i for i, name in enumerate(self.types) if name in _FAILED])
         self.tenants = [self._tenant(i, tenants) for i in range(tenants)]
         self.incidents = self._schedule()
         self._seq = 0
@@ -236,9 +249,13 @@ class Simulation:
         lags = rng.lognormal(np.log(0.8), 0.6, len(created))
         retried = rng.random(len(created)) < _RETRY_RATE
         lags[retried] += rng.uniform(60, 3600, retried.sum())
-        lags += self._incident_lag(tenant.name, created)
+        backlog = self._incident_lag(tenant.name, created)
+        lags += backlog
         failing = self._failure_probability(tenant.name, created)
         fails = rng.random(len(created)) < failing
+        failed_by_incident = fails & np.isin(types, self._failable)
+        self._observe(tenant.name, "webhook_lag", created, created + lags, backlog >= _VISIBLE_LAG)
+        self._observe(tenant.name, "failure_spike", created, created + lags, failed_by_incident)
         duplicated = rng.random(len(created)) < _DUPLICATE_RATE
         customers = rng.integers(tenant.customers, size=len(created))
         cards = customers + tenant.customers * (rng.random(len(created)) < 0.1)  # some customers have a second card
@@ -308,6 +325,13 @@ class Simulation:
             factor[(t >= incident.start) & (t < incident.end)] = incident.params["factor"]
         return factor
 
+    def _observe(self, tenant: str, kind: str, created: np.ndarray, received: np.ndarray, changed: np.ndarray) -> None:
+        """Note, per incident of ``kind``, the first received event (created during it) that it ``changed``."""
+        for incident in self._active(tenant, kind):
+            inside = changed & (created >= incident.start) & (created < incident.params.get("created_end", incident.end))
+            if inside.any():
+                incident.saw(float(received[inside].min()))
+
     def _incident_lag(self, tenant: str, created: np.ndarray) -> np.ndarray:
         """A delivery backlog: lag grows one second per second up to its cap, for events created in the incident."""
         lag = np.zeros_like(created)
@@ -322,9 +346,14 @@ class Simulation:
             probability[(created >= incident.start) & (created < incident.end)] = incident.params["failure"]
         return probability
 
-    def _add(self, tenant: str, created: float, received: float, text: str, *, valid: bool = True) -> None:
+    def _add(
+        self, tenant: str, created: float, received: float, text: str, *, valid: bool = True, shows: Incident | None = None
+    ) -> None:
+        """Queue an injected request; ``shows``: the incident it makes visible."""
         hour = int((created - START.timestamp()) // HOUR)
         self._extra.setdefault(hour, []).append(self._line(tenant, received, text, valid=valid))
+        if shows is not None:
+            shows.saw(received)
 
     def _expected_per_minute(self, incident: Incident) -> float:
         return float(self._tenant_named(incident.tenant).rate_per_minute(np.array([incident.start]))[0])
@@ -339,7 +368,9 @@ def _inject_card_testing(sim: Simulation, incident: Incident) -> None:
     for when in np.sort(rng.uniform(incident.start, incident.end, count)):
         event_type = "charge.succeeded" if rng.random() < 0.1 else "charge.failed"
         values = {"customer": attacker, "fingerprint": f"fpstolen{sim._next()}", "amount": int(rng.integers(50, 500))}
-        sim._add(tenant.name, when, when + float(rng.lognormal(np.log(0.8), 0.6)), sim._event(event_type, when, values))
+        sim._add(
+            tenant.name, when, when + float(rng.lognormal(np.log(0.8), 0.6)), sim._event(event_type, when, values), shows=incident
+        )
 
 
 def _inject_silent_lapse(sim: Simulation, incident: Incident) -> None:
@@ -352,7 +383,7 @@ def _inject_silent_lapse(sim: Simulation, incident: Incident) -> None:
         failed = float(rng.uniform(earliest, incident.start - 600))
         deleted = float(rng.uniform(incident.start, incident.end))
         sim._add(tenant.name, failed, failed + 1, sim._event("invoice.payment_failed", failed, party))
-        sim._add(tenant.name, deleted, deleted + 1, sim._event("customer.subscription.deleted", deleted, party))
+        sim._add(tenant.name, deleted, deleted + 1, sim._event("customer.subscription.deleted", deleted, party), shows=incident)
 
 
 def _inject_duplicate_flood(sim: Simulation, incident: Incident) -> None:
@@ -365,7 +396,7 @@ def _inject_duplicate_flood(sim: Simulation, incident: Incident) -> None:
         sim._add(tenant.name, incident.start - 1, incident.start, text)
         texts.append(text)
     for when in rng.uniform(incident.start, incident.end, rng.poisson(per_minute * (incident.end - incident.start) / 60)):
-        sim._add(tenant.name, incident.start, float(when), texts[int(rng.integers(len(texts)))])
+        sim._add(tenant.name, incident.start, float(when), texts[int(rng.integers(len(texts)))], shows=incident)
 
 
 def _inject_webhook_lag(sim: Simulation, incident: Incident) -> None:
@@ -390,7 +421,7 @@ def _inject_negative_invoice(sim: Simulation, incident: Incident) -> None:
         steps = [("charge.refunded", {"amount": amount, "amount_refunded": amount}), ("refund.created", {"amount": amount})]
     for offset, (event_type, values) in enumerate(steps):
         when = incident.start + 40 * offset
-        sim._add(tenant.name, when, when + 1, sim._event(event_type, when, {**party, **values}))
+        sim._add(tenant.name, when, when + 1, sim._event(event_type, when, {**party, **values}), shows=incident)
 
 
 def _inject_volume_drop(sim: Simulation, incident: Incident) -> None:
@@ -410,7 +441,12 @@ def _inject_bad_signature(sim: Simulation, incident: Incident) -> None:
     per_minute = float(rng.uniform(2, 20))
     for when in rng.uniform(incident.start, incident.end, rng.poisson(per_minute * (incident.end - incident.start) / 60)):
         sim._add(
-            tenant.name, float(when), float(when), sim._event(sim._random_type(), float(when), sim._party(tenant)), valid=False
+            tenant.name,
+            float(when),
+            float(when),
+            sim._event(sim._random_type(), float(when), sim._party(tenant)),
+            valid=False,
+            shows=incident,
         )
 
 
@@ -437,13 +473,15 @@ _DURATION: dict[str, Callable[[np.random.Generator], float]] = {
 }
 
 
-def simulate(days: int, tenants: int, seed: int, out: Path, max_per_hour: float = 10_000) -> tuple[int, int]:
+def simulate(
+    days: int, tenants: int, seed: int, out: Path, max_per_hour: float = 10_000, fixtures: Path = FIXTURES
+) -> tuple[int, int]:
     """Write ``events.jsonl`` and ``labels.jsonl`` into ``out``; returns (lines, incidents).
 
     Tenants' peak volumes are spread log-uniformly from 10 events/hour to ``max_per_hour``.
     """
     out.mkdir(parents=True, exist_ok=True)
-    sim = Simulation(days, tenants, seed, max_per_hour)
+    sim = Simulation(days, tenants, seed, max_per_hour, load_templates(fixtures))
     count = 0
     with (out / "events.jsonl").open("w") as events:
         for line in sim.lines():

@@ -5,12 +5,15 @@ an event whose signature failed; the online SQL aggregates what ingest stored. T
 the same rules to a stream of received events so the evaluator sees what production would see.
 Windows are aligned to multiples of ``seconds`` since the epoch, and every tenant gets a window for
 every period from its first request on, empty or not, because "events stopped" is only visible as
-a run of empty windows.
+a run of empty windows. Unlike ingest, which remembers every id, the builder forgets an id
+``dedupe_seconds`` (a day) after it first saw it: re-sends come within hours, and a week of a busy
+tenant's ids would otherwise dominate the evaluator's memory.
 """
 
 from __future__ import annotations
 
 import statistics
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -36,15 +39,17 @@ class _Open:
 class _Tenant:
     current: _Open
     seen: set[str] = field(default_factory=set)
+    seen_order: deque[tuple[float, str]] = field(default_factory=deque)  # (first seen, id), oldest first
     payment_failed_at: dict[str, float] = field(default_factory=dict)  # customer -> last invoice.payment_failed (epoch s)
 
 
 class WindowBuilder:
     """Feed received events in time order; ``add`` returns the windows that closed (all tenants)."""
 
-    def __init__(self, seconds: int = 60, lapse_lookback_seconds: int = 30 * 86400) -> None:
+    def __init__(self, seconds: int = 60, lapse_lookback_seconds: int = 30 * 86400, dedupe_seconds: int = 86400) -> None:
         self.seconds = seconds
         self.lapse_lookback_seconds = lapse_lookback_seconds
+        self.dedupe_seconds = dedupe_seconds
         self._tenants: dict[str, _Tenant] = {}
         self._clock: int | None = None  # start of the window that `now` falls in, epoch seconds
 
@@ -91,6 +96,10 @@ class WindowBuilder:
             window.lag_max = max(current.lags)
         return window
 
+    def _forget(self, state: _Tenant, now: float) -> None:
+        while state.seen_order and state.seen_order[0][0] <= now - self.dedupe_seconds:
+            state.seen.discard(state.seen_order.popleft()[1])
+
     def _count(self, state: _Tenant, now: float, event: dict[str, Any], signature_valid: bool) -> None:
         current = state.current
         window = current.window
@@ -98,11 +107,13 @@ class WindowBuilder:
             window.bad_signatures += 1
             return
         event_id = event.get("id")
+        self._forget(state, now)
         if event_id in state.seen:
             window.duplicates += 1
             return
         if isinstance(event_id, str):
             state.seen.add(event_id)
+            state.seen_order.append((now, event_id))
         event_type = event.get("type") if isinstance(event.get("type"), str) else ""
         facts = stripe_facts(event_type, event)
         window.events += 1

@@ -46,6 +46,30 @@ def test_simulate_writes_events_and_labels_in_the_documented_format(simulation: 
     assert all(set(label) == {"tenant", "kind", "start", "end"} and label["start"] < label["end"] for label in labels)
 
 
+def test_labels_start_at_the_first_request_that_shows_the_incident(simulation: Path) -> None:
+    """Not before anything in the stream differs from normal: a silent lapse at its first deleted subscription,
+    a probe at its first forged request; a volume drop (an absence) where the traffic stopped."""
+    labels = [json.loads(line) for line in (simulation / "labels.jsonl").read_text().splitlines()]
+    shown = {(label["tenant"], datetime.fromisoformat(label["start"])) for label in labels if label["kind"] != "volume_drop"}
+    requests: dict[tuple[str, datetime], list[dict[str, object]]] = {}
+    with (simulation / "events.jsonl").open() as lines:
+        for line in lines:
+            record = json.loads(line)
+            key = (record["tenant"], datetime.fromisoformat(record["received_at"]))
+            if key in shown:
+                requests.setdefault(key, []).append(record)
+    for label in labels:
+        at = requests.get((label["tenant"], datetime.fromisoformat(label["start"])), [])
+        if label["kind"] == "silent_lapse":
+            assert any(r["event"]["type"] == "customer.subscription.deleted" for r in at), label
+        elif label["kind"] == "bad_signature":
+            assert any(not r["signature_valid"] for r in at), label
+        elif label["kind"] == "webhook_lag":
+            assert any(datetime.fromisoformat(r["received_at"]).timestamp() - r["event"]["created"] >= 10 for r in at), label
+        elif label["kind"] != "volume_drop":
+            assert at, label
+
+
 def test_evaluate_cli_reports_every_kind_and_finds_the_incidents(simulation: Path, tmp_path: Path) -> None:
     report_path = tmp_path / "report.json"
     printed = _cli(

@@ -132,3 +132,15 @@ def test_events_must_arrive_in_order() -> None:
     builder.add("a", T0 + timedelta(minutes=2), _event("evt_1", "customer.updated", T0))
     with pytest.raises(ValueError):
         builder.add("a", T0, _event("evt_2", "customer.updated", T0))
+
+
+def test_ids_are_forgotten_after_the_dedupe_horizon() -> None:
+    builder = WindowBuilder(dedupe_seconds=3600)
+    at = T0 + timedelta(seconds=1)
+    event = _event("evt_1", "invoice.paid", at)
+    requests = [at, at + timedelta(minutes=59), at + timedelta(minutes=61)]
+    windows = [w for when in requests for w in builder.add("a", when, event)] + builder.flush()
+    by_start = {w.start: w for w in windows}
+    assert by_start[T0].events == 1
+    assert by_start[T0 + timedelta(minutes=59)].duplicates == 1  # within the hour: a re-send
+    assert by_start[T0 + timedelta(minutes=61)].events == 1  # past it: the id was forgotten

@@ -20,6 +20,7 @@ from ml.rules import (
     card_testing,
     duplicate_flood,
     failure_spike,
+    needed,
     negative_invoice,
     silent_lapse,
     volume_drop,
@@ -90,6 +91,14 @@ def test_rules_stay_quiet_on_ordinary_traffic(rule: Rule) -> None:
     assert _quiet(rule, _history(20, minutes=900)) == 0
 
 
+def test_card_testing_three_cards_beyond_the_customers() -> None:
+    history = _history(20)
+    three = _next(history, events=22, charge_failed=4, failed_cards=4, failed_customers=1)
+    assert _run(card_testing, history, three) is not None
+    retry = _next(history, events=22, charge_failed=4, failed_cards=4, failed_customers=2)
+    assert _run(card_testing, history, retry) is None  # two customers each retrying with a second card
+
+
 def test_card_testing_many_cards_few_customers() -> None:
     history = _history(20)
     burst = _next(history, events=40, charge_failed=30, charge_succeeded=3, failed_cards=30, failed_customers=1)
@@ -114,6 +123,38 @@ def test_failure_spike_is_volume_aware() -> None:
     assert _run(failure_spike, busy, _next(busy, events=100, charge_succeeded=5, **storm)) is not None
 
 
+def test_longer_horizons_need_less_surprise_but_never_under_half() -> None:
+    assert needed(12, 1) == 12
+    assert needed(12, 30) == pytest.approx(12 - np.log(30))
+    assert needed(12, 100_000) == 6
+
+
+def test_failure_spike_counts_a_slow_outage_at_a_long_horizon() -> None:
+    slow = _history(0.5)  # ~4 charges an hour
+    windows = list(slow)
+    failing = {"events": 1, "charge_failed": 1, "failed_customers": 1, "failed_cards": 1}
+    for minute in range(25):  # a charge every five minutes, four of the last five failing
+        charge = failing if minute % 5 == 4 and minute > 5 else {"events": 1, "charge_succeeded": 1}
+        windows.append(_next(windows, **(charge if minute % 5 == 4 else {"events": 0})))
+    finding = _run(failure_spike, windows[:-1], windows[-1])
+    assert finding is not None and finding.features["charge_failed"] == 4
+    assert finding.features["surprise"] < DEFAULTS.surprise  # significant only with the horizon's correction
+    assert finding.features["horizon_windows"] > 1
+
+
+def test_failure_spike_does_not_reopen_from_an_outage_that_ended() -> None:
+    windows = list(_history(0.5))
+    before = Baseline.from_history(windows, windows[-1].start)  # the baseline as it was before the outage
+    failing = {"events": 1, "charge_failed": 1, "failed_customers": 1, "failed_cards": 1}
+    for _ in range(60):  # an hour of outage: a failed charge every minute
+        windows.append(_next(windows, **failing))
+    assert failure_spike([*windows[-(RECENT_WINDOWS - 1) :], _next(windows, **failing)], before, DEFAULTS) is not None
+    for _ in range(100):  # then charges succeed again (the last 240 minutes still hold 38% failures)
+        windows.append(_next(windows, events=1, charge_succeeded=1))
+    ordinary_decline = [*windows[-(RECENT_WINDOWS - 1) :], _next(windows, **failing)]
+    assert failure_spike(ordinary_decline, before, DEFAULTS) is None  # the old failures are not news again
+
+
 def test_failure_spike_accumulates_evidence_over_windows() -> None:
     history = _history(2)
     windows = list(history)
@@ -125,15 +166,23 @@ def test_failure_spike_accumulates_evidence_over_windows() -> None:
     assert findings[0] is None and findings[-1] is not None and findings[-1].features["horizon_windows"] > 1
 
 
-def test_silent_lapse_cluster() -> None:
+def test_silent_lapse_two_close_together_where_lapses_are_rare() -> None:
     history = _history(20)
-    windows = list(history)
-    for lapses in (1, 1):
-        windows.append(_next(windows, events=20, lapses=lapses))
-    assert _run(silent_lapse, windows, _next(windows, events=20)) is None  # two lapses: could be ordinary dunning
-    windows.append(_next(windows, events=20, lapses=1))
-    finding = _run(silent_lapse, windows[:-1], windows[-1])
-    assert finding is not None and finding.features["lapses"] == 3
+    spread = [*history, _next(history, events=20, lapses=1)]
+    for _ in range(19):
+        spread.append(_next(spread, events=20))
+    assert _run(silent_lapse, spread, _next(spread, events=20, lapses=1)) is None  # 20 minutes apart: ordinary dunning
+    close = [*history, _next(history, events=20, lapses=1)]
+    close.append(_next(close, events=20))
+    finding = _run(silent_lapse, close, _next(close, events=20, lapses=1))
+    assert finding is not None and finding.features["lapses"] == 2 and finding.features["horizon_windows"] == 5
+
+
+def test_silent_lapse_relative_to_the_tenants_usual_lapses() -> None:
+    usual = [replace(w, lapses=int(i % 20 == 0)) for i, w in enumerate(_history(200))]  # a lapse every 20 minutes
+    assert _run(silent_lapse, usual, _next(usual, events=200, lapses=2)) is None
+    finding = _run(silent_lapse, usual, _next(usual, events=200, lapses=6))
+    assert finding is not None and finding.features["horizon_windows"] == 1
 
 
 def test_duplicate_flood_relative_to_usual_retries() -> None:
@@ -155,6 +204,12 @@ def test_webhook_lag_needs_more_than_one_retried_event() -> None:
     assert finding.features["lagged_windows"] == 3
     busy = _history(50)
     assert _run(webhook_lag, busy, _next(busy, events=50, lag_p50=120.0, lag_max=300.0)) is not None
+
+
+def test_webhook_lag_from_ten_seconds() -> None:
+    history = _history(50)
+    assert _run(webhook_lag, history, _next(history, events=50, lag_p50=8.0, lag_max=12.0)) is None
+    assert _run(webhook_lag, history, _next(history, events=50, lag_p50=15.0, lag_max=20.0)) is not None
 
 
 def test_negative_invoice_and_large_refund() -> None:
