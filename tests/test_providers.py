@@ -14,7 +14,6 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,8 +30,8 @@ from gateway.ingest.providers import (
     validate_secret,
     verify,
 )
+from tests.support.stripe_events import FIXTURES
 
-FIXTURES = Path("/work/shared/fixtures/stripe-events")
 NOW = 1_700_000_000
 STRIPE_SECRET = "whsec_test_current_0123456789abcdef"
 STRIPE_OLD_SECRET = "whsec_test_previous_fedcba9876543210"
