@@ -183,6 +183,24 @@ async def test_unparsable_body_is_400(client: Client, tenant: TenantHandle, body
     assert await _events(client, tenant) == []
 
 
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [({"id": "evt_a\u0000b"}, "id"), ({"type": "charge.\u0000"}, "type"),
+     ({"type": "charge.failed", "data": {"object": {"customer": "cus_\u0000"}}}, "customer")],
+)
+async def test_a_nul_character_in_a_stored_field_is_400_and_spoils_no_neighbour(
+    client: Client, tenant: TenantHandle, changes: dict[str, Any], field: str
+) -> None:
+    """Postgres text cannot hold NUL: the sender's mistake, answered 400; events committed in the
+    same moment (one group commit) are stored all the same."""
+    source = await new_source(client, tenant)
+    bad, good = signed_stripe(stripe_event(**changes), source["secret"]), signed_stripe(stripe_event(), source["secret"])
+    responses = await asyncio.gather(*(client.post(ingest_path(source), content=b, headers=h) for b, h in (good, bad, good)))
+    assert [r.status_code for r in responses] == [200, 400, 200], [r.text for r in responses]
+    assert responses[1].json()["type"].endswith("invalid-json") and field in responses[1].json()["detail"]
+    assert len(await _events(client, tenant)) == 1
+
+
 async def test_unknown_token_is_404(client: Client) -> None:
     response = await client.post("/ingest/" + "A" * 32, content=b"{}")
     assert response.status_code == 404 and response.json()["type"].endswith("unknown-source")

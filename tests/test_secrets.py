@@ -133,6 +133,12 @@ _REVIEWED = {
     ("gateway/ingest/providers.py", "secret != secret.strip()"): "input validation of a secret being registered",
     ("tenants/sources/directory.py", "Source.ingest_token == token"): "SQL lookup by the 256-bit ingest token (an index, "
     "not a byte compare in Python); unknown tokens take the same path",
+    ("dashboard/accounts.py", "Invite.token_hash == sha256_hex(token)"): "SQL lookup of an invitation by the SHA-256 "
+    "of its random token (an index, not a byte compare in Python)",
+    ("dashboard/sessions.py", "LoginSession.token_hash == sha256_hex(token)"): "SQL lookup of a session by the SHA-256 "
+    "of its random token; the cookie itself is HMAC-checked in constant time first",
+    ("dashboard/login.py", "password != str(data.get('confirm', ''))"): "the two password fields of one form agree: "
+    "both are the user's own input, nothing stored is compared",
 }
 _CODE = ("gateway", "tenants", "delivery", "ml", "dashboard")
 

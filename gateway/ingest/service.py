@@ -108,9 +108,10 @@ class IngestService:
             raise
         payload = _parse(body)
         identity = providers.identify(source.provider, body, payload, headers)
+        facts = stripe_facts(identity.type, payload) if source.provider == "stripe" else NONE
+        _check_storable(identity, facts)
         priority = classify(identity.type, source.priorities)  # type: ignore[arg-type]
         await self._admission.admit(source.tenant_id, priority, rate_for(priority, source.limits, self._defaults))
-        facts = stripe_facts(identity.type, payload) if source.provider == "stripe" else NONE
         return await self._store(source, body, headers, identity, priority, facts)
 
     async def _verify(self, token: str, source: SourceKey, body: bytes, headers: Mapping[str, str]) -> None:
@@ -189,6 +190,14 @@ def _parse(body: bytes) -> dict[str, object]:
     if not isinstance(payload, dict):
         raise Problem(400, "invalid-json", "the body must be a JSON object")
     return payload
+
+
+def _check_storable(identity: providers.Identity, facts: Facts) -> None:
+    """Postgres text cannot hold NUL: an id, type or customer with one is the sender's mistake (400),
+    not a storage failure, and must not fail the group commit it would have joined."""
+    fields = {"id": identity.external_id, "type": identity.type, "customer": facts.customer, "card fingerprint": facts.card_fingerprint}
+    if bad := [name for name, value in fields.items() if value is not None and "\x00" in value]:
+        raise Problem(400, "invalid-json", f"the event's {', '.join(bad)} contains a NUL character (\\u0000), which cannot be stored")
 
 
 def _unavailable() -> Problem:
