@@ -8,7 +8,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
-from sqlalchemy import DateTime, MetaData, event
+from sqlalchemy import DateTime, MetaData, Select, Table, event, false, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -70,10 +70,22 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
 
+        event.listen(engine.sync_engine, "before_execute", _write_lock_for_select_for_update)
         return engine
     return create_async_engine(
         url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_timeout=5, hide_parameters=True
     )
+
+
+def _write_lock_for_select_for_update(connection, statement, *_args) -> None:  # type: ignore[no-untyped-def]
+    """SQLite has no row locks and drops ``FOR UPDATE``; a no-op write takes its database write lock
+    instead, so a read-then-write (cancel a job, rotate a secret) cannot interleave with another
+    writer's commit, as the row lock guarantees on Postgres."""
+    if not isinstance(statement, Select) or statement._for_update_arg is None:
+        return
+    table = next(table for table in statement.get_final_froms() if isinstance(table, Table))
+    key = next(iter(table.primary_key.columns))
+    connection.execute(update(table).where(false()).values({key.name: key}))
 
 
 def dialect_insert(dialect_name: str):  # type: ignore[no-untyped-def]
