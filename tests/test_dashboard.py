@@ -11,11 +11,8 @@ from html import unescape
 from typing import Any, get_args
 
 import pytest
-from litestar import Litestar
-from litestar.testing import AsyncTestClient
 from sqlalchemy import select
 
-from dashboard.accounts import create_user
 from gateway.cli import main as cli
 from gateway.database import create_engine, session_factory, utcnow
 from gateway.events.models import Delivery
@@ -24,73 +21,27 @@ from ml.online.models import Anomaly
 from tenants.models import ApiKey
 from tenants.sources.schemas import Provider
 from tests.conftest import Stack, TenantHandle, new_source, new_tenant
+from tests.support.dashboard import PASSWORD, SESSION, Browser, add_user, browser_for, csrf_field, log_in
 from tests.support.receiver import Script, Server
 from tests.support.stripe_events import stripe_event
 
-PASSWORD = "correct horse battery"
-SESSION = "hookgate_session"
 PAGES = ["/dashboard/", "/dashboard/sources", "/dashboard/endpoints", "/dashboard/endpoints/new", "/dashboard/events",
          "/dashboard/dead-letters", "/dashboard/replays", "/dashboard/anomalies", "/dashboard/api-keys", "/dashboard/team"]
-
-
-def _csrf(html: str) -> str:
-    match = re.search(r'name="csrf_token" value="([^"]+)"', html)
-    assert match, "no CSRF field in the form"
-    return match.group(1)
 
 
 def _errors(html: str) -> list[str]:
     return [unescape(text) for text in re.findall(r'class="error"[^>]*>([^<]+)<', html)]
 
 
-class Browser:
-    """One signed-in user on the shared test client: its session cookie and its CSRF token."""
-
-    def __init__(self, client: AsyncTestClient[Litestar], cookie: str, csrf: str) -> None:
-        self.client, self.cookie, self.csrf = client, cookie, csrf
-
-    def _use(self) -> None:
-        self.client.cookies.clear()
-        self.client.cookies.set(SESSION, self.cookie)
-
-    async def get(self, path: str, **params: str) -> Any:
-        self._use()
-        return await self.client.get(path, params=params or None, follow_redirects=False)
-
-    async def post(self, path: str, data: dict[str, Any] | None = None, *, csrf: bool = True) -> Any:
-        self._use()
-        fields = {**(data or {}), **({"csrf_token": self.csrf} if csrf else {})}
-        return await self.client.post(path, data=fields, follow_redirects=False)
-
-
 async def _user(settings: Any, tenant: TenantHandle, email: str) -> None:
-    engine = create_engine(settings.database_url, pool_size=1)
-    try:
-        async with session_factory(engine)() as session:
-            await create_user(session, uuid.UUID(tenant.id), email, PASSWORD)
-    finally:
-        await engine.dispose()
-
-
-async def _login(client: AsyncTestClient[Litestar], email: str, password: str = PASSWORD, next: str = "/dashboard/") -> Any:
-    client.cookies.clear()
-    form = await client.get("/dashboard/login")
-    data = {"email": email, "password": password, "csrf_token": _csrf(form.text), "next": next}
-    return await client.post("/dashboard/login", data=data, follow_redirects=False)
+    await add_user(settings.database_url, tenant.id, email)
 
 
 @pytest.fixture
 async def signed_in(stack: Stack) -> Callable[..., Any]:
     async def make(name: str = "Acme") -> tuple[TenantHandle, Browser]:
         tenant = await new_tenant(stack.client, name)
-        email = f"{name.lower()}-{uuid.uuid4().hex[:6]}@example.com"
-        await _user(stack.settings, tenant, email)
-        response = await _login(stack.client, email)
-        assert response.status_code == 303 and response.headers["location"] == "/dashboard/"
-        cookie = response.cookies[SESSION]
-        stack.client.cookies.set(SESSION, cookie)
-        page = await stack.client.get("/dashboard/")
-        return tenant, Browser(stack.client, cookie, _csrf(page.text))
+        return tenant, await browser_for(stack.client, stack.settings.database_url, tenant.id, name)
 
     return make
 
@@ -110,16 +61,16 @@ async def test_every_page_and_form_needs_a_session(stack: Stack) -> None:
 async def test_login_wrong_password_csrf_open_redirect_and_logout(stack: Stack) -> None:
     tenant = await new_tenant(stack.client)
     await _user(stack.settings, tenant, "ana@example.com")
-    wrong = await _login(stack.client, "ana@example.com", "not the password")
+    wrong = await log_in(stack.client, "ana@example.com", "not the password")
     assert wrong.status_code == 400 and "Wrong email or password." in _errors(wrong.text)
-    unknown = await _login(stack.client, "nobody@example.com")
+    unknown = await log_in(stack.client, "nobody@example.com")
     assert unknown.status_code == 400 and SESSION not in unknown.cookies
 
     stack.client.cookies.clear()
     no_token = await stack.client.post("/dashboard/login", data={"email": "ana@example.com", "password": PASSWORD})
     assert no_token.status_code == 403 and SESSION not in no_token.cookies
 
-    away = await _login(stack.client, "ANA@example.com", next="https://evil.example/")
+    away = await log_in(stack.client, "ANA@example.com", next="https://evil.example/")
     assert away.status_code == 303 and away.headers["location"] == "/dashboard"
     cookie = away.cookies[SESSION]
     set_cookie = away.headers["set-cookie"].lower()
@@ -130,7 +81,7 @@ async def test_login_wrong_password_csrf_open_redirect_and_logout(stack: Stack) 
     assert overview.headers["cache-control"] == "no-store" and overview.headers["x-frame-options"] == "DENY"
     assert "frame-ancestors 'none'" in overview.headers["content-security-policy"]
 
-    out = await stack.client.post("/dashboard/logout", data={"csrf_token": _csrf(overview.text)}, follow_redirects=False)
+    out = await stack.client.post("/dashboard/logout", data={"csrf_token": csrf_field(overview.text)}, follow_redirects=False)
     assert out.status_code == 303
     stack.client.cookies.set(SESSION, cookie)  # a copied cookie dies with its server-side session
     assert (await stack.client.get("/dashboard/", follow_redirects=False)).status_code == 303
@@ -140,9 +91,9 @@ async def test_login_is_rate_limited(stack_factory: Callable[..., Any]) -> None:
     stack = await stack_factory(dashboard_login_limit="0.001/3")
     tenant = await new_tenant(stack.client)
     await _user(stack.settings, tenant, "bo@example.com")
-    statuses = [(await _login(stack.client, "bo@example.com", "wrong password!")).status_code for _ in range(4)]
+    statuses = [(await log_in(stack.client, "bo@example.com", "wrong password!")).status_code for _ in range(4)]
     assert statuses == [400, 400, 400, 429]
-    refused = await _login(stack.client, "bo@example.com")  # even the right password waits now
+    refused = await log_in(stack.client, "bo@example.com")  # even the right password waits now
     assert refused.status_code == 429 and SESSION not in refused.cookies
     assert "Too many attempts" in _errors(refused.text)[0]
 
@@ -413,18 +364,18 @@ async def test_a_teammate_joins_through_an_invitation(stack: Stack, signed_in: C
     refused = await client.post(path, data={"password": PASSWORD, "confirm": PASSWORD}, follow_redirects=False)
     assert refused.status_code == 403
     form = await client.get(path)
-    token = _csrf(form.text)
+    token = csrf_field(form.text)
     differ = await client.post(path, data={"password": PASSWORD, "confirm": "something else", "csrf_token": token})
     assert differ.status_code == 400 and _errors(differ.text) == ["The two passwords differ."]
-    short = await client.post(path, data={"password": "short", "confirm": "short", "csrf_token": _csrf(differ.text)})
+    short = await client.post(path, data={"password": "short", "confirm": "short", "csrf_token": csrf_field(differ.text)})
     assert short.status_code == 400 and _errors(short.text) == ["Use at least 10 characters."]
-    joined = await client.post(path, data={"password": PASSWORD, "confirm": PASSWORD, "csrf_token": _csrf(short.text)},
+    joined = await client.post(path, data={"password": PASSWORD, "confirm": PASSWORD, "csrf_token": csrf_field(short.text)},
                                follow_redirects=False)
     assert joined.status_code == 303 and SESSION in joined.cookies
     assert "zoe@example.com" in (await client.get("/dashboard/")).text
     client.cookies.clear()
     assert (await client.get(path)).status_code == 404  # used up
-    assert (await _login(client, "zoe@example.com")).status_code == 303
+    assert (await log_in(client, "zoe@example.com")).status_code == 303
     again = await inviter.post("/dashboard/team/invite", {"email": "zoe@example.com"})
     assert again.status_code == 400 and _errors(again.text) == ["This person already has an account."]
 
@@ -450,7 +401,7 @@ async def test_cli_creates_users(stack: Stack, monkeypatch: pytest.MonkeyPatch, 
     try:
         await asyncio.to_thread(cli, ["users", "create", "--tenant", tenant.id, "--email", "Cli@Example.com"])
         assert "created dashboard user cli@example.com" in capsys.readouterr().out
-        assert (await _login(stack.client, "cli@example.com")).status_code == 303
+        assert (await log_in(stack.client, "cli@example.com")).status_code == 303
         with pytest.raises(SystemExit, match="already exists"):
             await asyncio.to_thread(cli, ["users", "create", "--tenant", tenant.id, "--email", "cli@example.com"])
         monkeypatch.setenv("HOOKGATE_USER_PASSWORD", "short")

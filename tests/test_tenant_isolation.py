@@ -21,11 +21,13 @@ from litestar.routes import HTTPRoute
 from litestar.testing import AsyncTestClient
 from sqlalchemy import text, update
 
-from gateway.database import Base, create_engine, utcnow
-from gateway.events.models import Delivery
+from gateway.database import Base, create_engine, session_factory, utcnow
+from gateway.events.models import DEAD, Delivery
 from gateway.settings import Settings
 from ml.online.models import Anomaly
+from tenants.service import ApiKeyRepository
 from tests.conftest import OPERATOR_KEY, Stack, TenantHandle, new_source, new_tenant
+from tests.support.dashboard import Browser, browser_for
 
 # Reviewed exclusions: (path prefix) -> why another tenant's API key does not apply there.
 EXCLUDED = {
@@ -35,8 +37,22 @@ EXCLUDED = {
     "(tests/test_management_api.py)",
     "/schema/": "static OpenAPI documents, no tenant data",
     "/dashboard/": "session cookies, not API keys, reach it (an API key is redirected to the login page); "
-    "another tenant's user gets 404 on every page and action there in tests/test_dashboard.py "
-    "(test_another_tenants_pages_and_actions_answer_404); not yet generated from the route table",
+    "the dashboard matrix below calls every one of its id routes with another tenant's session",
+}
+
+# The dashboard matrix's reviewed exclusions, as above.
+DASHBOARD_EXCLUDED = {
+    "/dashboard/invite/": "the path token is the invitation's credential (whoever holds it may join); unknown and used "
+    "tokens answer 404 (tests/test_dashboard.py test_a_teammate_joins_through_an_invitation)",
+    "/dashboard/static/": "the dashboard's own script and stylesheet, no tenant data",
+}
+# Dashboard forms without a path id, reviewed: the resource ids each names in its body, or none
+# (it creates for the signed-in tenant, or acts on the session itself).
+DASHBOARD_FORM_IDS: dict[str, dict[str, str]] = {
+    "dashboardPurge": {"delivery_id": "delivery_id"},
+    "dashboardRedrive": {"delivery_id": "delivery_id", "scope": "selected"},
+    "dashboardLogin": {}, "dashboardLogout": {}, "dashboardCreateSource": {}, "dashboardCreateEndpoint": {},
+    "dashboardCreateApiKey": {}, "dashboardInvite": {},
 }
 
 # Request bodies that are valid for the owner, by operation id (default: no body).
@@ -69,12 +85,12 @@ class Call:
     parameters: tuple[str, ...]
 
 
-def tenant_routes(app: Litestar) -> Iterator[Call]:
-    """Every (method, path) of the app that takes a path parameter and is not excluded."""
+def tenant_routes(app: Litestar, within: str = "/", excluded: dict[str, str] = EXCLUDED) -> Iterator[Call]:
+    """Every (method, path) of the app under ``within`` that takes a path parameter and is not excluded."""
     for route in app.routes:
-        if not isinstance(route, HTTPRoute) or not route.path_parameters:
+        if not isinstance(route, HTTPRoute) or not route.path_parameters or not route.path.startswith(within):
             continue
-        if any(route.path.startswith(prefix) for prefix in EXCLUDED):
+        if any(route.path.startswith(prefix) for prefix in excluded):
             continue
         for handler in route.route_handlers:
             for method in sorted(handler.http_methods - {"OPTIONS", "HEAD"}):
@@ -254,4 +270,73 @@ async def test_operator_routes_refuse_tenant_keys(stack: Stack) -> None:
 def test_every_exclusion_still_names_a_route(app: Litestar) -> None:
     """A stale exclusion would silently cover a future route with the same prefix."""
     paths = [route.path for route in app.routes]
-    assert all(any(path.startswith(prefix) for path in paths) for prefix in EXCLUDED)
+    assert all(any(path.startswith(prefix) for path in paths) for prefix in [*EXCLUDED, *DASHBOARD_EXCLUDED])
+
+
+async def _dashboard_world(stack: Stack, alice: TenantHandle) -> dict[str, str]:
+    """``_world`` plus what only the dashboard names: an API key (a second one, so revoking it
+    leaves Alice her own) and a dead letter."""
+    ids = await _world(stack, alice)
+    engine = create_engine(stack.settings.database_url, pool_size=1)
+    try:
+        async with session_factory(engine)() as session:
+            key, _plaintext = await ApiKeyRepository(session, uuid.UUID(alice.id)).create("isolation")
+            ids["key_id"] = str(key.id)
+            await session.execute(
+                update(Delivery).where(Delivery.id == uuid.UUID(ids["delivery_id"])).values(status=DEAD, completed_at=utcnow())
+            )
+            await session.commit()
+    finally:
+        await engine.dispose()
+    return ids
+
+
+async def _dashboard_call(browser: Browser, method: str, path: str, data: dict[str, str] | None = None) -> Any:
+    return await (browser.get(path) if method == "GET" else browser.post(path, data or {}))
+
+
+async def test_another_tenants_session_gets_404_and_changes_nothing_on_every_dashboard_id_route(stack: Stack) -> None:
+    """The dashboard's half of the matrix: every page and form with an id in its path, then every
+    form that carries one in its body, with another tenant's signed-in session."""
+    client, database_url = stack.client, stack.settings.database_url
+    alice, mallory = await new_tenant(client, "Alice"), await new_tenant(client, "Mallory")
+    ids = await _dashboard_world(stack, alice)
+    alice_browser = await browser_for(client, database_url, alice.id, "Alice")
+    mallory_browser = await browser_for(client, database_url, mallory.id, "Mallory")
+    calls = list(tenant_routes(client.app, "/dashboard/", DASHBOARD_EXCLUDED))
+    unbuildable = [f"{c.method} {c.template}" for c in calls if set(c.parameters) - set(ids)]
+    assert not unbuildable, f"add a resource to _dashboard_world or a reviewed DASHBOARD_EXCLUDED entry: {unbuildable}"
+    forms = [
+        (handler.operation_id, route.path)
+        for route in client.app.routes
+        if isinstance(route, HTTPRoute) and route.path.startswith("/dashboard") and not route.path_parameters
+        for handler in route.route_handlers
+        if "POST" in handler.http_methods
+    ]
+    unreviewed = [f"{operation_id} {path}" for operation_id, path in forms if operation_id not in DASHBOARD_FORM_IDS]
+    assert not unreviewed, f"review these forms' body ids into DASHBOARD_FORM_IDS: {unreviewed}"
+    body_calls = [(operation_id, path, fields) for operation_id, path in forms if (fields := DASHBOARD_FORM_IDS[operation_id])]
+    assert len(calls) >= 15 and len(body_calls) >= 2  # the route table really was enumerated
+
+    def attempts(world: dict[str, str]) -> list[tuple[str, str, dict[str, str] | None]]:
+        return [(c.method, _path(c, world), None) for c in calls] + [
+            ("POST", path, {name: world.get(resource, resource) for name, resource in fields.items()}) for _op, path, fields in body_calls
+        ]
+
+    failures = []
+    for method, path, data in attempts(ids):
+        before = await _snapshot(database_url)
+        response = await _dashboard_call(mallory_browser, method, path, data)
+        changed = [table for table, rows in (await _snapshot(database_url)).items() if rows != before[table]]
+        if response.status_code != 404 or "There is nothing here" not in response.text:
+            failures.append(f"{method} {path}: {response.status_code} {response.text[:160]}")
+        if changed:
+            failures.append(f"{method} {path} by another tenant's user changed {changed}")
+    # The owner's calls find every resource; one that removes things gets a world of its own.
+    for index, (method, path, data) in enumerate(attempts(ids)):
+        if path.endswith(("/delete", "/purge")):
+            method, path, data = attempts(await _dashboard_world(stack, alice))[index]
+        response = await _dashboard_call(alice_browser, method, path, data)
+        if response.status_code == 404 or response.status_code >= 500:
+            failures.append(f"owner's {method} {path}: {response.status_code} {response.text[:160]}")
+    assert not failures, "\n".join(failures)
