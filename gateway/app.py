@@ -96,12 +96,16 @@ def create_app(settings: Settings | None = None) -> Litestar:
     def _constant(value: object) -> Provide:
         return Provide(lambda: value, use_cache=True, sync_to_thread=False)
 
-    @get("/readyz", operation_id="readyz", summary="Database (and Redis) reachable", tags=["health"])
+    @get("/readyz", operation_id="readyz", summary="Database reachable (Redis reported, not required)", tags=["health"])
     async def readyz() -> dict[str, object]:
+        """Only the database gates readiness: without Redis, admission still lets critical and high
+        events in (the rest get a 503 their provider retries) and the sweeper delivers what the
+        doorbell could not ring, so a Redis outage must not take every gateway pod out of its
+        Service. It shows as ``degraded``."""
         checks = await readiness(sessions, runtime.redis)
-        if not ready(checks):
-            raise Problem(503, "not-ready", "a backing service is unreachable", checks=checks)
-        return {"status": "ready", "checks": checks}
+        if not ready(checks, needs=("database",)):
+            raise Problem(503, "not-ready", "the database is unreachable", checks=checks)
+        return {"status": "ready" if ready(checks) else "degraded", "checks": checks}
 
     return Litestar(
         route_handlers=[

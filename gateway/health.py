@@ -20,8 +20,9 @@ async def readiness(sessions: async_sessionmaker[AsyncSession], redis: aioredis.
     return checks
 
 
-def ready(checks: dict[str, str]) -> bool:
-    return all(state == "ok" for state in checks.values())
+def ready(checks: dict[str, str], needs: tuple[str, ...] | None = None) -> bool:
+    """Whether every check in ``needs`` (default: all of them) is ok."""
+    return all(state == "ok" for name, state in checks.items() if needs is None or name in needs)
 
 
 async def _database(sessions: async_sessionmaker[AsyncSession]) -> None:
