@@ -89,12 +89,14 @@ class DeliveryController(Controller):
         return ReplayOut(event_id=event.id, deliveries=[DeliveryOut.of(row) for row in rows])
 
     @get("/deliveries/{delivery_id:uuid}/attempts", operation_id="listAttempts", summary="Every HTTP try, oldest first")
-    async def list_attempts(self, repo: DeliveryRepository, delivery_id: uuid.UUID) -> list[AttemptOut]:
+    async def list_attempts(
+        self, repo: DeliveryRepository, delivery_id: uuid.UUID, cursor: str | None = None, limit: int = 50
+    ) -> Page[AttemptOut]:
         delivery = await repo.get(delivery_id)
-        rows = await repo.session.scalars(
-            select(Attempt).where(Attempt.delivery_id == delivery.id).order_by(Attempt.number)
+        query = paginate(
+            select(Attempt).where(Attempt.delivery_id == delivery.id), Attempt.started_at, Attempt.id, cursor, limit, oldest_first=True
         )
-        return [AttemptOut.of(row) for row in rows]
+        return page_of(list(await repo.session.scalars(query)), limit, "started_at", AttemptOut.of)
 
     @post("/endpoints/{endpoint_id:uuid}/test", operation_id="testEndpoint", status_code=202, summary="Send a hookgate.test event")
     async def test_endpoint(

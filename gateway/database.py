@@ -80,8 +80,13 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
 def _write_lock_for_select_for_update(connection, statement, *_args) -> None:  # type: ignore[no-untyped-def]
     """SQLite has no row locks and drops ``FOR UPDATE``; a no-op write takes its database write lock
     instead, so a read-then-write (cancel a job, rotate a secret) cannot interleave with another
-    writer's commit, as the row lock guarantees on Postgres."""
-    if not isinstance(statement, Select) or statement._for_update_arg is None:
+    writer's commit, as the row lock guarantees on Postgres.
+
+    Not for ``SKIP LOCKED``: those are the background loops' claims, one task each in the single
+    embedded process, and they must not hold the write lock while they only look (the replay
+    runner, which must exclude a concurrent cancel, writes first itself)."""
+    lock = statement._for_update_arg if isinstance(statement, Select) else None
+    if lock is None or lock.skip_locked:
         return
     table = next(table for table in statement.get_final_froms() if isinstance(table, Table))
     key = next(iter(table.primary_key.columns))

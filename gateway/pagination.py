@@ -48,12 +48,18 @@ def paginate(
     id_column: InstrumentedAttribute[uuid.UUID],
     cursor: str | None,
     limit: int,
+    *,
+    oldest_first: bool = False,
 ) -> Select[Any]:
-    """Order newest first and start after ``cursor``; fetch one extra row to know if more exist."""
+    """Order newest (or oldest) first and start after ``cursor``; fetch one extra row to know if more exist."""
     if cursor:
         at, row_id = _decode(cursor)
-        query = query.where(or_(time_column < at, and_(time_column == at, id_column < row_id)))
-    return query.order_by(time_column.desc(), id_column.desc()).limit(check_limit(limit) + 1)
+        if oldest_first:
+            query = query.where(or_(time_column > at, and_(time_column == at, id_column > row_id)))
+        else:
+            query = query.where(or_(time_column < at, and_(time_column == at, id_column < row_id)))
+    order = (time_column.asc(), id_column.asc()) if oldest_first else (time_column.desc(), id_column.desc())
+    return query.order_by(*order).limit(check_limit(limit) + 1)
 
 
 def page_of(rows: list[Any], limit: int, time_attr: str, shape: Any) -> Page[Any]:

@@ -59,7 +59,7 @@ async def test_fails_twice_then_succeeds_with_a_stable_webhook_id(stack: Stack) 
         assert delivery["attempts"] == 3 and delivery["last_status_code"] == 200
         assert len({r.headers["webhook-id"] for r in receiver.requests}) == 1
         assert all(_verify(endpoint["secret"], r) for r in receiver.requests)
-        attempts = (await stack.client.get(f"/api/v1/deliveries/{delivery['id']}/attempts", headers=tenant.auth)).json()
+        attempts = (await stack.client.get(f"/api/v1/deliveries/{delivery['id']}/attempts", headers=tenant.auth)).json()["data"]
         assert [a["status_code"] for a in attempts] == [500, 502, 200]
         assert attempts[0]["response_excerpt"] == "ok" and attempts[0]["error"] == "HTTP 500"
 
@@ -116,9 +116,17 @@ async def test_network_failures_are_retried_and_recorded(stack: Stack, answer: A
         await stack.endpoint(tenant, url)
         await stack.ingest(source)
         [dead] = await stack.settled(tenant, 1, status="dead")
-    attempts = (await stack.client.get(f"/api/v1/deliveries/{dead['id']}/attempts", headers=tenant.auth)).json()
+    attempts = (await stack.client.get(f"/api/v1/deliveries/{dead['id']}/attempts", headers=tenant.auth)).json()["data"]
     assert len(attempts) == 3
     assert all(expected in a["error"] for a in attempts), attempts
+    pages, cursor = [], None
+    while True:  # one at a time, oldest first, the cursor carrying on where the last page ended
+        params = {"limit": "1", **({"cursor": cursor} if cursor else {})}
+        page = (await stack.client.get(f"/api/v1/deliveries/{dead['id']}/attempts", params=params, headers=tenant.auth)).json()
+        pages += page["data"]
+        if not (cursor := page["next_cursor"]):
+            break
+    assert [a["number"] for a in pages] == [1, 2, 3] and pages == attempts
 
 
 async def test_circuit_breaker_opens_waits_probes_and_drains(stack_factory: Callable[..., Any]) -> None:

@@ -128,7 +128,7 @@ async def _queueing_delay(stack: Stack, tenant: TenantHandle, source: dict[str, 
     while not (attempted := [d for d in await stack.deliveries(tenant, event_id=event_id) if d["attempts"]]):
         assert asyncio.get_running_loop().time() < deadline, "the neighbour's event was not attempted within 20 s"
         await asyncio.sleep(0.02)
-    attempts = (await stack.client.get(f"/api/v1/deliveries/{attempted[0]['id']}/attempts", headers=tenant.auth)).json()
+    attempts = (await stack.client.get(f"/api/v1/deliveries/{attempted[0]['id']}/attempts", headers=tenant.auth)).json()["data"]
     event = (await stack.client.get(f"/api/v1/events/{event_id}", headers=tenant.auth)).json()
     started = datetime.fromisoformat(attempts[0]["started_at"])
     return (started - datetime.fromisoformat(event["received_at"])).total_seconds()

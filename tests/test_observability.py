@@ -188,7 +188,7 @@ async def test_one_trace_links_ingest_and_every_delivery_attempt(stack: Stack, s
         spans.clear()
         event_id = await stack.ingest(source)
         [delivery] = await stack.settled(tenant, 1)
-    attempts = (await stack.client.get(f"/api/v1/deliveries/{delivery['id']}/attempts", headers=tenant.auth)).json()
+    attempts = (await stack.client.get(f"/api/v1/deliveries/{delivery['id']}/attempts", headers=tenant.auth)).json()["data"]
     assert [a["status_code"] for a in attempts] == [503, 200]
 
     finished = spans.get_finished_spans()

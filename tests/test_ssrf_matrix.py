@@ -91,7 +91,7 @@ async def test_private_targets_are_refused_at_send_and_recorded_as_attempt_error
         dead = await strict.settled(tenant, len(urls), status="dead")
         errors = {}
         for delivery in dead:
-            attempts = (await strict.client.get(f"/api/v1/deliveries/{delivery['id']}/attempts", headers=tenant.auth)).json()
+            attempts = (await strict.client.get(f"/api/v1/deliveries/{delivery['id']}/attempts", headers=tenant.auth)).json()["data"]
             errors[by_endpoint[delivery["endpoint_id"]]] = [attempt["error"] for attempt in attempts]
         assert set(errors) == set(urls)
         assert all(len(found) == 2 and all(e.startswith("refused: ") for e in found) for found in errors.values()), errors

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from delivery.replays import steps
@@ -103,6 +103,10 @@ class ReplayRunner:
     async def _locked(self, job_id: uuid.UUID, cursor_id: str | None, action: Callable[[AsyncSession, ReplayJob], Any]) -> bool:
         """Run ``action`` on the job under its row lock, if no other worker holds it or moved it on."""
         async with self._sessions() as session, session.begin():
+            if session.bind.dialect.name == "sqlite":
+                # No row locks there: write first, so the database's write lock is held from the
+                # start and a cancel cannot commit between this read and this batch's write.
+                await session.execute(update(ReplayJob).where(ReplayJob.id == job_id).values(updated_at=utcnow()))
             job = await session.scalar(
                 select(ReplayJob).where(ReplayJob.id == job_id, ReplayJob.status.in_(ACTIVE)).with_for_update(skip_locked=True)
             )
