@@ -1,4 +1,4 @@
-"""The ``hookgate`` command: dev, serve, migrate, worker, settings, ml."""
+"""The ``hookgate`` command: dev, serve, migrate, worker, settings, users, secrets, ml."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from gateway.settings import Settings, get_settings, settings_from_env, settings_reference
 
@@ -92,6 +93,29 @@ def _users_create(args: argparse.Namespace) -> None:
     print(f"created dashboard user {user.email} for tenant {user.tenant_id}; log in at {get_settings().public_url}/dashboard/login")
 
 
+def _secrets_reencrypt(args: argparse.Namespace) -> None:
+    import asyncio
+
+    from gateway.database import create_engine, session_factory
+    from tenants.crypto import SecretBox
+    from tenants.reencrypt import reencrypt_all
+
+    async def run() -> Any:
+        settings = get_settings()
+        engine = create_engine(settings.database_url, pool_size=1)
+        try:
+            return await reencrypt_all(session_factory(engine), SecretBox(settings.secret_key), args.batch)
+        finally:
+            await engine.dispose()
+
+    rotation = asyncio.run(run())
+    for column, count in rotation.rewritten.items():
+        print(f"{column}: {count} re-encrypted, {rotation.unreadable[column]} unreadable")
+    if any(rotation.unreadable.values()):
+        sys.exit("error: some secrets could not be decrypted with any key in HOOKGATE_SECRET_KEY; keep the old keys until they are")
+    print("every secret is encrypted with the first key of HOOKGATE_SECRET_KEY; the others can be removed")
+
+
 def _ml_simulate(args: argparse.Namespace) -> None:
     from ml.simulate import FIXTURES, simulate
 
@@ -159,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     create_user.add_argument("--email", required=True)
     create_user.add_argument("--password", help="default: HOOKGATE_USER_PASSWORD, else asked for on the terminal")
     create_user.set_defaults(run=_users_create)
+    secrets = commands.add_parser("secrets", help="secrets at rest").add_subparsers(dest="secrets_command", required=True)
+    reencrypt = secrets.add_parser("reencrypt", help="re-encrypt every stored secret with the first HOOKGATE_SECRET_KEY")
+    reencrypt.add_argument("--batch", type=int, default=500, help="rows per transaction")
+    reencrypt.set_defaults(run=_secrets_reencrypt)
     return parser
 
 

@@ -27,6 +27,13 @@ class SecretBox:
     def encrypt(self, plaintext: str) -> bytes:
         return self._fernet.encrypt(plaintext.encode())
 
+    def reencrypt(self, ciphertext: bytes) -> bytes:
+        """The same secret under the first key (its original timestamp kept): key rotation's last step."""
+        try:
+            return self._fernet.rotate(ciphertext)
+        except InvalidToken:
+            raise ValueError("a stored secret cannot be decrypted with HOOKGATE_SECRET_KEY") from None
+
     def decrypt(self, ciphertext: bytes) -> str:
         try:
             return self._fernet.decrypt(ciphertext).decode()

@@ -15,6 +15,7 @@ from gateway.database import create_engine, utcnow
 from gateway.idempotency.models import IdempotentRequest
 from tenants.models import Tenant
 from tests.conftest import OPERATOR_KEY, Stack, TenantHandle, new_source, new_tenant
+from tests.support.database import connect
 from tests.support.receiver import Script, Server
 from tests.support.stripe_events import stripe_event
 
@@ -23,21 +24,13 @@ OPERATOR = {"authorization": f"Bearer {OPERATOR_KEY}"}
 
 
 async def _count(database_url: str, statement: Any) -> int:
-    engine = create_engine(database_url, pool_size=1)
-    try:
-        async with engine.connect() as connection:
-            return int((await connection.execute(statement)).scalar_one())
-    finally:
-        await engine.dispose()
+    async with connect(database_url) as connection:
+        return int((await connection.execute(statement)).scalar_one())
 
 
 async def _execute(database_url: str, statement: Any) -> None:
-    engine = create_engine(database_url, pool_size=1)
-    try:
-        async with engine.begin() as connection:
-            await connection.execute(statement)
-    finally:
-        await engine.dispose()
+    async with connect(database_url, write=True) as connection:
+        await connection.execute(statement)
 
 
 async def test_the_same_key_and_request_acts_once_and_replays_the_answer(client: Client, database_url: str) -> None:
