@@ -49,9 +49,14 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@get("/metrics", operation_id="metrics", summary="Prometheus metrics (all Granian workers)", tags=["health"])
+# Litestar adds the charset to a text type itself; a duplicated parameter makes the header invalid
+# (Go's mime parser, which Prometheus uses, rejects it).
+_METRICS_TYPE = CONTENT_TYPE_LATEST.removesuffix("; charset=utf-8")
+
+
+@get("/metrics", operation_id="metrics", summary="Prometheus metrics (all Granian workers)", tags=["health"], media_type=_METRICS_TYPE)
 async def metrics() -> Response[bytes]:
-    return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
+    return Response(exposition(), media_type=_METRICS_TYPE)
 
 
 def create_app(settings: Settings | None = None) -> Litestar:

@@ -46,6 +46,9 @@ def value(found: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str
 async def _scrape(stack: Stack) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     response = await stack.client.get("/metrics")
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    documented = stack.client.app.openapi_schema.to_schema()["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    assert response.headers["content-type"].count("charset") == 1
+    assert [response.headers["content-type"]] == [f"{media}; charset=utf-8" for media in documented]  # as documented
     return samples(response.text)
 
 
