@@ -11,9 +11,13 @@ from datetime import UTC, datetime
 from sqlalchemy import DateTime, MetaData, Select, Table, event, false, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
+
+# What a call to the database raises when it is down, slow or refuses the connection.
+STORAGE_ERRORS = (SQLAlchemyError, OSError, TimeoutError)
 
 _NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",

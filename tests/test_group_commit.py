@@ -1,4 +1,4 @@
-"""Group commit on the ingest path: batches form under load, a batch is one transaction, and a
+"""Group commit on the ingest path: batches form under load, a batch is one statement, and a
 duplicate inside one batch is stored once — on both backends, through the store and the route."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 
 from gateway.database import create_engine
@@ -105,3 +105,17 @@ async def test_concurrent_ingests_of_one_event_store_it_once_and_both_get_200(
     assert first["id"] == last["id"] and sorted([first["duplicate"], last["duplicate"]]) == [False, True]
     assert len({r.json()["id"] for r in responses}) == 7
     assert len(await _stored(engine, event["id"])) == 1
+
+
+async def test_a_duplicate_tally_that_fails_does_not_change_the_answers(
+    client: AsyncTestClient[Litestar], tenant: TenantHandle, engine: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The events are committed before the tally: its failure is logged, and the callers still learn
+    what was stored and what was a duplicate."""
+    tenant_id, source_id, _ = await _source_ids(client, tenant)
+    commit = GroupCommit(engine, max_rows=100, concurrency=1)
+    first = await commit.store(_row(tenant_id, source_id, "evt_once"))
+    monkeypatch.setattr("gateway.ingest.group_commit.bump", lambda *_args: text("UPDATE no_such_table SET n = 1"))
+    again, fresh = await asyncio.gather(commit.store(_row(tenant_id, source_id, "evt_once")), commit.store(_row(tenant_id, source_id, "evt_new")))
+    assert (again.id, again.duplicate) == (first.id, True) and not fresh.duplicate
+    assert set(await _stored(engine, "evt_once", "evt_new")) == {"evt_once", "evt_new"}

@@ -1,17 +1,21 @@
-"""Group commit: concurrent ingests share one transaction.
+"""Group commit: concurrent ingests share one commit.
 
 A commit costs one WAL flush whatever it holds, so one ``INSERT … ON CONFLICT DO NOTHING`` of
 many events commits them all for the price of one. The batches adapt to the load
 (``gateway.batching``): an idle gateway commits each event at once, a busy one many together.
 
 Each caller learns its outcome only once its batch has committed (no 2xx before the commit). A
-batch is one transaction: if it fails, every caller in it gets the error and none of its events
-is stored. Two rows with the same (tenant, source, external id) in one batch are stored once;
-the later caller gets the earlier one's id as a duplicate, as if they had come one after the other.
+batch is that one statement, run in autocommit (a statement is atomic on its own, and an explicit
+``BEGIN``/``COMMIT`` would add two round trips): if it fails, every caller in it gets the error and
+none of its events is stored. Two rows with the same (tenant, source, external id) in one batch
+are stored once; the later caller gets the earlier one's id as a duplicate, as if they had come one
+after the other. The duplicate tally that follows is a count for the anomaly detector: a failure to
+count never changes an answer.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections import Counter
 from dataclasses import dataclass
@@ -21,11 +25,12 @@ from sqlalchemy import select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.batching import Batcher
-from gateway.database import dialect_insert, utcnow
+from gateway.database import STORAGE_ERRORS, dialect_insert, utcnow
 from gateway.events.models import Event
 from gateway.ingest.tallies import DUPLICATES, bump
 from gateway.metrics import INGEST_BATCH_ROWS
 
+_log = logging.getLogger("hookgate.ingest")
 _events = Event.__table__
 _KEY = (_events.c.tenant_id, _events.c.source_id, _events.c.external_id)
 Key = tuple[uuid.UUID, uuid.UUID, str]
@@ -40,7 +45,7 @@ class Stored:
 
 class GroupCommit:
     def __init__(self, engine: AsyncEngine, *, max_rows: int, concurrency: int) -> None:
-        self._engine = engine
+        self._engine = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._dialect = engine.dialect.name
         self._batcher = Batcher(self._commit, max_items=max_rows, concurrency=concurrency)
         # One statement, compiled once: the rows are parameters (insertmanyvalues batches them).
@@ -55,9 +60,9 @@ class GroupCommit:
         return await self._batcher.submit(row)
 
     async def _commit(self, rows: list[Row]) -> list[Stored]:
-        """One transaction: if it fails, the error reaches every caller and nothing is stored."""
+        """One statement: if it fails, the error reaches every caller and nothing is stored."""
         INGEST_BATCH_ROWS.observe(len(rows))
-        async with self._engine.begin() as connection:
+        async with self._engine.connect() as connection:
             return await self._write(connection, rows)
 
     async def _write(self, connection: AsyncConnection, rows: list[Row]) -> list[Stored]:
@@ -71,10 +76,17 @@ class GroupCommit:
             ids |= _ids(await connection.execute(select(_events.c.id, *_KEY).where(tuple_(*_KEY).in_(missing))))
         outcomes = [Stored(ids[_key(row)], duplicate=row["id"] not in inserted) for row in rows]
         duplicates = Counter(row["tenant_id"] for row, outcome in zip(rows, outcomes, strict=True) if outcome.duplicate)
-        now = utcnow()
-        for tenant_id, count in duplicates.items():
-            await connection.execute(bump(self._dialect, tenant_id, DUPLICATES, now, count))
+        if duplicates:
+            await self._tally_duplicates(connection, duplicates)
         return outcomes
+
+    async def _tally_duplicates(self, connection: AsyncConnection, duplicates: Counter[uuid.UUID]) -> None:
+        now = utcnow()
+        try:
+            for tenant_id, count in duplicates.items():
+                await connection.execute(bump(self._dialect, tenant_id, DUPLICATES, now, count))
+        except STORAGE_ERRORS:
+            _log.warning("duplicates not tallied: storage unavailable", exc_info=True)
 
 
 def _key(row: Row) -> Key:

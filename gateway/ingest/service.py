@@ -15,11 +15,10 @@ from dataclasses import dataclass
 import msgspec
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.admission.service import Admission
-from gateway.database import utcnow
+from gateway.database import STORAGE_ERRORS, utcnow
 from gateway.events.facts import NONE, Facts, stripe_facts
 from gateway.events.priority import Priority, classify
 from gateway.events.store import event_row
@@ -42,7 +41,6 @@ _OUTCOMES = {
     "rate-limited": "rate_limited",
 }
 _json = msgspec.json.Decoder()
-_STORAGE_ERRORS = (SQLAlchemyError, OSError, TimeoutError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +91,7 @@ class IngestService:
     async def _find(self, token: str) -> SourceKey:
         try:
             source = await self._directory.find(token)
-        except _STORAGE_ERRORS:
+        except STORAGE_ERRORS:
             raise _unavailable() from None
         if source is None:
             raise Problem(404, "unknown-source", "no source has this ingest token")
@@ -128,7 +126,7 @@ class IngestService:
         try:
             async with self._sessions() as session, session.begin():
                 await session.execute(bump(self._dialect, tenant_id, BAD_SIGNATURES, utcnow()))
-        except _STORAGE_ERRORS:
+        except STORAGE_ERRORS:
             _log.warning("bad signature not tallied: storage unavailable", exc_info=True)
 
     async def _store(
@@ -155,7 +153,7 @@ class IngestService:
         try:
             with tracer.start_as_current_span("store"):
                 stored = await self._group_commit.store(values)
-        except _STORAGE_ERRORS:
+        except STORAGE_ERRORS:
             _log.warning("event not stored: storage unavailable", exc_info=True)
             raise _unavailable() from None
         return Accepted(stored.id, stored.duplicate, None if stored.duplicate else values["trace_context"])  # type: ignore[arg-type]
