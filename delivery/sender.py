@@ -153,14 +153,18 @@ async def send(
 
 
 async def _read_excerpt(response: httpx.Response) -> str:
-    """Reads at most EXCERPT_BYTES; leaving the rest unread makes httpx drop the connection."""
+    """Reads at most EXCERPT_BYTES; leaving the rest unread makes httpx drop the connection.
+
+    A NUL shows as U+FFFD, like undecodable bytes: Postgres text cannot hold it, and one binary
+    reply must not make the attempt unrecordable.
+    """
     buffer = bytearray()
     async with aclosing(response.aiter_raw()) as chunks:
         async for chunk in chunks:
             buffer += chunk
             if len(buffer) >= EXCERPT_BYTES:
                 break
-    return bytes(buffer[:EXCERPT_BYTES]).decode("utf-8", errors="replace")
+    return bytes(buffer[:EXCERPT_BYTES]).decode("utf-8", errors="replace").replace("\x00", "\ufffd")
 
 
 def _status_error(response: httpx.Response) -> str | None:

@@ -11,7 +11,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 _log = logging.getLogger("hookgate.errors")
@@ -19,6 +19,9 @@ _TYPE_BASE = "https://hookgate.dev/problems/"
 PROBLEM_JSON = "application/problem+json"
 # A dependency being down is the service's state, not a bug and not the client's fault: 503.
 _UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeoutError, RedisConnectionError, RedisTimeoutError, OSError)
+# Postgres text cannot hold NUL (SQLSTATE 22021), nor jsonb a \u0000 escape (22P05): whatever
+# field, body, query or form it came in, such text is the client's mistake, and nothing was stored.
+_UNSTORABLE_TEXT = frozenset({"22021", "22P05"})
 
 
 class Problem(HTTPException):
@@ -65,6 +68,8 @@ def problem_response(request: Request[Any, Any, Any], exc: Exception) -> Respons
     if isinstance(exc, _UNAVAILABLE):
         _log.warning("dependency unavailable on %s: %s", request.url.path, type(exc).__name__)
         exc = Problem(503, "service-unavailable", "a backing service is unavailable; retry later", headers={"Retry-After": "5"})
+    elif isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) in _UNSTORABLE_TEXT:
+        exc = Problem(400, "invalid-text", "a text value contains a NUL character (\\u0000), which cannot be stored")
     if isinstance(exc, HTTPException):
         status, detail = exc.status_code, exc.detail
         if status == 413 and not isinstance(exc, Problem):

@@ -280,12 +280,12 @@ async def test_200_is_ok_and_the_receiver_verifies_the_signature(client: httpx.A
 
 @_bounded()
 async def test_500_is_a_failure_with_the_body_excerpt(client: httpx.AsyncClient) -> None:
-    async with Server(reply(500, "boom \xff".encode("latin-1"), {"retry-after": "7"})) as server:
+    async with Server(reply(500, "boom \xff\x00".encode("latin-1"), {"retry-after": "7"})) as server:
         result = await send(client, server.url, BODY, {}, allow_private=True, timeout=5)
 
     assert not result.ok
     assert (result.status_code, result.error) == (500, "HTTP 500")
-    assert result.response_excerpt == "boom \ufffd"
+    assert result.response_excerpt == "boom \ufffd\ufffd"  # a NUL too: Postgres text cannot hold one
     assert result.retry_after is None  # only honoured on 429/503
 
 

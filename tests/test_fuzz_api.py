@@ -84,3 +84,23 @@ def test_deeply_nested_json_is_a_400_on_every_route_that_takes_a_body(live: tupl
         response = client.request(method, path, content=body, headers={**auth, "content-type": "application/json"})
         assert response.status_code == 400, (method, template, response.status_code, response.text[:200])
         assert response.json()["detail"] == "JSON is malformed: nested too deeply"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs"),
+    [
+        ("POST", "/api/v1/sources", {"json": {"name": "a\u0000b", "provider": "stripe"}}),
+        ("POST", "/api/v1/endpoints", {"json": {"url": "https://example.com/hook", "description": "\u0000"}}),
+        ("GET", "/api/v1/events", {"params": {"type": "charge.\u0000"}}),
+    ],
+)
+def test_a_nul_character_is_a_400_wherever_it_comes_in(
+    live: tuple[TestClient[Litestar], dict[str, str]], method: str, path: str, kwargs: dict[str, Any]
+) -> None:
+    """Regression found by the fuzzer: Postgres text cannot hold NUL, and the insert's error was a 500."""
+    client, tenant = live
+    response = client.request(method, path, headers=tenant, **kwargs)
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.json()["type"].endswith("invalid-text")
+    assert client.get(path, headers=tenant).json()["data"] == []  # nothing was stored
