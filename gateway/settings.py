@@ -114,7 +114,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         float, _doc("How often the sweeper looks for due or orphaned work.")
     ] = 5.0
     lease_seconds: Annotated[
-        float, _doc("How long a claimed delivery is held before the sweeper may hand it out again.")
+        float, _doc("How long a claimed delivery is held before the sweeper may hand it out again; must exceed the delivery timeout.")
     ] = 60.0
 
     ingest_limit_critical: Annotated[
@@ -193,6 +193,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 raise ValueError(f"{name} needs a rate above 0 and a burst of at least 1")
         if self.anomaly_window_seconds % 60:
             raise ValueError("anomaly_window_seconds must be a multiple of 60 (ingest tallies are per minute)")
+        if self.lease_seconds <= self.delivery_timeout:
+            # A lease that can lapse mid-attempt hands the delivery out again: every slow receiver gets it twice.
+            raise ValueError("lease_seconds must exceed delivery_timeout (a claimed delivery must outlive its attempt)")
 
     @property
     def is_embedded(self) -> bool:

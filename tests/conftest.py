@@ -23,6 +23,7 @@ from gateway.database import Base, create_engine
 from gateway.migrate import upgrade_async
 from gateway.settings import Settings
 from gateway.worker import run_worker
+from tests.support.client import AppClient
 from tests.support.services import (
     ThrowawayPostgres,
     ThrowawayRedis,
@@ -67,7 +68,7 @@ async def production_env() -> AsyncIterator[dict[str, str]]:
             "HOOKGATE_PUBLIC_URL": f"http://127.0.0.1:{port}",
             "HOOKGATE_ALLOW_PRIVATE_ENDPOINTS": "true",
             "HOOKGATE_RETRY_SCHEDULE": "0,0.5,0.5,0.5,0.5",
-            "HOOKGATE_LEASE_SECONDS": "2",
+            "HOOKGATE_LEASE_SECONDS": "6",
             "HOOKGATE_SWEEPER_INTERVAL_SECONDS": "0.5",
             "HOOKGATE_DELIVERY_TIMEOUT": "5",
             "HOOKGATE_WORKER_METRICS_PORT": "0",
@@ -166,7 +167,7 @@ def app(settings: Settings) -> Litestar:
 
 @pytest.fixture
 async def client(app: Litestar) -> AsyncIterator[AsyncTestClient[Litestar]]:
-    async with AsyncTestClient(app) as test_client:
+    async with AppClient(app) as test_client:
         yield test_client
 
 
@@ -290,7 +291,7 @@ async def stack_factory(database_url: str, redis_url: str, redis_client: Any) ->
         settings = make_settings(database_url, options.pop("redis_url"), **options)
         exit_stack = contextlib.AsyncExitStack()
         stacks.append(exit_stack)
-        client = await exit_stack.enter_async_context(AsyncTestClient(create_app(settings)))
+        client = await exit_stack.enter_async_context(AppClient(create_app(settings)))
         if not settings.is_embedded:
             await exit_stack.enter_async_context(running_worker(settings))
         return Stack(client, settings)

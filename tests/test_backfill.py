@@ -55,7 +55,7 @@ async def test_backfill_stores_and_delivers_only_what_was_missed(stack_factory) 
     async with Server(fake) as stripe_api, Server(Script()) as receiver:
         # A generous timeout: "none delivered twice" must not hinge on a loaded loop's timing
         # (a timed-out attempt that did arrive is retried: at-least-once, by design).
-        stack: Stack = await stack_factory(stripe_api_base=stripe_api.url, replay_batch_size=120, delivery_timeout=10.0)
+        stack: Stack = await stack_factory(stripe_api_base=stripe_api.url, replay_batch_size=120, delivery_timeout=10.0, lease_seconds=30.0)
         tenant = await new_tenant(stack.client)
         source = await new_source(stack.client, tenant)
         await stack.endpoint(tenant, receiver.url)

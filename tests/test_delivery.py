@@ -130,7 +130,7 @@ async def test_network_failures_are_retried_and_recorded(stack: Stack, answer: A
 
 
 async def test_circuit_breaker_opens_waits_probes_and_drains(stack_factory: Callable[..., Any]) -> None:
-    stack = await stack_factory(retry_schedule="0,0.2,0.2,0.2,0.2,0.2,0.2,0.2,0.2,0.2", breaker_cooldown_seconds=1.5)
+    stack = await stack_factory(retry_schedule="0,0.2,0.2,0.2,0.2,0.2,0.2,0.2,0.2,0.2", breaker_cooldown_seconds=3.0, breaker_max_cooldown_seconds=6.0)
     tenant = await new_tenant(stack.client)
     source = await new_source(stack.client, tenant)
     script = Script([(500, {}, 0)])
@@ -150,7 +150,7 @@ async def test_circuit_breaker_opens_waits_probes_and_drains(stack_factory: Call
         script.answers = [(200, {}, 0)]
         await stack.settled(tenant, 5, timeout=30)
         probe = receiver.requests[seen]
-        assert probe.at - opened_at >= 1.2  # the first request after opening waited for the cool-down
+        assert probe.at - opened_at >= 2.5  # the first request after opening waited for the cool-down
         await wait_until(lambda: any(json.loads(r.body)["type"] == "endpoint.circuit_closed" for r in ops.requests), what="closed")
         view = (await stack.client.get(f"/api/v1/endpoints/{endpoint['id']}", headers=tenant.auth)).json()
         assert view["breaker"]["state"] == "closed"

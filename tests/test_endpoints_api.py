@@ -19,6 +19,7 @@ from gateway.app import create_app
 from gateway.database import create_engine, session_factory
 from tenants.endpoints.models import EndpointSecret
 from tests.conftest import TenantHandle, make_settings, new_tenant
+from tests.support.client import AppClient
 
 Client = AsyncTestClient[Litestar]
 PROBLEM = "application/problem+json"
@@ -247,7 +248,7 @@ async def test_breaker_state_is_shown(client: Client, tenant: TenantHandle, app:
 async def strict_client(database_url: str, redis_url: str) -> AsyncIterator[Client]:
     """An app as production runs it: private and loopback endpoints refused."""
     app = create_app(make_settings(database_url, redis_url, allow_private_endpoints=False))
-    async with AsyncTestClient(app) as test_client:
+    async with AppClient(app) as test_client:
         yield test_client
 
 

@@ -244,6 +244,7 @@ def test_probes_use_readyz_and_healthz_on_the_served_ports(chart: Any) -> None:
         ({"worker": {"autoscaling": {"enabled": True, "minReplicas": 2}, "pdb": {"minAvailable": 2}}}, "worker.pdb.minAvailable (2)"),
         ({"config": {"HOOKGATE_DELIVERY_TIMEOUT": 60}}, "worker.terminationGracePeriodSeconds (45) must be at least HOOKGATE_DELIVERY_TIMEOUT (60) + 10 s"),
         ({"worker": {"terminationGracePeriodSeconds": 20}}, "worker.terminationGracePeriodSeconds (20)"),
+        ({"config": {"HOOKGATE_LEASE_SECONDS": 15}}, "HOOKGATE_LEASE_SECONDS (15) must exceed HOOKGATE_DELIVERY_TIMEOUT (15)"),
         ({"secrets": {"existingSecret": "managed"}}, "secrets.existingSecret (managed) is set together with"),
         ({"secrets": {"databaseUrl": "sqlite+aiosqlite:///hookgate.db"}}, "must be a postgresql+asyncpg:// URL"),
         ({"ingress": {"enabled": True, "hosts": []}}, "ingress.enabled needs at least one host"),

@@ -22,6 +22,7 @@ from gateway.app import create_app
 from gateway.events.priority import classify
 from gateway.migrate import upgrade_async
 from tests.conftest import TenantHandle, ingest_path, make_settings, new_source, new_tenant
+from tests.support.client import AppClient
 from tests.support.services import ThrowawayPostgres
 from tests.support.stripe_events import fixture_names, signed_stripe, stripe_event, stripe_signature
 
@@ -241,7 +242,7 @@ async def test_postgres_down_answers_503_and_stores_nothing(redis_url: str) -> N
     with ThrowawayPostgres() as server:
         await upgrade_async(server.url)
         app = create_app(make_settings(server.url, redis_url))
-        async with AsyncTestClient(app) as client:
+        async with AppClient(app) as client:
             tenant = await new_tenant(client)
             source = await new_source(client, tenant)
             body, headers = signed_stripe(stripe_event(), source["secret"])
@@ -264,7 +265,7 @@ async def test_sqlite_locked_answers_503_and_stores_nothing(tmp_path, redis_url:
     url = f"sqlite+aiosqlite:///{tmp_path / 'locked.db'}"
     await upgrade_async(url)
     app = create_app(make_settings(url, redis_url))
-    async with AsyncTestClient(app) as client:
+    async with AppClient(app) as client:
         tenant = await new_tenant(client)
         source = await new_source(client, tenant)
         await client.get("/api/v1/events", headers=tenant.auth)
@@ -290,7 +291,7 @@ async def test_sqlite_locked_answers_503_and_stores_nothing(tmp_path, redis_url:
 async def test_management_api_answers_503_while_postgres_is_down(redis_url: str) -> None:
     with ThrowawayPostgres() as server:
         await upgrade_async(server.url)
-        async with AsyncTestClient(create_app(make_settings(server.url, redis_url))) as client:
+        async with AppClient(create_app(make_settings(server.url, redis_url))) as client:
             tenant = await new_tenant(client)
             await asyncio.to_thread(server.stop)
             response = await client.get("/api/v1/sources", headers=tenant.auth)

@@ -12,7 +12,6 @@ from typing import Any
 
 import httpx
 import pytest
-from litestar.testing import AsyncTestClient
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -24,6 +23,7 @@ from gateway.logs import JsonFormatter
 from gateway.migrate import upgrade_async
 from gateway.probes import serve_probes
 from tests.conftest import OPERATOR_KEY, Stack, ingest_path, make_settings, new_source, new_tenant
+from tests.support.client import AppClient
 from tests.support.receiver import Script, Server, wait_until
 from tests.support.services import ThrowawayPostgres, ThrowawayRedis, free_port
 from tests.support.stripe_events import signed_stripe, stripe_event
@@ -97,7 +97,7 @@ async def test_readyz_follows_postgres_and_redis_going_down_and_back(throwaway_p
     pg, redis_server = throwaway_postgres, throwaway_redis
     await upgrade_async(pg.url)
     app = create_app(make_settings(pg.url, redis_server.url))
-    async with AsyncTestClient(app) as client:
+    async with AppClient(app) as client:
 
         async def ready() -> tuple[int, dict[str, Any]]:
             response = await client.get("/readyz")

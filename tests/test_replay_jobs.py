@@ -40,7 +40,7 @@ async def _finished(stack: Stack, tenant: TenantHandle, job_id: str, timeout: fl
 
 
 async def test_bulk_replay_delivers_exactly_the_window_and_types(stack_factory) -> None:  # type: ignore[no-untyped-def]
-    stack: Stack = await stack_factory(replay_batch_size=100, replay_max_in_flight=150, delivery_timeout=10.0)
+    stack: Stack = await stack_factory(replay_batch_size=100, replay_max_in_flight=150, delivery_timeout=10.0, lease_seconds=30.0)
     tenant = await new_tenant(stack.client)
     source = await new_source(stack.client, tenant)
     start = utcnow() - timedelta(hours=3)
@@ -110,7 +110,7 @@ async def test_a_replay_can_be_cancelled_and_withdraws_what_it_has_not_sent(stac
 
 
 async def test_redrive_retries_exactly_the_dead_letters_once_the_receiver_recovers(stack_factory) -> None:  # type: ignore[no-untyped-def]
-    stack: Stack = await stack_factory(retry_schedule="0,0.2", delivery_timeout=10.0)
+    stack: Stack = await stack_factory(retry_schedule="0,0.2", delivery_timeout=10.0, lease_seconds=30.0)
     tenant = await new_tenant(stack.client)
     source = await new_source(stack.client, tenant)
     down = Script([(500, {}, 0.0)])

@@ -8,7 +8,6 @@ import uuid
 from typing import Any
 
 import pytest
-from litestar.testing import AsyncTestClient
 from sqlalchemy import LargeBinary, select
 
 from gateway.app import create_app
@@ -19,6 +18,7 @@ from tenants.crypto import SecretBox
 from tenants.reencrypt import ENCRYPTED
 from tenants.sources.models import SourceSecret
 from tests.conftest import SECRET_KEY, Stack, make_settings, new_source, new_tenant
+from tests.support.client import AppClient
 from tests.support.database import connect
 
 NEW_KEY = "the-new-secret-key-after-rotation"
@@ -90,7 +90,7 @@ async def test_reencrypt_moves_every_secret_to_the_new_key(
 
     # An app that knows only the new key reads every secret and still answers idempotent retries.
     app = create_app(make_settings(stack.settings.database_url, stack.settings.redis_url, secret_key=NEW_KEY))
-    async with AsyncTestClient(app) as fresh:
+    async with AppClient(app) as fresh:
         for endpoint in endpoints:
             secret = await fresh.get(f"/api/v1/endpoints/{endpoint['id']}/secret", headers=tenant.auth)
             assert secret.status_code == 200 and [s["secret"] for s in secret.json()] == [endpoint["secret"]], secret.text

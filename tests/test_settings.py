@@ -21,5 +21,11 @@ def test_a_bad_value_stops_with_its_name() -> None:
         settings_from_env({"HOOKGATE_MAX_BODY_BYTES": "lots"})
 
 
+def test_a_lease_shorter_than_an_attempt_is_refused() -> None:
+    with pytest.raises(SystemExit, match="lease_seconds must exceed delivery_timeout"):
+        settings_from_env({"HOOKGATE_LEASE_SECONDS": "10", "HOOKGATE_DELIVERY_TIMEOUT": "10"})
+    assert settings_from_env({"HOOKGATE_LEASE_SECONDS": "11", "HOOKGATE_DELIVERY_TIMEOUT": "10"}).lease_seconds == 11
+
+
 def test_docs_list_every_setting(repo_root: Path) -> None:
     assert settings_reference() in (repo_root / "docs" / "SETTINGS.md").read_text()

@@ -22,6 +22,7 @@ from litestar.testing import AsyncTestClient
 from delivery import ssrf
 from gateway.app import create_app
 from tests.conftest import Stack, make_settings, new_source, new_tenant
+from tests.support.client import AppClient
 from tests.support.receiver import Script, Server
 from tests.test_delivery_primitives import REFUSED
 
@@ -35,7 +36,7 @@ def backend() -> str:
 
 @pytest.fixture
 async def strict_client(database_url: str, redis_url: str) -> AsyncIterator[Client]:
-    async with AsyncTestClient(create_app(make_settings(database_url, redis_url, allow_private_endpoints=False))) as client:
+    async with AppClient(create_app(make_settings(database_url, redis_url, allow_private_endpoints=False))) as client:
         yield client
 
 
