@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from delivery.engine import DeliveryEngine
-from delivery.outcomes import Outcome
+from delivery.outcomes import Outcome, OutcomeWriter
 from delivery.sender import SendResult, build_client
 from gateway.database import utcnow
 from gateway.events.models import Attempt, Delivery
@@ -44,6 +44,8 @@ class _Worker:
         self.client = build_client(connect_timeout=2, timeout=5, max_connections=MANY)
         runtime = self.runtime
         self.engine = DeliveryEngine(runtime.sessions, settings, runtime.box, runtime.breaker, runtime.limiter, self.client)
+        # Outcomes written directly, as the engine writes them after each request.
+        self.outcomes = OutcomeWriter(runtime.sessions, settings, max_items=200, concurrency=2)
 
     async def endpoint(self, url: str) -> tuple[uuid.UUID, uuid.UUID]:
         async with self.runtime.sessions() as session, session.begin():
@@ -105,14 +107,13 @@ async def test_a_bad_outcome_fails_alone_and_its_delivery_stays_due(worker: _Wor
     endpoint = await worker.endpoint("http://127.0.0.1:9/")
     claimed = await worker.claimed(endpoint, MANY)
     bad = claimed[MANY // 2]  # in the middle of the batch that follows the first few commits
-    writer = worker.engine._outcomes
     outcomes = [
         Outcome(delivery_id, endpoint[0], endpoint[1], utcnow(), REFUSED_BY_THE_DATABASE if delivery_id == bad else OK, None, None)
         for delivery_id in claimed
     ]
 
     batches_before = _batches()
-    written = await asyncio.gather(*(writer.write(outcome) for outcome in outcomes), return_exceptions=True)
+    written = await asyncio.gather(*(worker.outcomes.write(outcome) for outcome in outcomes), return_exceptions=True)
 
     failed = [outcome.delivery_id for outcome, result in zip(outcomes, written, strict=True) if isinstance(result, Exception)]
     assert failed == [bad]
@@ -135,7 +136,7 @@ async def test_an_outcome_for_a_purged_delivery_writes_nothing(worker: _Worker) 
         await session.delete(await session.get(Delivery, purged))
 
     written = await asyncio.gather(
-        *(worker.engine._outcomes.write(Outcome(d, endpoint[0], endpoint[1], utcnow(), OK, None, None)) for d in (kept, purged))
+        *(worker.outcomes.write(Outcome(d, endpoint[0], endpoint[1], utcnow(), OK, None, None)) for d in (kept, purged))
     )
 
     assert [w.status for w in written] == ["succeeded", None]
@@ -161,3 +162,28 @@ async def test_prepare_sees_a_rotation_and_ends_deliveries_to_disabled_endpoints
     dead = (await worker.deliveries([third]))[third]
     assert dead.status == "dead" and dead.last_error == "endpoint disabled" and dead.completed_at is not None
     assert dead.completed_at > utcnow() - timedelta(minutes=1)
+
+
+async def test_two_workers_writing_outcomes_of_the_same_deliveries_number_attempts_in_turn(worker: _Worker) -> None:
+    """A lease that ran out mid-request: two workers report the same deliveries, in opposite orders."""
+    endpoint = await worker.endpoint("http://127.0.0.1:9/")
+    claimed = await worker.claimed(endpoint, MANY)
+    other = OutcomeWriter(worker.runtime.sessions, worker.runtime.settings, max_items=200, concurrency=2)
+    failing = SendResult(status_code=500, error="HTTP 500", response_excerpt="", duration_ms=3, retry_after=None)
+
+    def outcomes(order: list[uuid.UUID], result: SendResult) -> list[Outcome]:
+        return [Outcome(d, endpoint[0], endpoint[1], utcnow(), result, None, None) for d in order]
+
+    await asyncio.gather(
+        *(worker.outcomes.write(o) for o in outcomes(claimed, failing)),
+        *(other.write(o) for o in outcomes(claimed[::-1], OK)),
+    )
+
+    async with worker.runtime.sessions() as session:
+        numbers = (await session.execute(select(Attempt.delivery_id, Attempt.number))).all()
+    by_delivery: dict[uuid.UUID, list[int]] = {}
+    for delivery_id, number in numbers:
+        by_delivery.setdefault(delivery_id, []).append(number)
+    assert {d: sorted(n) for d, n in by_delivery.items()} == {d: [1, 2] for d in claimed}
+    deliveries = await worker.deliveries(claimed)
+    assert all(d.attempt_count == 2 for d in deliveries.values())
