@@ -25,7 +25,7 @@ from delivery import gauges
 from delivery.breaker import Breaker
 from delivery.fanout import fan_out
 from delivery.jobs import Job, JobReader
-from delivery.outcomes import Outcome, OutcomeWriter
+from delivery.outcomes import Outcome, OutcomeWriter, Postponements
 from delivery.sender import SendResult, send
 from delivery.signing import webhook_headers
 from gateway.database import UTCDateTime, utcnow
@@ -129,6 +129,7 @@ class DeliveryEngine:
         self._claim_sql = _FAIR_CLAIM[dialect]
         self._jobs = JobReader(box)
         self._outcomes = OutcomeWriter(sessions, settings, max_items=_OUTCOME_BATCH, concurrency=_OUTCOME_COMMITS[dialect])
+        self._waits = Postponements(sessions, max_items=_OUTCOME_BATCH, concurrency=_OUTCOME_COMMITS[dialect])
         self._default_cap = settings.tenant_delivery_concurrency
         # Slots of this worker that tenants over their concurrency cap may not borrow.
         self._reserve = max(1, settings.delivery_concurrency // 8)
@@ -200,7 +201,7 @@ class DeliveryEngine:
         """One attempt of a claimed delivery (or a wait, when its breaker or rate limit says so)."""
         retry_at = await self._gate(job)
         if retry_at is not None:
-            await self._postpone(job.delivery_id, datetime.fromtimestamp(retry_at, UTC))
+            await self._waits.postpone(job.delivery_id, datetime.fromtimestamp(retry_at, UTC))  # spends no attempt
             return
         attributes = {
             "hookgate.tenant_id": str(job.tenant_id),
@@ -248,15 +249,6 @@ class DeliveryEngine:
         except _SHARED_STATE_ERRORS:
             _log.warning("breaker unreachable; outcome recorded without it", exc_info=True)
             return None
-
-    async def _postpone(self, delivery_id: uuid.UUID, until: datetime) -> None:
-        """Wait without spending an attempt (open circuit or endpoint rate limit)."""
-        async with self._sessions() as session, session.begin():
-            await session.execute(
-                update(Delivery)
-                .where(Delivery.id == delivery_id, Delivery.status.in_(OPEN_STATUSES))
-                .values(next_attempt_at=until, locked_until=None)
-            )
 
     async def _record(
         self, job: Job, started: datetime, result: SendResult, transition: str | None, trace_id: str | None

@@ -1,5 +1,6 @@
 """Group commit of attempt outcomes: the attempt rows and delivery updates of many concurrent
 attempts are written in one transaction (``gateway.batching`` sizes the batches to the load).
+Postponements (an open circuit or a rate limit: a wait that spends no attempt) are batched too.
 
 An outcome is one attempt row plus its delivery's new state, in the same transaction: a delivery
 is never finished without its attempt row. The batch locks its deliveries ``FOR UPDATE`` in id
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from delivery import operational
@@ -23,7 +24,7 @@ from delivery.schedule import next_delay
 from delivery.sender import SendResult
 from gateway.batching import Batcher
 from gateway.database import utcnow
-from gateway.events.models import DEAD, FAILED, OPEN_STATUSES, SUCCEEDED, Attempt, Delivery
+from gateway.events.models import DEAD, FAILED, OPEN_STATUSES, PENDING, SUCCEEDED, Attempt, Delivery
 from gateway.metrics import ATTEMPT_BATCH_ROWS
 from gateway.settings import Settings
 from tenants.endpoints.models import Endpoint
@@ -43,6 +44,11 @@ _UPDATE = (
     .values({name: bindparam(f"b_{name}", type_=_d.c[name].type) for name in _STATE})
 )
 _INSERT = insert(_a)
+_POSTPONE = (
+    update(_d)
+    .where(_d.c.id == bindparam("b_id"), or_(_d.c.status == PENDING, _d.c.status == FAILED))  # no IN: executemany
+    .values(next_attempt_at=bindparam("b_until", type_=_d.c.next_attempt_at.type), locked_until=None)
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +159,26 @@ class OutcomeWriter:
             else:
                 row["status"], row["locked_until"] = FAILED, None
                 row["next_attempt_at"] = utcnow() + timedelta(seconds=delay)
+
+
+class Postponements:
+    """Deliveries told to wait, released from their leases together (one executemany per batch).
+
+    A batch that fails leaves its deliveries leased: they come back when the lease runs out.
+    """
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], *, max_items: int, concurrency: int) -> None:
+        self._sessions = sessions
+        self._batcher: Batcher[tuple[uuid.UUID, datetime], None] = Batcher(self._commit, max_items=max_items, concurrency=concurrency)
+
+    async def postpone(self, delivery_id: uuid.UUID, until: datetime) -> None:
+        await self._batcher.submit((delivery_id, until))
+
+    async def _commit(self, waits: list[tuple[uuid.UUID, datetime]]) -> list[None]:
+        async with self._sessions() as session, session.begin():
+            connection = await session.connection()
+            await connection.execute(_POSTPONE, [{"b_id": delivery_id, "b_until": until} for delivery_id, until in sorted(waits)])
+        return [None] * len(waits)
 
 
 async def _announce(

@@ -187,3 +187,20 @@ async def test_two_workers_writing_outcomes_of_the_same_deliveries_number_attemp
     assert {d: sorted(n) for d, n in by_delivery.items()} == {d: [1, 2] for d in claimed}
     deliveries = await worker.deliveries(claimed)
     assert all(d.attempt_count == 2 for d in deliveries.values())
+
+
+async def test_rate_limited_deliveries_wait_together_without_spending_attempts(worker: _Worker) -> None:
+    async with Server(Script()) as receiver:
+        endpoint = await worker.endpoint(receiver.url)
+        async with worker.runtime.sessions() as session, session.begin():
+            await session.execute(update(Endpoint).where(Endpoint.id == endpoint[1]).values(rate_limit_per_second=1.0))
+        claimed = await worker.claimed(endpoint, 20)
+
+        await asyncio.gather(*(worker.engine.attempt(job) for job in await worker.engine.prepare(claimed)))
+
+        assert len(receiver.requests) == 1  # a burst of one
+    deliveries = await worker.deliveries(claimed)
+    waiting = [d for d in deliveries.values() if d.status == "pending"]
+    assert len(waiting) == 19 and await worker.attempts_by_delivery() == {next(d for d in claimed if d not in {w.id for w in waiting}): 1}
+    now = utcnow()
+    assert all(d.attempt_count == 0 and d.locked_until is None and d.next_attempt_at > now for d in waiting)
