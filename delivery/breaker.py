@@ -26,6 +26,8 @@ from typing import Literal, Protocol, cast, runtime_checkable
 
 import redis.asyncio as aioredis
 
+from gateway.scripts import PipelinedScript
+
 State = Literal["closed", "open", "half_open"]
 Transition = Literal["opened", "closed"]
 
@@ -260,7 +262,11 @@ def _text(value: bytes | str) -> str:
 
 
 class RedisBreaker:
-    """Breakers shared by every worker: each acquire and record is one atomic script call."""
+    """Breakers shared by every worker: each acquire and record is one atomic script call.
+
+    Calls that arrive while others are on their way share one pipelined round trip
+    (``gateway.scripts``), as a worker's many concurrent attempts do.
+    """
 
     def __init__(self, redis: aioredis.Redis, config: BreakerConfig, prefix: str = "hg:cb:") -> None:
         self._redis = redis
@@ -268,21 +274,19 @@ class RedisBreaker:
         self._prefix = prefix
         # never expire an open breaker before its probe is due
         self._ttl = math.ceil(max(_IDLE_TTL, config.window_seconds, config.max_cooldown + config.probe_timeout))
-        self._acquire = redis.register_script(_ACQUIRE_LUA)
-        self._record = redis.register_script(_RECORD_LUA)
+        self._acquire = PipelinedScript(redis, _ACQUIRE_LUA)
+        self._record = PipelinedScript(redis, _RECORD_LUA)
 
     async def acquire(self, endpoint_id: str) -> float | None:
         config = self._config
-        retry_at = await self._acquire(
-            keys=[self._prefix + endpoint_id], args=[config.probe_timeout, config.probe_wait, self._ttl]
-        )
+        retry_at = await self._acquire([self._prefix + endpoint_id], [config.probe_timeout, config.probe_wait, self._ttl])
         return None if retry_at is None else float(retry_at)
 
     async def record(self, endpoint_id: str, success: bool) -> Transition | None:
         config = self._config
         transition = await self._record(
-            keys=[self._prefix + endpoint_id],
-            args=[
+            [self._prefix + endpoint_id],
+            [
                 int(success),
                 config.failure_threshold,
                 config.failure_ratio,

@@ -14,6 +14,7 @@ import time
 import uuid
 
 from delivery.engine import DeliveryEngine
+from delivery.jobs import Job
 from gateway.metrics import SWEEPER
 
 _log = logging.getLogger("hookgate.dispatcher")
@@ -74,11 +75,12 @@ class Dispatcher:
                 await self._sweep_if_due()
                 free = self._concurrency - len(self._in_flight)
                 claimed = await self._engine.claim(free)
+                jobs = await self._engine.prepare(claimed)
             except Exception:  # noqa: BLE001 - the database may be down; keep polling until it is back
                 _log.warning("dispatcher pass failed; retrying", exc_info=True)
-                claimed, free = [], -1
-            for delivery_id in claimed:
-                self._spawn(delivery_id)
+                claimed, jobs, free = [], [], -1
+            for job in jobs:
+                self._spawn(job)
             if free > 0 and len(claimed) == free:
                 continue  # a full batch: more may be due right now
             await self._idle(started)
@@ -110,8 +112,8 @@ class Dispatcher:
                 SWEEPER.labels(kind="stranded_events").inc(recovered)
                 _log.info("sweeper fanned out stranded events", extra={"deliveries": recovered})
 
-    def _spawn(self, delivery_id: uuid.UUID) -> None:
-        task = asyncio.create_task(self._attempt(delivery_id))
+    def _spawn(self, job: Job) -> None:
+        task = asyncio.create_task(self._attempt(job))
         self._in_flight.add(task)
         task.add_done_callback(self._done)
 
@@ -119,8 +121,8 @@ class Dispatcher:
         self._in_flight.discard(task)
         self._freed.set()
 
-    async def _attempt(self, delivery_id: uuid.UUID) -> None:
+    async def _attempt(self, job: Job) -> None:
         try:
-            await self._engine.attempt(delivery_id)
+            await self._engine.attempt(job)
         except Exception:  # noqa: BLE001 - never crash the loop; the lease expires and the row is retried
-            _log.exception("delivery attempt failed unexpectedly", extra={"delivery_id": str(delivery_id)})
+            _log.exception("delivery attempt failed unexpectedly", extra={"delivery_id": str(job.delivery_id)})

@@ -2,7 +2,9 @@
 
 A claim sets ``locked_until``; a worker that dies mid-request simply lets the lease run out and
 another claims the row again (at-least-once). Nothing about the schedule lives in the queue.
-The database connection is not held while the HTTP request is in flight.
+The database connection is not held while the HTTP request is in flight. Work is batched on
+both sides of it: a claim's jobs are read together (``delivery.jobs``) and concurrent
+attempts' outcomes are committed together (``delivery.outcomes``).
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -20,22 +21,21 @@ from redis.exceptions import RedisError
 from sqlalchemy import Boolean, Row, TextClause, Uuid, bindparam, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from delivery import gauges, operational
+from delivery import gauges
 from delivery.breaker import Breaker
 from delivery.fanout import fan_out
-from delivery.schedule import next_delay
+from delivery.jobs import Job, JobReader
+from delivery.outcomes import Outcome, OutcomeWriter, Postponements
 from delivery.sender import SendResult, send
 from delivery.signing import webhook_headers
 from gateway.database import UTCDateTime, utcnow
-from gateway.events.models import DEAD, FAILED, OPEN_STATUSES, SUCCEEDED, Attempt, Delivery, Event
+from gateway.events.models import OPEN_STATUSES, SUCCEEDED, Delivery, Event
 from gateway.events.repository import unleased
 from gateway.limiter import Limiter, Rate
 from gateway.metrics import ATTEMPT_LATENCY, ATTEMPTS, DELIVERIES, DELIVERY_LAG
 from gateway.settings import Settings
 from gateway.tracing import context_of, trace_id_hex, tracer
 from tenants.crypto import SecretBox
-from tenants.endpoints.models import Endpoint
-from tenants.secrets import active_plaintexts
 
 _log = logging.getLogger("hookgate.delivery")
 # The fair claim's candidates, in the order to take them. Every due row gets its rank ``n``
@@ -100,24 +100,10 @@ _FAIR_CLAIM = {
     "sqlite": _claim_statement("WITH" + _DUE_SQLITE + _BY_LOAD),
 }
 _FAN_OUT_BATCH = 500
+# Outcomes per group commit, and commits in flight at once (SQLite has one writer anyway).
+_OUTCOME_BATCH = 200
+_OUTCOME_COMMITS = {"postgresql": 4, "sqlite": 1}
 _SHARED_STATE_ERRORS = (RedisError, OSError)
-
-
-@dataclass(frozen=True, slots=True)
-class _Job:
-    """What one attempt needs, read before the request so no connection is held during it."""
-
-    delivery_id: uuid.UUID
-    tenant_id: uuid.UUID
-    endpoint_id: uuid.UUID
-    url: str
-    rate: float | None
-    secrets: list[str]
-    body: bytes
-    priority: str
-    received_at: datetime
-    event_id: uuid.UUID
-    trace_context: str | None
 
 
 class DeliveryEngine:
@@ -136,11 +122,14 @@ class DeliveryEngine:
         # connection behind dozens of attempts, or every newly due delivery waits for them.
         self._control = control_sessions or sessions
         self._settings = settings
-        self._box = box
         self._breaker = breaker
         self._limiter = limiter
         self._client = client
-        self._claim_sql = _FAIR_CLAIM[sessions.kw["bind"].dialect.name]
+        dialect = sessions.kw["bind"].dialect.name
+        self._claim_sql = _FAIR_CLAIM[dialect]
+        self._jobs = JobReader(box)
+        self._outcomes = OutcomeWriter(sessions, settings, max_items=_OUTCOME_BATCH, concurrency=_OUTCOME_COMMITS[dialect])
+        self._waits = Postponements(sessions, max_items=_OUTCOME_BATCH, concurrency=_OUTCOME_COMMITS[dialect])
         self._default_cap = settings.tenant_delivery_concurrency
         # Slots of this worker that tenants over their concurrency cap may not borrow.
         self._reserve = max(1, settings.delivery_concurrency // 8)
@@ -203,14 +192,16 @@ class DeliveryEngine:
             )
             return list(claimed)
 
-    async def attempt(self, delivery_id: uuid.UUID) -> None:
+    async def prepare(self, delivery_ids: list[uuid.UUID]) -> list[Job]:
+        """The jobs of claimed deliveries, read together; those no longer open are left out."""
+        async with self._control() as session, session.begin():
+            return await self._jobs.read(session, delivery_ids)
+
+    async def attempt(self, job: Job) -> None:
         """One attempt of a claimed delivery (or a wait, when its breaker or rate limit says so)."""
-        job = await self._prepare(delivery_id)
-        if job is None:
-            return
         retry_at = await self._gate(job)
         if retry_at is not None:
-            await self._postpone(delivery_id, datetime.fromtimestamp(retry_at, UTC))
+            await self._waits.postpone(job.delivery_id, datetime.fromtimestamp(retry_at, UTC))  # spends no attempt
             return
         attributes = {
             "hookgate.tenant_id": str(job.tenant_id),
@@ -235,7 +226,7 @@ class DeliveryEngine:
                 span.set_attribute("http.response.status_code", result.status_code)
             await self._record(job, started, result, await self._report(job, result.ok), trace_id_hex(span))
 
-    async def _gate(self, job: _Job) -> float | None:
+    async def _gate(self, job: Job) -> float | None:
         """When may this endpoint be sent to: None for now, else a unix time (breaker or rate limit).
 
         Both live in Redis in production. If it is unreachable the gate opens: a missed limit
@@ -251,7 +242,7 @@ class DeliveryEngine:
             return None
         return retry_at
 
-    async def _report(self, job: _Job, ok: bool) -> str | None:
+    async def _report(self, job: Job, ok: bool) -> str | None:
         """Tell the breaker; an unreachable one must not stop the outcome from being recorded."""
         try:
             return await self._breaker.record(str(job.endpoint_id), ok)
@@ -259,79 +250,18 @@ class DeliveryEngine:
             _log.warning("breaker unreachable; outcome recorded without it", exc_info=True)
             return None
 
-    async def _prepare(self, delivery_id: uuid.UUID) -> _Job | None:
-        async with self._sessions() as session, session.begin():
-            delivery = await session.get(Delivery, delivery_id)
-            if delivery is None or delivery.status not in OPEN_STATUSES:
-                return None
-            endpoint = await session.get(Endpoint, delivery.endpoint_id)
-            if endpoint is None or endpoint.deleted_at is not None or not endpoint.enabled:
-                why = "endpoint deleted" if endpoint is None or endpoint.deleted_at else "endpoint disabled"
-                _finish(delivery, DEAD, why)
-                return None
-            event = (
-                await session.execute(
-                    select(Event.body, Event.received_at, Event.trace_context).where(Event.id == delivery.event_id)
-                )
-            ).one()
-            return _Job(
-                delivery_id=delivery.id,
-                tenant_id=delivery.tenant_id,
-                endpoint_id=endpoint.id,
-                url=endpoint.url,
-                rate=endpoint.rate_limit_per_second,
-                secrets=active_plaintexts(self._box, endpoint.secrets, utcnow()),
-                body=event.body or b"",
-                priority=delivery.priority,
-                received_at=event.received_at,
-                event_id=delivery.event_id,
-                trace_context=event.trace_context,
-            )
-
-    async def _postpone(self, delivery_id: uuid.UUID, until: datetime) -> None:
-        """Wait without spending an attempt (open circuit or endpoint rate limit)."""
-        async with self._sessions() as session, session.begin():
-            await session.execute(
-                update(Delivery)
-                .where(Delivery.id == delivery_id, Delivery.status.in_(OPEN_STATUSES))
-                .values(next_attempt_at=until, locked_until=None)
-            )
-
     async def _record(
-        self, job: _Job, started: datetime, result: SendResult, transition: str | None, trace_id: str | None
+        self, job: Job, started: datetime, result: SendResult, transition: str | None, trace_id: str | None
     ) -> None:
         status_class = f"{result.status_code // 100}xx" if result.status_code else "error"
         ATTEMPTS.labels(tenant=str(job.tenant_id), outcome="success" if result.ok else "failure", status_class=status_class).inc()
         ATTEMPT_LATENCY.labels(status_class=status_class).observe(result.duration_ms / 1000)
-        async with self._sessions() as session, session.begin():
-            delivery = await session.get(Delivery, job.delivery_id, with_for_update=True)
-            if delivery is None:
-                return
-            was_open = delivery.status in OPEN_STATUSES
-            delivery.attempt_count += 1
-            session.add(
-                Attempt(
-                    tenant_id=job.tenant_id,
-                    delivery_id=job.delivery_id,
-                    number=delivery.attempt_count,
-                    started_at=started,
-                    duration_ms=result.duration_ms,
-                    status_code=result.status_code,
-                    error=result.error,
-                    response_excerpt=result.response_excerpt or None,
-                    trace_id=trace_id,
-                )
-            )
-            if delivery.status in OPEN_STATUSES:  # a duplicate after a lease expiry leaves a finished row as is
-                delivery.last_status_code, delivery.last_error = result.status_code, result.error
-                delivery.last_attempt_at = started
-                await self._advance(session, delivery, job, result)
-            if transition is not None:
-                kind = operational.CIRCUIT_OPENED if transition == "opened" else operational.CIRCUIT_CLOSED
-                await operational.emit(session, job.tenant_id, kind, {"endpoint_id": str(job.endpoint_id)}, exclude=job.endpoint_id)
-        if was_open and delivery.status in (SUCCEEDED, DEAD):
-            DELIVERIES.labels(tenant=str(job.tenant_id), outcome=delivery.status).inc()
-            if delivery.status == SUCCEEDED and not delivery.is_replay and not delivery.retry_offset:
+        written = await self._outcomes.write(
+            Outcome(job.delivery_id, job.tenant_id, job.endpoint_id, started, result, transition, trace_id)
+        )
+        if written.finished:
+            DELIVERIES.labels(tenant=str(job.tenant_id), outcome=written.status).inc()
+            if written.status == SUCCEEDED and written.live:
                 # Received → delivered, for live traffic only: a replay or redrive of yesterday's event is not lag.
                 DELIVERY_LAG.labels(priority=job.priority).observe((utcnow() - job.received_at).total_seconds())
         _log.info(
@@ -342,7 +272,7 @@ class DeliveryEngine:
                 "endpoint_id": str(job.endpoint_id),
                 "status_code": result.status_code,
                 "error": result.error,
-                "outcome": delivery.status,
+                "outcome": written.status,
                 "duration_ms": result.duration_ms,
                 "event_id": str(job.event_id),
                 "trace_id": trace_id,
@@ -350,41 +280,6 @@ class DeliveryEngine:
         )
         if transition is not None:
             _log.info("circuit " + transition, extra={"tenant_id": str(job.tenant_id), "endpoint_id": str(job.endpoint_id)})
-
-    async def _advance(self, session: AsyncSession, delivery: Delivery, job: _Job, result: SendResult) -> None:
-        if result.ok:
-            _finish(delivery, SUCCEEDED, None)
-            return
-        if result.status_code == 410:
-            await self._disable_endpoint(session, job)
-            _finish(delivery, DEAD, "endpoint answered 410 Gone: it was disabled")
-        else:
-            delay = next_delay(
-                delivery.attempt_count - delivery.retry_offset,
-                self._settings.retry_delays,
-                retry_after=result.retry_after,
-                max_retry_after=self._settings.retry_after_max_seconds,
-            )
-            if delay is not None:
-                delivery.status, delivery.locked_until = FAILED, None
-                delivery.next_attempt_at = utcnow() + timedelta(seconds=delay)
-                return
-            _finish(delivery, DEAD, result.error)
-        await operational.emit(
-            session,
-            job.tenant_id,
-            operational.DELIVERY_DEAD,
-            {"delivery_id": str(delivery.id), "event_id": str(delivery.event_id), "endpoint_id": str(job.endpoint_id),
-             "attempts": delivery.attempt_count, "last_error": delivery.last_error},
-            exclude=job.endpoint_id,
-        )
-
-    async def _disable_endpoint(self, session: AsyncSession, job: _Job) -> None:
-        await session.execute(update(Endpoint).where(Endpoint.id == job.endpoint_id).values(enabled=False))
-        await operational.emit(
-            session, job.tenant_id, operational.ENDPOINT_DISABLED,
-            {"endpoint_id": str(job.endpoint_id), "reason": "410 Gone"}, exclude=job.endpoint_id,
-        )
 
 
 def _within_share(candidates: Sequence[Row[tuple[uuid.UUID, bool]]], limit: int, reserve: int) -> list[uuid.UUID]:
@@ -397,9 +292,3 @@ def _within_share(candidates: Sequence[Row[tuple[uuid.UUID, bool]]], limit: int,
     borrowed = [row.id for row in candidates if not row.within][:borrowable]
     return within + borrowed
 
-
-def _finish(delivery: Delivery, status: str, error: str | None) -> None:
-    delivery.status, delivery.locked_until, delivery.next_attempt_at = status, None, None
-    delivery.completed_at = utcnow()
-    if error is not None:
-        delivery.last_error = error

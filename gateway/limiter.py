@@ -12,11 +12,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import redis.asyncio as aioredis
 
-from gateway.batching import Batcher
+from gateway.scripts import PipelinedScript
 
 _MICROS = 1_000_000
 # MemoryLimiter sweeps idle keys once the table reaches this size, then twice the live size.
@@ -48,8 +48,6 @@ class Decision:
 
 
 _ALLOWED = Decision(allowed=True, retry_after=0.0)
-_Call = tuple[list[str], list[Any]]  # a script call's keys and args
-_MAX_PIPELINE, _PIPELINES = 256, 4
 
 
 def _decision(reply: list[int]) -> Decision:
@@ -159,30 +157,20 @@ class RedisLimiter:
     """Limits shared by every gateway and worker process: one atomic script call per hit.
 
     Hits that arrive while others are on their way share one pipelined round trip
-    (``gateway.batching``); each script call stays atomic on its own keys.
+    (``gateway.scripts``); each script call stays atomic on its own keys.
     """
 
     def __init__(self, redis: aioredis.Redis, prefix: str = "hg:rl:") -> None:
         self._redis = redis
         self._prefix = prefix
-        self._hit = redis.register_script(_HIT_LUA)
-        self._batcher: Batcher[_Call, Decision] = Batcher(self._hit_many, max_items=_MAX_PIPELINE, concurrency=_PIPELINES)
+        self._hit = PipelinedScript(redis, _HIT_LUA)
 
     async def hit(self, key: str, rate: Rate, tally: Tally | None = None) -> Decision:
         keys, args = [self._prefix + key], list(_gcra(rate))
         if tally is not None:
             keys.append(self._prefix + tally.key)
             args += [_outcome(tally, True), _outcome(tally, False), tally.ttl_seconds]
-        return await self._batcher.submit((keys, args))
-
-    async def _hit_many(self, calls: list[_Call]) -> list[Decision]:
-        if len(calls) == 1:  # a pipeline would add a SCRIPT EXISTS round trip for nothing
-            [(keys, args)] = calls
-            return [_decision(await self._hit(keys=keys, args=args))]
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for keys, args in calls:
-                await self._hit(keys=keys, args=args, client=pipe)
-            return [_decision(reply) for reply in await pipe.execute()]
+        return _decision(await self._hit(keys, args))
 
     async def tallies(self, key: str) -> dict[str, int]:
         counts = await self._redis.hgetall(self._prefix + key)

@@ -30,6 +30,11 @@ INGEST_BATCH_ROWS = Histogram(
     "Events committed together by one ingest group commit (grows with the load).",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
+ATTEMPT_BATCH_ROWS = Histogram(
+    "hookgate_delivery_outcome_batch_rows",
+    "Attempt outcomes committed together by one delivery group commit (grows with the load).",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
 ADMISSION = Counter(
     "hookgate_admission_total",
     "Ingest admission decisions by priority and outcome (admitted, refused, failed_open, failed_closed).",

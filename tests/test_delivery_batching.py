@@ -1,0 +1,206 @@
+"""The batched attempt path on both backends: a claim's jobs read together, outcomes group-committed.
+
+Real database, real Redis (production) or in-process breaker (embedded), real HTTP receivers. A
+bad outcome is one whose row the database itself refuses (a status code beyond its integers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select, update
+
+from delivery.engine import DeliveryEngine
+from delivery.outcomes import Outcome, OutcomeWriter
+from delivery.sender import SendResult, build_client
+from gateway.database import utcnow
+from gateway.events.models import Attempt, Delivery
+from gateway.metrics import ATTEMPT_BATCH_ROWS
+from gateway.wiring import Runtime
+from tenants.endpoints.models import Endpoint, EndpointSecret
+from tenants.models import Tenant
+from tenants.secrets import rotate
+from tests.conftest import make_settings
+from tests.support.backlog import add_backlog
+from tests.support.receiver import Script, Server
+
+MANY = 150
+OK = SendResult(status_code=200, error=None, response_excerpt="ok", duration_ms=3, retry_after=None)
+REFUSED_BY_THE_DATABASE = SendResult(status_code=2**63, error="HTTP ?", response_excerpt="", duration_ms=3, retry_after=None)
+
+
+class _Worker:
+    """One worker's delivery engine on the test database, driven step by step."""
+
+    def __init__(self, database_url: str, redis_url: str) -> None:
+        self.database_url = database_url
+        settings = make_settings(database_url, redis_url, delivery_concurrency=2 * MANY, tenant_delivery_concurrency=2 * MANY,
+                                 lease_seconds=1.0)
+        self.runtime = Runtime(settings)
+        self.client = build_client(connect_timeout=2, timeout=5, max_connections=MANY)
+        runtime = self.runtime
+        self.engine = DeliveryEngine(runtime.sessions, settings, runtime.box, runtime.breaker, runtime.limiter, self.client)
+        # Outcomes written directly, as the engine writes them after each request.
+        self.outcomes = OutcomeWriter(runtime.sessions, settings, max_items=200, concurrency=2)
+
+    async def endpoint(self, url: str) -> tuple[uuid.UUID, uuid.UUID]:
+        async with self.runtime.sessions() as session, session.begin():
+            tenant = Tenant(name="t")
+            session.add(tenant)
+            await session.flush()
+            endpoint = Endpoint(tenant_id=tenant.id, url=url)
+            rotate(self.runtime.box, endpoint.secrets, EndpointSecret, "whsec_" + "A" * 32, grace_seconds=0)
+            session.add(endpoint)
+            await session.flush()
+            return tenant.id, endpoint.id
+
+    async def claimed(self, endpoint: tuple[uuid.UUID, uuid.UUID], count: int) -> list[uuid.UUID]:
+        await add_backlog(self.database_url, *endpoint, count)
+        claimed = await self.engine.claim(count)
+        assert len(claimed) == count
+        return claimed
+
+    async def attempts_by_delivery(self) -> dict[uuid.UUID, int]:
+        async with self.runtime.sessions() as session:
+            rows = await session.execute(select(Attempt.delivery_id, func.count()).group_by(Attempt.delivery_id))
+            return {delivery_id: count for delivery_id, count in rows}
+
+    async def deliveries(self, ids: list[uuid.UUID]) -> dict[uuid.UUID, Delivery]:
+        async with self.runtime.sessions() as session:
+            return {d.id: d for d in await session.scalars(select(Delivery).where(Delivery.id.in_(ids)))}
+
+
+@pytest.fixture
+async def worker(database_url: str, redis_url: str) -> AsyncIterator[_Worker]:
+    made = _Worker(database_url, redis_url)
+    yield made
+    await made.client.aclose()
+    await made.runtime.close()
+
+
+def _batches() -> float:
+    return next(s.value for m in ATTEMPT_BATCH_ROWS.collect() for s in m.samples if s.name.endswith("_count"))
+
+
+async def test_concurrent_attempts_each_get_exactly_one_attempt_row(worker: _Worker) -> None:
+    async with Server(Script()) as receiver:
+        endpoint = await worker.endpoint(receiver.url)
+        claimed = await worker.claimed(endpoint, MANY)
+        jobs = await worker.engine.prepare(claimed)
+        assert sorted(job.delivery_id for job in jobs) == sorted(claimed)
+        batches_before = _batches()
+
+        await asyncio.gather(*(worker.engine.attempt(job) for job in jobs))
+
+        assert len(receiver.requests) == MANY
+        assert _batches() - batches_before < MANY  # outcomes shared commits
+    assert await worker.attempts_by_delivery() == {delivery_id: 1 for delivery_id in claimed}
+    deliveries = await worker.deliveries(claimed)
+    assert all(d.status == "succeeded" and d.attempt_count == 1 and d.locked_until is None for d in deliveries.values())
+
+
+async def test_a_bad_outcome_fails_alone_and_its_delivery_stays_due(worker: _Worker) -> None:
+    endpoint = await worker.endpoint("http://127.0.0.1:9/")
+    claimed = await worker.claimed(endpoint, MANY)
+    bad = claimed[MANY // 2]  # in the middle of the batch that follows the first few commits
+    outcomes = [
+        Outcome(delivery_id, endpoint[0], endpoint[1], utcnow(), REFUSED_BY_THE_DATABASE if delivery_id == bad else OK, None, None)
+        for delivery_id in claimed
+    ]
+
+    batches_before = _batches()
+    written = await asyncio.gather(*(worker.outcomes.write(outcome) for outcome in outcomes), return_exceptions=True)
+
+    failed = [outcome.delivery_id for outcome, result in zip(outcomes, written, strict=True) if isinstance(result, Exception)]
+    assert failed == [bad]
+    assert _batches() - batches_before < MANY  # it was written in a batch with others, which failed and was split
+    assert await worker.attempts_by_delivery() == {delivery_id: 1 for delivery_id in claimed if delivery_id != bad}
+    deliveries = await worker.deliveries(claimed)
+    assert deliveries[bad].status == "pending" and deliveries[bad].attempt_count == 0
+    assert all(d.status == "succeeded" for delivery_id, d in deliveries.items() if delivery_id != bad)
+
+    async with asyncio.timeout(10):  # once its lease runs out, a later pass claims it again
+        while not (again := await worker.engine.claim(MANY)):
+            await asyncio.sleep(0.1)
+    assert again == [bad]
+
+
+async def test_an_outcome_for_a_purged_delivery_writes_nothing(worker: _Worker) -> None:
+    endpoint = await worker.endpoint("http://127.0.0.1:9/")
+    [kept, purged] = await worker.claimed(endpoint, 2)
+    async with worker.runtime.sessions() as session, session.begin():
+        await session.delete(await session.get(Delivery, purged))
+
+    written = await asyncio.gather(
+        *(worker.outcomes.write(Outcome(d, endpoint[0], endpoint[1], utcnow(), OK, None, None)) for d in (kept, purged))
+    )
+
+    assert [w.status for w in written] == ["succeeded", None]
+    assert await worker.attempts_by_delivery() == {kept: 1}
+
+
+async def test_prepare_sees_a_rotation_and_ends_deliveries_to_disabled_endpoints(worker: _Worker) -> None:
+    endpoint = await worker.endpoint("http://127.0.0.1:9/")
+    first, second, third = await worker.claimed(endpoint, 3)
+    [job] = await worker.engine.prepare([first])
+    assert len(job.secrets) == 1
+
+    async with worker.runtime.sessions() as session, session.begin():
+        row = await session.get(Endpoint, endpoint[1])
+        assert row is not None
+        rotate(worker.runtime.box, row.secrets, EndpointSecret, "whsec_" + "B" * 32, grace_seconds=3600)
+    [job] = await worker.engine.prepare([second])
+    assert job.secrets == ["whsec_" + "B" * 32, "whsec_" + "A" * 32]  # newest first, the old one in its grace
+
+    async with worker.runtime.sessions() as session, session.begin():
+        await session.execute(update(Endpoint).where(Endpoint.id == endpoint[1]).values(enabled=False))
+    assert await worker.engine.prepare([third]) == []
+    dead = (await worker.deliveries([third]))[third]
+    assert dead.status == "dead" and dead.last_error == "endpoint disabled" and dead.completed_at is not None
+    assert dead.completed_at > utcnow() - timedelta(minutes=1)
+
+
+async def test_two_workers_writing_outcomes_of_the_same_deliveries_number_attempts_in_turn(worker: _Worker) -> None:
+    """A lease that ran out mid-request: two workers report the same deliveries, in opposite orders."""
+    endpoint = await worker.endpoint("http://127.0.0.1:9/")
+    claimed = await worker.claimed(endpoint, MANY)
+    other = OutcomeWriter(worker.runtime.sessions, worker.runtime.settings, max_items=200, concurrency=2)
+    failing = SendResult(status_code=500, error="HTTP 500", response_excerpt="", duration_ms=3, retry_after=None)
+
+    def outcomes(order: list[uuid.UUID], result: SendResult) -> list[Outcome]:
+        return [Outcome(d, endpoint[0], endpoint[1], utcnow(), result, None, None) for d in order]
+
+    await asyncio.gather(
+        *(worker.outcomes.write(o) for o in outcomes(claimed, failing)),
+        *(other.write(o) for o in outcomes(claimed[::-1], OK)),
+    )
+
+    async with worker.runtime.sessions() as session:
+        numbers = (await session.execute(select(Attempt.delivery_id, Attempt.number))).all()
+    by_delivery: dict[uuid.UUID, list[int]] = {}
+    for delivery_id, number in numbers:
+        by_delivery.setdefault(delivery_id, []).append(number)
+    assert {d: sorted(n) for d, n in by_delivery.items()} == {d: [1, 2] for d in claimed}
+    deliveries = await worker.deliveries(claimed)
+    assert all(d.attempt_count == 2 for d in deliveries.values())
+
+
+async def test_rate_limited_deliveries_wait_together_without_spending_attempts(worker: _Worker) -> None:
+    async with Server(Script()) as receiver:
+        endpoint = await worker.endpoint(receiver.url)
+        async with worker.runtime.sessions() as session, session.begin():
+            await session.execute(update(Endpoint).where(Endpoint.id == endpoint[1]).values(rate_limit_per_second=1.0))
+        claimed = await worker.claimed(endpoint, 20)
+
+        await asyncio.gather(*(worker.engine.attempt(job) for job in await worker.engine.prepare(claimed)))
+
+        assert len(receiver.requests) == 1  # a burst of one
+    deliveries = await worker.deliveries(claimed)
+    waiting = [d for d in deliveries.values() if d.status == "pending"]
+    assert len(waiting) == 19 and await worker.attempts_by_delivery() == {next(d for d in claimed if d not in {w.id for w in waiting}): 1}
+    now = utcnow()
+    assert all(d.attempt_count == 0 and d.locked_until is None and d.next_attempt_at > now for d in waiting)
