@@ -39,7 +39,7 @@ class _Worker:
     def __init__(self, database_url: str, redis_url: str) -> None:
         self.database_url = database_url
         settings = make_settings(database_url, redis_url, delivery_concurrency=2 * MANY, tenant_delivery_concurrency=2 * MANY,
-                                 lease_seconds=1.0)
+                                 lease_seconds=5.0, delivery_timeout=4.0)
         self.runtime = Runtime(settings)
         self.client = build_client(connect_timeout=2, timeout=5, max_connections=MANY)
         runtime = self.runtime
@@ -123,7 +123,7 @@ async def test_a_bad_outcome_fails_alone_and_its_delivery_stays_due(worker: _Wor
     assert deliveries[bad].status == "pending" and deliveries[bad].attempt_count == 0
     assert all(d.status == "succeeded" for delivery_id, d in deliveries.items() if delivery_id != bad)
 
-    async with asyncio.timeout(10):  # once its lease runs out, a later pass claims it again
+    async with asyncio.timeout(20):  # once its lease runs out, a later pass claims it again
         while not (again := await worker.engine.claim(MANY)):
             await asyncio.sleep(0.1)
     assert again == [bad]
