@@ -11,7 +11,7 @@ from sklearn.ensemble import IsolationForest
 
 from ml.detection import detect
 from ml.features import Window
-from ml.forest import MIN_WINDOWS, TenantModel, _flatten, _raw, _scores, _transform, score_many
+from ml.forest import MARGIN, MIN_WINDOWS, TenantModel, _flatten, _raw, _scores, _transform, score_many
 from ml.rules import Thresholds
 
 T0 = datetime(2026, 3, 2, tzinfo=timezone.utc)
@@ -63,6 +63,23 @@ def test_numpy_scoring_equals_sklearn(history: list[Window], model: TenantModel)
 
 def test_too_little_history_means_no_model(history: list[Window]) -> None:
     assert TenantModel.fit(history[: MIN_WINDOWS - 1]) is None
+
+
+def test_threshold_is_the_training_quantile_plus_the_margin(history: list[Window], model: TenantModel) -> None:
+    training = model.score_windows(history)
+    assert model.threshold == pytest.approx(float(np.quantile(training, 0.9999)) + MARGIN)
+    assert int((training >= model.threshold).sum()) == 0  # no training window is an alarm
+
+
+def test_two_declines_and_a_resend_are_no_alarm(history: list[Window], model: TenantModel) -> None:
+    """Ordinary bad luck in one window; the former margin (0.03) raised it as a failure spike."""
+    ordinary = replace(history[-1440 + 720], start=history[-1].start + timedelta(minutes=1))
+    unlucky = replace(ordinary, charge_failed=2, charge_succeeded=0, failed_cards=2, failed_customers=2, duplicates=1)
+    assert detect(unlucky, history, Thresholds(), model, rules=False) == []
+    narrow = TenantModel.fit(history, margin=0.03)
+    assert narrow is not None and model.threshold - narrow.threshold == pytest.approx(MARGIN - 0.03)
+    (finding,) = detect(unlucky, history, Thresholds(), narrow, rules=False)
+    assert finding.kind == "failure_spike"
 
 
 def test_training_is_deterministic(history: list[Window], model: TenantModel) -> None:
