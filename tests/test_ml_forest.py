@@ -100,6 +100,22 @@ def test_card_testing_window_stands_out_and_is_explained(history: list[Window], 
     assert finding.detector == "isolation_forest" and finding.kind == "card_testing" and finding.score == score
 
 
+def test_forest_amount_alarms_yield_to_the_rule_once_the_tenant_has_an_amount_p99(
+    history: list[Window], model: TenantModel
+) -> None:
+    """A refund 4.8x anything seen: outside the forest's range, under the rule's 5x p99 limit."""
+    refunds = [replace(w, refunds=1, max_refund=1000, negative_amount=1000) if i % 100 == 0 else w for i, w in enumerate(history)]
+    with_p99 = TenantModel.fit(refunds)
+    assert with_p99 is not None
+    ordinary = replace(history[-1440 + 720], start=history[-1].start + timedelta(minutes=1))
+    refund = replace(ordinary, refunds=1, max_refund=4800, negative_amount=4800)
+    (alone,) = detect(refund, refunds, Thresholds(), with_p99, rules=False)
+    assert alone.kind == "negative_invoice"
+    assert detect(refund, refunds, Thresholds(), with_p99) == []
+    (no_p99,) = detect(refund, history, Thresholds(), model)  # no amount history: the forest is the only scale
+    assert no_p99.detector == "isolation_forest" and no_p99.kind == "negative_invoice"
+
+
 def test_quiet_afternoon_points_to_volume_drop(history: list[Window], model: TenantModel) -> None:
     afternoon = next(w for w in reversed(history) if w.start.hour == 12)
     silent = replace(
