@@ -2,7 +2,10 @@
 
 At most one finding per incident kind: when a rule and the forest agree on a kind, the rule's
 finding stands (its explanation is the more specific one). The forest's findings are for windows
-no rule flagged, labelled with the kind its most deviant feature points to.
+no rule flagged, labelled with the kind its most deviant feature points to. A forest finding on
+amounts is dropped once the tenant has an amount p99: the rule has then judged those amounts
+against the tenant's whole history, where the forest only knows a week's range (a slow tenant's
+handful of refunds, which the next ordinary one can leave).
 """
 
 from __future__ import annotations
@@ -41,11 +44,12 @@ def detect(
         findings = [finding for rule in RULES if (finding := rule(recent, baseline, thresholds)) is not None]
     if model is not None and not findings:
         score, explanation = scored or model.score(window)
-        if score >= model.threshold:
+        kind = model.kind(window) if score >= model.threshold else None
+        if kind is not None and not (rules and _amounts_judged(kind, baseline)):
             findings.append(
                 Finding(
                     detector="isolation_forest",
-                    kind=model.kind(window),
+                    kind=kind,
                     severity="critical" if score >= model.threshold + 0.1 else "warning",
                     score=score,
                     explanation=explanation,
@@ -53,3 +57,8 @@ def detect(
                 )
             )
     return findings
+
+
+def _amounts_judged(kind: str, baseline: Baseline | None) -> bool:
+    """The negative-invoice rule had the tenant's own amount scale (see the module docstring)."""
+    return kind == "negative_invoice" and baseline is not None and baseline.negative_p99 is not None

@@ -45,9 +45,9 @@ class Thresholds:
     lag_seconds: float = 10.0  # lag_p50 at least this, and `lag_multiplier` x the typical p50
     lag_multiplier: float = 10.0
     lag_min_events: float = 3.0  # lagged events in the current streak of lagged windows
-    large_refund_min: float = 50_000.0  # minor units; and `amount_multiplier` x the tenant's p99
+    large_refund_min: float = 50_000.0  # minor units, only while the tenant has no amount history
     negative_amount_min: float = 50_000.0
-    amount_multiplier: float = 3.0
+    amount_multiplier: float = 5.0  # x the tenant's own p99 once it has one
     drop_ratio: float = 0.25  # observed at most this fraction of expected events
     drop_surprise: float = 14.0
     bad_signature_min: float = 5.0
@@ -210,10 +210,16 @@ def webhook_lag(recent: Sequence[Window], baseline: Baseline, t: Thresholds) -> 
 
 
 def negative_invoice(recent: Sequence[Window], baseline: Baseline, t: Thresholds) -> Finding | None:
-    """A refund or negative amount (credit, negative invoice) far beyond anything the tenant usually issues."""
+    """A refund or negative amount (credit, negative invoice) far beyond anything the tenant usually issues.
+
+    The limit is `amount_multiplier` x the tenant's own p99 as soon as it has one (10 windows with
+    amounts): an absolute floor above it hid a cheap product's incidents. Five times, not three,
+    because that p99 is now the only guard and a short history's p99 is low. The floor stands only
+    for a tenant without amount history.
+    """
     window = recent[-1]
-    refund_limit = max(t.large_refund_min, t.amount_multiplier * (baseline.refund_p99 or 0))
-    negative_limit = max(t.negative_amount_min, t.amount_multiplier * (baseline.negative_p99 or 0))
+    refund_limit = _amount_limit(baseline.refund_p99, t.large_refund_min, t)
+    negative_limit = _amount_limit(baseline.negative_p99, t.negative_amount_min, t)
     ratio = max(window.max_refund / refund_limit, window.negative_amount / negative_limit)
     if ratio < 1:
         return None
@@ -291,6 +297,10 @@ def needed(threshold: float, k: int, floor: float = 0.5) -> float:
 def _better(surprise: float, threshold: float, best: tuple[float, float, *tuple[object, ...]] | None) -> bool:
     """Significant, and further past its own threshold than the best horizon so far."""
     return surprise >= threshold and (best is None or surprise / threshold > best[0] / best[1])
+
+
+def _amount_limit(p99: float | None, floor: float, t: Thresholds) -> float:
+    return floor if p99 is None else t.amount_multiplier * p99
 
 
 def _card_testing_like(window: Window, t: Thresholds) -> bool:

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from gateway.events.facts import stripe_facts
 from ml.features import Window
 from ml.windows import WindowBuilder
 
@@ -95,11 +96,35 @@ def test_amounts_refunds_and_negative_invoices() -> None:
             ("a", at, _event("evt_2", "refund.created", at, amount=700), True),
             ("a", at, _event("evt_3", "invoice.finalized", at, total=-2500, customer="cus_1"), True),
             ("a", at, _event("evt_4", "invoice.paid", at, total=9000, customer="cus_1"), True),
+            ("a", at, _event("evt_5", "credit_note.created", at, total=1100), True),
+            ("a", at, _event("evt_6", "refund.updated", at, amount=700), True),
+            ("a", at, _event("evt_7", "refund.failed", at, amount=700), True),
+            ("a", at, _event("evt_8", "credit_note.updated", at, total=1100), True),
+            ("a", at, _event("evt_9", "credit_note.voided", at, total=1100), True),
         ]
     )
     assert window.refunds == 2
     assert window.max_refund == 4000
-    assert window.negative_amount == 4000 + 700 + 2500
+    assert window.negative_amount == 4000 + 700 + 2500 + 1100  # issued once each; updates, failures, voids add nothing
+
+
+@pytest.mark.parametrize(
+    ("event_type", "obj", "amount"),
+    [
+        ("charge.refunded", {"amount": 5000, "amount_refunded": 4000}, -4000),
+        ("refund.created", {"amount": 700}, -700),
+        ("credit_note.created", {"total": 1100}, -1100),
+        ("credit_note.voided", {"total": 1100}, 1100),
+        ("refund.updated", {"amount": 700}, None),
+        ("refund.failed", {"amount": 700}, None),
+        ("credit_note.updated", {"total": 1100}, None),
+        ("invoice.finalized", {"total": -2500}, -2500),
+        ("charge.succeeded", {"amount": 1000}, 1000),
+        ("refund.created", {"amount": True}, None),
+    ],
+)
+def test_only_issued_refunds_and_credit_notes_are_negative(event_type: str, obj: dict[str, Any], amount: int | None) -> None:
+    assert stripe_facts(event_type, {"data": {"object": obj}}).amount == amount
 
 
 def test_lapse_needs_a_failed_invoice_payment_within_the_lookback() -> None:

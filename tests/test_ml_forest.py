@@ -11,7 +11,7 @@ from sklearn.ensemble import IsolationForest
 
 from ml.detection import detect
 from ml.features import Window
-from ml.forest import MIN_WINDOWS, TenantModel, _flatten, _raw, _scores, _transform, score_many
+from ml.forest import MARGIN, MIN_WINDOWS, TenantModel, _flatten, _raw, _scores, _transform, score_many
 from ml.rules import Thresholds
 
 T0 = datetime(2026, 3, 2, tzinfo=timezone.utc)
@@ -65,6 +65,23 @@ def test_too_little_history_means_no_model(history: list[Window]) -> None:
     assert TenantModel.fit(history[: MIN_WINDOWS - 1]) is None
 
 
+def test_threshold_is_the_training_quantile_plus_the_margin(history: list[Window], model: TenantModel) -> None:
+    training = model.score_windows(history)
+    assert model.threshold == pytest.approx(float(np.quantile(training, 0.9999)) + MARGIN)
+    assert int((training >= model.threshold).sum()) == 0  # no training window is an alarm
+
+
+def test_two_declines_and_a_resend_are_no_alarm(history: list[Window], model: TenantModel) -> None:
+    """Ordinary bad luck in one window; the former margin (0.03) raised it as a failure spike."""
+    ordinary = replace(history[-1440 + 720], start=history[-1].start + timedelta(minutes=1))
+    unlucky = replace(ordinary, charge_failed=2, charge_succeeded=0, failed_cards=2, failed_customers=2, duplicates=1)
+    assert detect(unlucky, history, Thresholds(), model, rules=False) == []
+    narrow = TenantModel.fit(history, margin=0.03)
+    assert narrow is not None and model.threshold - narrow.threshold == pytest.approx(MARGIN - 0.03)
+    (finding,) = detect(unlucky, history, Thresholds(), narrow, rules=False)
+    assert finding.kind == "failure_spike"
+
+
 def test_training_is_deterministic(history: list[Window], model: TenantModel) -> None:
     again = TenantModel.fit(history)
     assert again is not None and again.threshold == model.threshold
@@ -81,6 +98,22 @@ def test_card_testing_window_stands_out_and_is_explained(history: list[Window], 
     assert explanation[0].startswith("failed cards beyond one per customer 59 vs typical 0")
     (finding,) = detect(burst, history, Thresholds(), model, rules=False)
     assert finding.detector == "isolation_forest" and finding.kind == "card_testing" and finding.score == score
+
+
+def test_forest_amount_alarms_yield_to_the_rule_once_the_tenant_has_an_amount_p99(
+    history: list[Window], model: TenantModel
+) -> None:
+    """A refund 4.8x anything seen: outside the forest's range, under the rule's 5x p99 limit."""
+    refunds = [replace(w, refunds=1, max_refund=1000, negative_amount=1000) if i % 100 == 0 else w for i, w in enumerate(history)]
+    with_p99 = TenantModel.fit(refunds)
+    assert with_p99 is not None
+    ordinary = replace(history[-1440 + 720], start=history[-1].start + timedelta(minutes=1))
+    refund = replace(ordinary, refunds=1, max_refund=4800, negative_amount=4800)
+    (alone,) = detect(refund, refunds, Thresholds(), with_p99, rules=False)
+    assert alone.kind == "negative_invoice"
+    assert detect(refund, refunds, Thresholds(), with_p99) == []
+    (no_p99,) = detect(refund, history, Thresholds(), model)  # no amount history: the forest is the only scale
+    assert no_p99.detector == "isolation_forest" and no_p99.kind == "negative_invoice"
 
 
 def test_quiet_afternoon_points_to_volume_drop(history: list[Window], model: TenantModel) -> None:

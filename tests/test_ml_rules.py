@@ -221,6 +221,32 @@ def test_negative_invoice_and_large_refund() -> None:
     assert credit is not None and credit.kind == "negative_invoice"
 
 
+def _amounts(history: list[Window], scale: float) -> list[Window]:
+    """The same history with every refund `scale` times as large."""
+    return [replace(w, max_refund=int(w.max_refund * scale), negative_amount=int(w.negative_amount * scale)) for w in history]
+
+
+def test_negative_invoice_limit_is_five_times_the_tenants_own_p99() -> None:
+    cheap = _amounts(_history(20), 0.1)  # refunds of 50-500: p99 just under 500
+    p99 = Baseline.from_history(cheap, cheap[-1].start).refund_p99
+    assert p99 is not None and 450 <= p99 < 500
+    assert _run(negative_invoice, cheap, _next(cheap, refunds=1, max_refund=int(4.9 * p99), negative_amount=int(4.9 * p99))) is None
+    refund = _run(negative_invoice, cheap, _next(cheap, refunds=1, max_refund=int(5.1 * p99), negative_amount=int(5.1 * p99)))
+    assert refund is not None and refund.kind == "negative_invoice"  # far under the 50,000 floor
+    credit = _run(negative_invoice, cheap, _next(cheap, negative_amount=int(5.1 * p99)))
+    assert credit is not None
+    dear = _amounts(_history(20), 10)  # refunds up to 50,000: the floor does not apply either
+    assert _run(negative_invoice, dear, _next(dear, refunds=1, max_refund=200_000, negative_amount=200_000)) is None
+    assert _run(negative_invoice, dear, _next(dear, refunds=1, max_refund=260_000, negative_amount=260_000)) is not None
+
+
+def test_negative_invoice_floor_only_without_amount_history() -> None:
+    history = _amounts(_history(20), 0)  # no refund ever: no p99
+    assert Baseline.from_history(history, history[-1].start).refund_p99 is None
+    assert _run(negative_invoice, history, _next(history, refunds=1, max_refund=40_000, negative_amount=40_000)) is None
+    assert _run(negative_invoice, history, _next(history, negative_amount=60_000)) is not None
+
+
 def test_volume_drop_full_stop_and_partial() -> None:
     history = _history(50)
     windows = list(history)

@@ -11,7 +11,7 @@ from typing import Any
 class Facts:
     customer: str | None = None  # the Stripe customer id the event is about
     card_fingerprint: str | None = None  # the card behind a charge, when Stripe says
-    amount: int | None = None  # signed minor units: refunds and credit balances are negative
+    amount: int | None = None  # signed minor units: issued refunds and credit notes, and credit balances, are negative
 
 
 NONE = Facts()
@@ -40,15 +40,24 @@ def _fingerprint(obj: dict[str, Any]) -> str | None:
     return value[:64] if isinstance(value, str) else None
 
 
+# Money leaving the merchant, once per refund or credit note: the event that issues it, with the
+# field holding its amount. Updates and failures of one describe an amount already counted (they
+# double-counted it); voiding a credit note gives its amount back.
+_ISSUED = {"charge.refunded": "amount_refunded", "refund.created": "amount", "credit_note.created": "total"}
+_GIVEN_BACK = {"credit_note.voided": "total"}
+
+
 def _amount(event_type: str, obj: dict[str, Any]) -> int | None:
-    if event_type == "charge.refunded":
-        value = obj.get("amount_refunded")
-        return -value if isinstance(value, int) else None
-    if event_type.startswith("refund.") or event_type.startswith("credit_note."):
-        value = obj.get("amount") if event_type.startswith("refund.") else obj.get("total")
-        return -abs(value) if isinstance(value, int) else None
-    if event_type.startswith("invoice."):
-        value = obj.get("total")
-    else:
-        value = obj.get("amount")
+    if event_type in _ISSUED:
+        value = _int(obj.get(_ISSUED[event_type]))
+        return None if value is None else -abs(value)
+    if event_type in _GIVEN_BACK:
+        value = _int(obj.get(_GIVEN_BACK[event_type]))
+        return None if value is None else abs(value)
+    if event_type.startswith(("refund.", "credit_note.")):
+        return None
+    return _int(obj.get("total" if event_type.startswith("invoice.") else "amount"))
+
+
+def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
