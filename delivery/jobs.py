@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import select, update
@@ -44,7 +44,7 @@ class Job:
     endpoint_id: uuid.UUID
     url: str
     rate: float | None
-    secrets: list[str]
+    secrets: list[str] = field(repr=False)  # plaintext: never in a log line or traceback
     body: bytes
     priority: str
     received_at: datetime

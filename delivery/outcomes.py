@@ -24,7 +24,7 @@ from delivery.schedule import next_delay
 from delivery.sender import SendResult
 from gateway.batching import Batcher
 from gateway.database import utcnow
-from gateway.events.models import DEAD, FAILED, OPEN_STATUSES, PENDING, SUCCEEDED, Attempt, Delivery
+from gateway.events.models import DEAD, FAILED, OPEN_STATUSES, SUCCEEDED, Attempt, Delivery
 from gateway.metrics import ATTEMPT_BATCH_ROWS
 from gateway.settings import Settings
 from tenants.endpoints.models import Endpoint
@@ -46,7 +46,7 @@ _UPDATE = (
 _INSERT = insert(_a)
 _POSTPONE = (
     update(_d)
-    .where(_d.c.id == bindparam("b_id"), or_(_d.c.status == PENDING, _d.c.status == FAILED))  # no IN: executemany
+    .where(_d.c.id == bindparam("b_id"), or_(*(_d.c.status == status for status in OPEN_STATUSES)))  # no IN: executemany
     .values(next_attempt_at=bindparam("b_until", type_=_d.c.next_attempt_at.type), locked_until=None)
 )
 

@@ -147,7 +147,7 @@ async def test_prepare_sees_a_rotation_and_ends_deliveries_to_disabled_endpoints
     endpoint = await worker.endpoint("http://127.0.0.1:9/")
     first, second, third = await worker.claimed(endpoint, 3)
     [job] = await worker.engine.prepare([first])
-    assert len(job.secrets) == 1
+    assert len(job.secrets) == 1 and "whsec_" not in repr(job)  # a logged job shows no secret
 
     async with worker.runtime.sessions() as session, session.begin():
         row = await session.get(Endpoint, endpoint[1])
