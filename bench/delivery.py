@@ -29,6 +29,7 @@ from itertools import cycle
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 
 from bench import procstats
@@ -58,18 +59,24 @@ async def _until(condition: Any, timeout: float, what: str) -> None:
         await asyncio.sleep(0.05)
 
 
-async def _open_loop(http: httpx.AsyncClient, source: dict[str, Any], rate: float, seconds: float) -> tuple[dict[str, float], int]:
-    """Post at ``rate``/s on a fixed schedule; returns each acknowledged event's 2xx time, and the failures."""
+async def _open_loop(base_url: str, source: dict[str, Any], rate: float, seconds: float) -> tuple[dict[str, float], int]:
+    """Post at ``rate``/s on a fixed schedule; returns each acknowledged event's 2xx time, and the failures.
+
+    aiohttp, not httpx: the load generator shares the two cores with what it measures, and httpx
+    spends ~15 times the CPU per request (docs/PERFORMANCE.md).
+    """
     acked: dict[str, float] = {}
     failures = 0
     names = cycle(fixture_names())
-    path = httpx.URL(source["ingest_url"]).path
+    url = base_url + httpx.URL(source["ingest_url"]).path
+    http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200), timeout=aiohttp.ClientTimeout(total=30))
 
     async def post(event: dict[str, Any]) -> None:
         nonlocal failures
         body, headers = signed_stripe(event, source["secret"])
-        response = await http.post(path, content=body, headers=headers)
-        if response.status_code == 200:
+        async with http.post(url, data=body, headers=headers) as response:
+            await response.read()
+        if response.status == 200:
             acked[event["id"]] = time.monotonic()
         else:
             failures += 1
@@ -78,7 +85,10 @@ async def _open_loop(http: httpx.AsyncClient, source: dict[str, Any], rate: floa
     for n in range(int(rate * seconds)):
         await asyncio.sleep(max(0.0, start + n / rate - time.monotonic()))
         posts.append(asyncio.create_task(post(stripe_event(next(names)))))
-    await asyncio.gather(*posts)
+    try:
+        await asyncio.gather(*posts)
+    finally:
+        await http.close()
     return acked, failures
 
 
@@ -101,7 +111,8 @@ async def run(rate: float, seconds: float, backlog: int, workers: int) -> dict[s
         with Process(receiver_argv, logs / "receiver.log", {"RECEIVER_LOG": str(received)}) as receiver, serve(env, logs) as gateway:
             await asyncio.to_thread(wait_port, receiver, receiver_port)
             await asyncio.to_thread(gateway.wait_http, f"http://127.0.0.1:{port}/healthz")
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30,
+            base_url = f"http://127.0.0.1:{port}"
+            async with httpx.AsyncClient(base_url=base_url, timeout=30,
                                          limits=httpx.Limits(max_connections=200)) as http:
                 tenant, auth = await unthrottled_tenant(http, delivery_concurrency=1000)
                 source = (await http.post("/api/v1/sources", json={"name": "stripe", "provider": "stripe"}, headers=auth)).json()
@@ -110,9 +121,9 @@ async def run(rate: float, seconds: float, backlog: int, workers: int) -> dict[s
                 for worker in worker_procs:
                     worker.start()
                 try:
-                    await _open_loop(http, source, min(rate, 50), 2)  # warm-up: the workers are up, pools are open
+                    await _open_loop(base_url, source, min(rate, 50), 2)  # warm-up: the workers are up, pools are open
                     await _until(lambda: len(_arrivals(received)) >= int(min(rate, 50) * 2), 60, "the warm-up deliveries")
-                    acked, failures = await _open_loop(http, source, rate, seconds)
+                    acked, failures = await _open_loop(base_url, source, rate, seconds)
                     await _until(lambda: set(acked) <= set(_arrivals(received)), 120, "every acknowledged event delivered")
                     arrivals = _arrivals(received)
                     result["open_loop"] = {"acknowledged": len(acked), "ingest_failures": failures,

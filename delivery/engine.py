@@ -15,7 +15,6 @@ import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-import httpx
 from opentelemetry.trace import SpanKind
 from redis.exceptions import RedisError
 from sqlalchemy import Boolean, Row, TextClause, Uuid, bindparam, select, text, update
@@ -23,10 +22,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from delivery import gauges
 from delivery.breaker import Breaker
-from delivery.fanout import fan_out
+from delivery.fanout import FAN_OUT_COLUMNS, fan_out
 from delivery.jobs import Job, JobReader
 from delivery.outcomes import Outcome, OutcomeWriter, Postponements
-from delivery.sender import SendResult, send
+from delivery.sender import DeliveryClient, SendResult, send
 from delivery.signing import webhook_headers
 from gateway.database import UTCDateTime, utcnow
 from gateway.events.models import OPEN_STATUSES, SUCCEEDED, Delivery, Event
@@ -102,7 +101,7 @@ _FAIR_CLAIM = {
 _FAN_OUT_BATCH = 500
 # Outcomes per group commit, and commits in flight at once (SQLite has one writer anyway).
 _OUTCOME_BATCH = 200
-_OUTCOME_COMMITS = {"postgresql": 4, "sqlite": 1}
+_OUTCOME_COMMITS = {"postgresql": 1, "sqlite": 1}
 _SHARED_STATE_ERRORS = (RedisError, OSError)
 
 
@@ -114,7 +113,7 @@ class DeliveryEngine:
         box: SecretBox,
         breaker: Breaker,
         limiter: Limiter,
-        client: httpx.AsyncClient,
+        client: DeliveryClient,
         control_sessions: async_sessionmaker[AsyncSession] | None = None,
     ) -> None:
         self._sessions = sessions
@@ -136,11 +135,13 @@ class DeliveryEngine:
 
     async def fan_out(self, event_ids: list[uuid.UUID]) -> int:
         async with self._control() as session, session.begin():
-            events = list(
-                await session.scalars(
-                    select(Event).where(Event.id.in_(event_ids), Event.fanned_out_at.is_(None)).with_for_update(skip_locked=True)
+            events = (
+                await session.execute(
+                    select(*FAN_OUT_COLUMNS)
+                    .where(Event.id.in_(event_ids), Event.fanned_out_at.is_(None))
+                    .with_for_update(skip_locked=True)
                 )
-            )
+            ).all()
             return await fan_out(session, events)
 
     async def fan_out_pending(self, older_than: float = 0.0) -> int:
@@ -149,15 +150,15 @@ class DeliveryEngine:
         while True:
             cutoff = utcnow() - timedelta(seconds=older_than)
             async with self._control() as session, session.begin():
-                events = list(
-                    await session.scalars(
-                        select(Event)
+                events = (
+                    await session.execute(
+                        select(*FAN_OUT_COLUMNS)
                         .where(Event.fanned_out_at.is_(None), Event.received_at <= cutoff)
                         .order_by(Event.received_at)
                         .limit(_FAN_OUT_BATCH)
                         .with_for_update(skip_locked=True)
                     )
-                )
+                ).all()
                 total += await fan_out(session, events)
             if len(events) < _FAN_OUT_BATCH:
                 return total

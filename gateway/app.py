@@ -19,7 +19,7 @@ from delivery.controller import DeliveryController
 from delivery.replays.controller import ReplayController
 from gateway.admission.controller import usage
 from gateway.admission.service import Admission
-from gateway.doorbell import ArqDoorbell, Doorbell
+from gateway.doorbell import Doorbell, RedisDoorbell
 from gateway.events.controller import EventController
 from gateway.health import readiness, ready
 from gateway.idempotency.middleware import IdempotencyMiddleware
@@ -68,7 +68,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     dispatcher = runtime.dispatcher(sweep_grace=0.0) if settings.is_embedded else None
     replays = runtime.replay_runner(dispatcher) if dispatcher is not None else None
     monitor = runtime.anomaly_monitor() if dispatcher is not None else None
-    doorbell: Doorbell = dispatcher or ArqDoorbell(settings.redis_url)
+    doorbell: Doorbell = dispatcher or RedisDoorbell(runtime.redis)
     directory = SourceDirectory(sessions, box, settings.source_cache_ttl_seconds)
     admission = Admission(runtime.limiter, window_seconds=settings.usage_window_seconds)
     ingest_service = IngestService(
@@ -94,8 +94,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
         finally:
             for task in reversed(background):
                 await task.stop()
-            if isinstance(doorbell, ArqDoorbell):
-                await doorbell.close()
             await runtime.close()
 
     def _constant(value: object) -> Provide:

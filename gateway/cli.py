@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=_serve)
 
     commands.add_parser("migrate", help="apply database migrations").set_defaults(run=_migrate)
-    commands.add_parser("worker", help="delivery worker (arq on Redis + dispatch loop)").set_defaults(run=_worker)
+    commands.add_parser("worker", help="delivery worker (dispatch loop, doorbell listener, arq cron)").set_defaults(run=_worker)
     commands.add_parser("settings", help="print every HOOKGATE_* setting").set_defaults(run=_settings)
     _ml_commands(commands)
     users = commands.add_parser("users", help="dashboard users").add_subparsers(dest="users_command", required=True)

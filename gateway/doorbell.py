@@ -2,23 +2,35 @@
 
 Losing a ring delays work until the sweeper's next pass; it never loses it, because the
 database row is the truth. Ringing therefore never raises into the caller.
+
+In production a ring is the new events' ids pushed onto a Redis list (`RINGS_KEY`) that every
+worker blocks on (`listen`); Redis hands each entry to exactly one of them. Not an arq job:
+arq starts jobs one at a time with several Redis round trips each, ~100 per second per worker
+under load, so the ring, not the delivery, bounded the live path (docs/PERFORMANCE.md). arq
+keeps the jobs that are jobs (the retraining cron).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from collections.abc import Awaitable, Callable
+from typing import Protocol, runtime_checkable
 
-from arq import create_pool
-from arq.connections import RedisSettings
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from gateway.batching import Batcher
 
-if TYPE_CHECKING:
-    from arq.connections import ArqRedis
-
 _log = logging.getLogger("hookgate.doorbell")
+
+RINGS_KEY = "hookgate:rings"
+# Rings kept while no worker listens; older ones are dropped, and the sweeper finds their events.
+MAX_WAITING_RINGS = 10_000
+_MAX_RINGS = 500  # rings per push, and per pop
+_LISTEN_SECONDS = 1  # a blocking pop returns empty-handed after this, so a stop is noticed
+_RETRY_SECONDS = 2.0
 
 
 @runtime_checkable
@@ -33,33 +45,53 @@ async def ring_safely(doorbell: Doorbell, event_ids: list[uuid.UUID]) -> None:
         _log.warning("doorbell failed; the sweeper will pick the work up", exc_info=True)
 
 
-FAN_OUT_JOB = "fan_out"
-_MAX_RINGS = 500
+class RedisDoorbell:
+    """Production: one list entry per coalesced batch of rings, pushed in one round trip.
 
-
-class ArqDoorbell:
-    """Production: an arq job carrying only the event ids, picked up by any worker.
-
-    Rings that come while one is being enqueued are coalesced into the next job (an arq enqueue
-    is several Redis round trips), so a busy gateway sends one job for many events.
+    Rings that come while one push is in flight leave together in the next.
     """
 
-    def __init__(self, redis_url: str) -> None:
-        self._redis_settings = RedisSettings.from_dsn(redis_url)
-        self._redis_settings.conn_timeout = 1
-        self._redis_settings.conn_retries = 0
-        self._pool: ArqRedis | None = None
-        self._batcher: Batcher[list[uuid.UUID], None] = Batcher(self._enqueue, max_items=_MAX_RINGS, concurrency=1)
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self._redis = redis
+        self._batcher: Batcher[list[uuid.UUID], None] = Batcher(self._push, max_items=_MAX_RINGS, concurrency=1)
 
     async def ring(self, event_ids: list[uuid.UUID]) -> None:
         await self._batcher.submit(event_ids)
 
-    async def _enqueue(self, rings: list[list[uuid.UUID]]) -> list[None]:
-        if self._pool is None:
-            self._pool = await create_pool(self._redis_settings)
-        await self._pool.enqueue_job(FAN_OUT_JOB, [str(event_id) for ids in rings for event_id in ids])
+    async def _push(self, rings: list[list[uuid.UUID]]) -> list[None]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.rpush(RINGS_KEY, b"".join(event_id.bytes for ids in rings for event_id in ids))
+            pipe.ltrim(RINGS_KEY, -MAX_WAITING_RINGS, -1)
+            await pipe.execute()
         return [None] * len(rings)
 
-    async def close(self) -> None:
-        if self._pool is not None:
-            await self._pool.aclose()
+
+async def listen(redis: aioredis.Redis, ring: Callable[[list[uuid.UUID]], Awaitable[None]]) -> None:
+    """Hand every ring this worker pops to ``ring``, at once; runs until cancelled.
+
+    While Redis is unreachable it retries every few seconds; the dispatcher polls the database
+    meanwhile, so nothing waits for Redis to come back.
+    """
+    while True:
+        try:
+            popped = await redis.blpop([RINGS_KEY], timeout=_LISTEN_SECONDS)
+            if popped is None:
+                continue
+            entries = [popped[1], *(await redis.lpop(RINGS_KEY, _MAX_RINGS) or [])]
+        except (RedisError, OSError):
+            _log.warning("doorbell unreachable; retrying (the database is polled meanwhile)", exc_info=True)
+            await asyncio.sleep(_RETRY_SECONDS)
+            continue
+        await ring(_event_ids(entries))
+
+
+def _event_ids(entries: list[bytes]) -> list[uuid.UUID]:
+    """The ids packed in list entries (16 bytes each); an entry that is not such a list is skipped,
+    not fatal: the listener must outlive whatever else writes to the key."""
+    ids = []
+    for entry in entries:
+        if not entry or len(entry) % 16:
+            _log.warning("doorbell entry of %d bytes is not a list of event ids; skipped", len(entry))
+            continue
+        ids += [uuid.UUID(bytes=entry[i : i + 16]) for i in range(0, len(entry), 16)]
+    return ids

@@ -64,8 +64,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         int,
         msgspec.Meta(ge=1, le=1_000),
         _doc("Ingest transactions committing at once per process; events arriving while all are busy "
-             "wait and commit together in the next (group commit). Keep it below the pool size."),
-    ] = 4
+             "wait and commit together in the next (group commit). 1 gives the largest batches and, on a "
+             "busy CPU, the most events per second (docs/PERFORMANCE.md); raise it only when the commit "
+             "round trip, not the CPU, is the limit (a distant database). Keep it below the pool size."),
+    ] = 1
     secret_grace_seconds: Annotated[
         int, _doc("Default time a replaced secret keeps verifying (sources) or signing (endpoints).")
     ] = 86_400

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import httpx
 import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -15,7 +14,7 @@ from delivery.breaker import Breaker, BreakerConfig, MemoryBreaker, RedisBreaker
 from delivery.dispatcher import Dispatcher
 from delivery.engine import DeliveryEngine
 from delivery.replays.runner import ReplayRunner
-from delivery.sender import build_client
+from delivery.sender import DeliveryClient
 from gateway.database import create_engine, session_factory
 from gateway.limiter import Limiter, MemoryLimiter, RedisLimiter
 from gateway.settings import Settings
@@ -45,7 +44,7 @@ class Runtime:
     redis: aioredis.Redis | None = field(init=False)
     breaker: Breaker = field(init=False)
     limiter: Limiter = field(init=False)
-    _client: httpx.AsyncClient | None = field(init=False, default=None)
+    _client: DeliveryClient | None = field(init=False, default=None)
     _control_engine: AsyncEngine | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
@@ -64,10 +63,8 @@ class Runtime:
     def dispatcher(self, *, sweep_grace: float) -> Dispatcher:
         """The delivery loop of this process, with its own pooled HTTP client."""
         settings = self.settings
-        self._client = build_client(
-            connect_timeout=settings.delivery_connect_timeout,
-            timeout=settings.delivery_timeout,
-            max_connections=settings.delivery_concurrency,
+        self._client = DeliveryClient(
+            connect_timeout=settings.delivery_connect_timeout, max_connections=settings.delivery_concurrency
         )
         control = None
         if not settings.is_embedded:  # SQLite has one writer anyway: a second pool would only contend

@@ -1,7 +1,8 @@
-"""``hookgate worker``: the dispatch loop plus an arq worker that carries doorbell jobs.
+"""``hookgate worker``: the dispatch loop, the doorbell listener, and an arq worker for cron jobs.
 
 The dispatch loop (delivery and sweeping) needs only the database: while Redis is down it keeps
-delivering without breaker and rate limit, and the arq side is restarted when Redis comes back.
+delivering without breaker and rate limit, the doorbell listener retries, and the arq side is
+restarted when Redis comes back.
 """
 
 from __future__ import annotations
@@ -10,14 +11,13 @@ import asyncio
 import contextlib
 import logging
 import signal
-import uuid
 from typing import Any
 
 from arq.connections import RedisSettings
 from arq.cron import cron
-from arq.worker import Worker, func
+from arq.worker import Worker
 
-from gateway.doorbell import FAN_OUT_JOB
+from gateway.doorbell import listen
 from gateway.health import readiness
 from gateway.logs import configure as configure_logs
 from gateway.probes import serve_probes
@@ -33,10 +33,6 @@ _ARQ_RESTART_DELAY = 2.0
 SWEEP_GRACE_SECONDS = 2.0
 
 
-async def _fan_out(ctx: dict[str, Any], event_ids: list[str]) -> None:
-    await ctx["dispatcher"].ring([uuid.UUID(event_id) for event_id in event_ids])
-
-
 async def _retrain(ctx: dict[str, Any]) -> None:
     runtime: Runtime = ctx["runtime"]
     await retrain(runtime.sessions, runtime.settings)
@@ -44,14 +40,12 @@ async def _retrain(ctx: dict[str, Any]) -> None:
 
 def _arq_worker(settings: Settings, ctx: dict[str, Any]) -> Worker:
     return Worker(
-        functions=[func(_fan_out, name=FAN_OUT_JOB, keep_result=0, max_tries=1)],
+        functions=[],
         # arq runs each cron tick once across all workers (its job id is the tick).
         cron_jobs=[cron(_retrain, name="retrain_anomaly_models", minute=set(range(0, 60, 10)), timeout=600, max_tries=1)],
         redis_settings=RedisSettings.from_dsn(settings.redis_url),
         ctx=ctx,
         handle_signals=False,
-        poll_delay=0.05,
-        max_jobs=100,
         keep_result=0,
     )
 
@@ -63,7 +57,8 @@ async def _run_arq(settings: Settings, ctx: dict[str, Any]) -> None:
         try:
             await worker.async_run()
         except asyncio.CancelledError:
-            await worker.close()
+            with contextlib.suppress(Exception):  # Redis may be gone; stopping must still finish
+                await worker.close()
             raise
         except Exception:  # noqa: BLE001 - Redis gone; deliveries go on from the database
             _log.warning("arq worker stopped (Redis unavailable?); restarting", exc_info=True)
@@ -93,16 +88,18 @@ async def run_worker(settings: Settings | None = None, stop: asyncio.Event | Non
     dispatcher.start()
     replays.start()
     monitor.start()
-    arq = asyncio.create_task(_run_arq(settings, {"dispatcher": dispatcher, "runtime": runtime}))
+    tasks = [asyncio.create_task(_run_arq(settings, {"runtime": runtime}), name="hookgate-arq")]
+    if runtime.redis is not None:
+        tasks.append(asyncio.create_task(listen(runtime.redis, dispatcher.ring), name="hookgate-doorbell"))
     _log.info("worker started")
     try:
         await stop.wait()
     finally:
         if probes is not None:
             probes.close()
-        arq.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await arq
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)  # whatever they died of, the rest must stop too
         await replays.stop()
         await monitor.stop()
         await dispatcher.stop(grace=settings.delivery_timeout)

@@ -16,7 +16,7 @@ from sqlalchemy import func, select, update
 
 from delivery.engine import DeliveryEngine
 from delivery.outcomes import Outcome, OutcomeWriter
-from delivery.sender import SendResult, build_client
+from delivery.sender import DeliveryClient, SendResult
 from gateway.database import utcnow
 from gateway.events.models import Attempt, Delivery
 from gateway.metrics import ATTEMPT_BATCH_ROWS
@@ -41,7 +41,7 @@ class _Worker:
         settings = make_settings(database_url, redis_url, delivery_concurrency=2 * MANY, tenant_delivery_concurrency=2 * MANY,
                                  lease_seconds=5.0, delivery_timeout=4.0)
         self.runtime = Runtime(settings)
-        self.client = build_client(connect_timeout=2, timeout=5, max_connections=MANY)
+        self.client = DeliveryClient(connect_timeout=2, max_connections=MANY)
         runtime = self.runtime
         self.engine = DeliveryEngine(runtime.sessions, settings, runtime.box, runtime.breaker, runtime.limiter, self.client)
         # Outcomes written directly, as the engine writes them after each request.

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import datetime as dt
 import functools
+import gzip
 import ipaddress
 import json
 import socket
@@ -21,7 +22,6 @@ from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -30,7 +30,7 @@ from cryptography.x509.oid import NameOID
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from delivery import ssrf
-from delivery.sender import EXCERPT_BYTES, build_client, send
+from delivery.sender import EXCERPT_BYTES, DeliveryClient, send
 from delivery.signing import USER_AGENT, new_endpoint_secret, sign, webhook_headers
 from tests.support.receiver import Received, Server, head, reply
 
@@ -234,8 +234,8 @@ async def test_resolve_requires_every_address_to_pass(fake_dns: dict[str, list[s
 
 
 @pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    delivery_client = build_client(connect_timeout=2.0, timeout=5.0)
+async def client() -> AsyncIterator[DeliveryClient]:
+    delivery_client = DeliveryClient(connect_timeout=2.0)
     yield delivery_client
     await delivery_client.aclose()
 
@@ -262,7 +262,7 @@ async def fake_dns(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
 
 
 @_bounded()
-async def test_200_is_ok_and_the_receiver_verifies_the_signature(client: httpx.AsyncClient) -> None:
+async def test_200_is_ok_and_the_receiver_verifies_the_signature(client: DeliveryClient) -> None:
     secret = new_endpoint_secret()
     headers = webhook_headers([secret], "msg_42", int(time.time()), BODY)
     async with Server(reply(200, b'{"received":true}')) as server:
@@ -279,7 +279,7 @@ async def test_200_is_ok_and_the_receiver_verifies_the_signature(client: httpx.A
 
 
 @_bounded()
-async def test_500_is_a_failure_with_the_body_excerpt(client: httpx.AsyncClient) -> None:
+async def test_500_is_a_failure_with_the_body_excerpt(client: DeliveryClient) -> None:
     async with Server(reply(500, "boom \xff\x00".encode("latin-1"), {"retry-after": "7"})) as server:
         result = await send(client, server.url, BODY, {}, allow_private=True, timeout=5)
 
@@ -290,7 +290,7 @@ async def test_500_is_a_failure_with_the_body_excerpt(client: httpx.AsyncClient)
 
 
 @_bounded()
-async def test_big_body_is_capped_without_reading_it_all(client: httpx.AsyncClient) -> None:
+async def test_big_body_is_capped_without_reading_it_all(client: DeliveryClient) -> None:
     client_closed = asyncio.Event()
 
     async def respond(request: Received, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -310,7 +310,7 @@ async def test_big_body_is_capped_without_reading_it_all(client: httpx.AsyncClie
 
 
 @_bounded()
-async def test_redirect_is_not_followed(client: httpx.AsyncClient) -> None:
+async def test_redirect_is_not_followed(client: DeliveryClient) -> None:
     async with Server(reply(200)) as target:
         location = f"{target.url}/elsewhere"
         async with Server(reply(302, b"moved", {"location": location})) as server:
@@ -322,7 +322,7 @@ async def test_redirect_is_not_followed(client: httpx.AsyncClient) -> None:
 
 
 @_bounded()
-async def test_429_retry_after_seconds(client: httpx.AsyncClient) -> None:
+async def test_429_retry_after_seconds(client: DeliveryClient) -> None:
     async with Server(reply(429, b"slow down", {"retry-after": "7"})) as server:
         result = await send(client, server.url, BODY, {}, allow_private=True, timeout=5)
 
@@ -330,7 +330,7 @@ async def test_429_retry_after_seconds(client: httpx.AsyncClient) -> None:
 
 
 @_bounded()
-async def test_503_retry_after_http_date(client: httpx.AsyncClient) -> None:
+async def test_503_retry_after_http_date(client: DeliveryClient) -> None:
     when = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=30)
     async with Server(reply(503, b"", {"retry-after": format_datetime(when, usegmt=True)})) as server:
         result = await send(client, server.url, BODY, {}, allow_private=True, timeout=5)
@@ -340,7 +340,7 @@ async def test_503_retry_after_http_date(client: httpx.AsyncClient) -> None:
 
 
 @_bounded()
-async def test_slow_server_times_out_within_the_total_timeout(client: httpx.AsyncClient) -> None:
+async def test_slow_server_times_out_within_the_total_timeout(client: DeliveryClient) -> None:
     async def respond(request: Received, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(head(200, {"content-length": "100"}) + b"partial")  # trickles, then stalls
         await writer.drain()
@@ -355,7 +355,7 @@ async def test_slow_server_times_out_within_the_total_timeout(client: httpx.Asyn
 
 
 @_bounded()
-async def test_connection_refused(client: httpx.AsyncClient) -> None:
+async def test_connection_refused(client: DeliveryClient) -> None:
     with socket.socket() as holder:  # bound but not listening: the port stays ours and refuses
         holder.bind(("127.0.0.1", 0))
         port = holder.getsockname()[1]
@@ -374,7 +374,7 @@ async def test_connection_refused(client: httpx.AsyncClient) -> None:
         ("2130706433", "refused: 2130706433 is a loopback address 127.0.0.1"),
     ],
 )
-async def test_loopback_is_refused_before_any_connection(client: httpx.AsyncClient, host: str, error: str) -> None:
+async def test_loopback_is_refused_before_any_connection(client: DeliveryClient, host: str, error: str) -> None:
     async with Server(reply(200)) as server:
         result = await send(client, f"http://{host}:{server.port}/", BODY, {}, allow_private=False, timeout=5)
 
@@ -384,7 +384,7 @@ async def test_loopback_is_refused_before_any_connection(client: httpx.AsyncClie
 
 @_bounded()
 async def test_dns_rebinding_is_checked_against_the_resolved_address(
-    client: httpx.AsyncClient, fake_dns: dict[str, list[str]]
+    client: DeliveryClient, fake_dns: dict[str, list[str]]
 ) -> None:
     fake_dns["hooks.rebind.test"] = ["127.0.0.1"]
     async with Server(reply(204)) as server:
@@ -403,7 +403,7 @@ async def test_dns_rebinding_is_checked_against_the_resolved_address(
 
 @_bounded()
 async def test_next_vetted_address_is_tried_when_one_refuses(
-    client: httpx.AsyncClient, fake_dns: dict[str, list[str]]
+    client: DeliveryClient, fake_dns: dict[str, list[str]]
 ) -> None:
     fake_dns["multi.test"] = ["127.0.0.2", "127.0.0.1"]  # the server listens on 127.0.0.1 only
     async with Server(reply(200, b"ok")) as server:
@@ -414,7 +414,7 @@ async def test_next_vetted_address_is_tried_when_one_refuses(
 
 @_bounded()
 async def test_unresolvable_and_invalid_urls_are_results_not_exceptions(
-    client: httpx.AsyncClient, fake_dns: dict[str, list[str]]
+    client: DeliveryClient, fake_dns: dict[str, list[str]]
 ) -> None:
     fake_dns["nxdomain.test"] = []
     missing = await send(client, "https://nxdomain.test/hook", BODY, {}, allow_private=False, timeout=5)
@@ -456,7 +456,7 @@ def self_signed_tls(tmp_path: Path) -> tuple[ssl.SSLContext, list[str | None]]:
 
 @_bounded()
 async def test_tls_still_verifies_the_hostname_when_connecting_to_the_vetted_address(
-    client: httpx.AsyncClient,
+    client: DeliveryClient,
     fake_dns: dict[str, list[str]],
     self_signed_tls: tuple[ssl.SSLContext, list[str | None]],
 ) -> None:
@@ -469,3 +469,21 @@ async def test_tls_still_verifies_the_hostname_when_connecting_to_the_vetted_add
     assert result.error is not None and result.error.startswith("TLS certificate verification failed")
     assert server_names == ["tls.test"]
     assert server.requests == []
+
+
+@_bounded()
+async def test_a_compressed_reply_is_kept_as_sent_and_its_cookie_is_not(
+    client: DeliveryClient, fake_dns: dict[str, list[str]]
+) -> None:
+    """Only an excerpt is stored: decompressing would be wasted work and a decompression-bomb risk;
+    and a receiver's cookie must not ride along on the next tenant's delivery."""
+    fake_dns["cookies.test"] = ["127.0.0.1"]  # a name: cookie jars ignore cookies set by IP addresses
+    compressed = gzip.compress(b"x" * 100_000)
+    async with Server(reply(500, compressed, {"content-encoding": "gzip", "set-cookie": "session=abc; Path=/"})) as server:
+        url = f"http://cookies.test:{server.port}/"
+        first = await send(client, url, BODY, {}, allow_private=True, timeout=5)
+        await send(client, url, BODY, {}, allow_private=True, timeout=5)
+
+    assert first.response_excerpt == compressed[:EXCERPT_BYTES].decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+    assert [r.headers.get("accept-encoding") for r in server.requests] == ["identity", "identity"]
+    assert "cookie" not in server.requests[1].headers

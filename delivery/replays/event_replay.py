@@ -8,7 +8,7 @@ import uuid
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from delivery.fanout import delivery_row, endpoints_for, subscribed
+from delivery.fanout import Subscriber, delivery_row, endpoints_for, subscribed
 from gateway.doorbell import Doorbell, ring_safely
 from gateway.events.models import Delivery, Event
 from gateway.events.repository import DeliveryRepository, EventRepository
@@ -20,7 +20,7 @@ from tenants.endpoints.service import EndpointRepository
 async def replay_event(session: AsyncSession, event: Event, endpoint_ids: list[uuid.UUID] | None) -> list[uuid.UUID]:
     """Queue one replay delivery per chosen endpoint (default: every enabled endpoint subscribed
     to the event's type); returns the new delivery ids. The caller commits and rings."""
-    targets = await _chosen(session, event, endpoint_ids) if endpoint_ids else await _subscribed(session, event)
+    targets: list[Endpoint] | list[Subscriber] = await _chosen(session, event, endpoint_ids) if endpoint_ids else await _subscribed(session, event)
     if not targets:
         raise Problem(409, "no-endpoints", f"no enabled endpoint subscribes to {event.type!r}; name endpoint_ids to replay anyway")
     rows = [{**delivery_row(event, endpoint.id), "is_replay": True} for endpoint in targets]
@@ -49,6 +49,6 @@ async def _chosen(session: AsyncSession, event: Event, endpoint_ids: list[uuid.U
     return endpoints
 
 
-async def _subscribed(session: AsyncSession, event: Event) -> list[Endpoint]:
+async def _subscribed(session: AsyncSession, event: Event) -> list[Subscriber]:
     endpoints = (await endpoints_for(session, [event.tenant_id])).get(event.tenant_id, [])
     return [endpoint for endpoint in endpoints if subscribed(endpoint.event_types, event.type)]
