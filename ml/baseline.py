@@ -4,7 +4,8 @@ The rate statistics come from a bounded slice (four hours) that ends half an hou
 incident that just started must not become its own baseline, and a bounded slice keeps the cost
 independent of how much history the caller passes. Amount scales (refunds, negative amounts) and
 the charge failure rate use the whole history (up to the same half hour before now), because they
-are rare: four hours of a slow tenant hold a handful of charges and no failure. The expected volume is seasonal: the same hour one day
+are rare: four hours of a slow tenant hold a handful of charges and no failure (the lapse rate and
+the share of failures that are distinct customers likewise). The expected volume is seasonal: the same hour one day
 earlier, when the history reaches that far.
 """
 
@@ -21,6 +22,7 @@ from ml.features import Window
 
 GAP_WINDOWS = 30
 SPAN_WINDOWS = 240
+_MIN_FAILURES = 20  # fewer failed charges than this: no customer share, the failure rule does not use it
 _MIN_AMOUNTS = 10  # fewer non-zero amounts than this: no amount scale, rules use their floors
 
 
@@ -59,6 +61,8 @@ class Baseline:
     bad_signatures: Stat = Stat()
     lapses: Stat = Stat()
     failure_rate: float = 0.0  # pooled charge.failed / charges over the whole history
+    lapse_rate: float = 0.0  # lapses per window over the whole history
+    failing_customer_share: float | None = None  # pooled failed_customers / charge.failed over the whole history
     lag_p50: float = 0.0  # median of the windows' lag_p50
     refund_p99: float | None = None
     negative_p99: float | None = None
@@ -79,6 +83,7 @@ class Baseline:
         recent = history[max(0, end - SPAN_WINDOWS) : end]
         failed = sum(w.charge_failed for w in history[:end])
         charges = failed + sum(w.charge_succeeded for w in history[:end])
+        customers = sum(w.failed_customers for w in history[:end])
         lags = sorted(w.lag_p50 for w in recent if w.lag_p50 is not None)
         return cls(
             windows=len(recent),
@@ -89,6 +94,8 @@ class Baseline:
             bad_signatures=_stat(recent, lambda w: w.bad_signatures),
             lapses=_stat(recent, lambda w: w.lapses),
             failure_rate=failed / charges if charges else 0.0,
+            lapse_rate=sum(w.lapses for w in history[:end]) / end,
+            failing_customer_share=customers / failed if failed >= _MIN_FAILURES else None,
             lag_p50=lags[len(lags) // 2] if lags else 0.0,
             refund_p99=_p99([w.max_refund for w in history if w.max_refund]),
             negative_p99=_p99([w.negative_amount for w in history if w.negative_amount]),

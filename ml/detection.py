@@ -5,7 +5,8 @@ finding stands (its explanation is the more specific one). The forest's findings
 no rule flagged, labelled with the kind its most deviant feature points to. A forest finding on
 amounts is dropped once the tenant has an amount p99: the rule has then judged those amounts
 against the tenant's whole history, where the forest only knows a week's range (a slow tenant's
-handful of refunds, which the next ordinary one can leave).
+handful of refunds, which the next ordinary one can leave). A volume drop is dropped while the
+webhook-lag rule fires: a backlog delays events, which lowers the received count for a while.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def detect(
     if rules:
         baseline = baseline or Baseline.from_history(history, window.start)
         recent = [*history[-(RECENT_WINDOWS - 1) :], window]
-        findings = [finding for rule in RULES if (finding := rule(recent, baseline, thresholds)) is not None]
+        findings = _lag_explains_drop([finding for rule in RULES if (finding := rule(recent, baseline, thresholds)) is not None])
     if model is not None and not findings:
         score, explanation = scored or model.score(window)
         kind = model.kind(window) if score >= model.threshold else None
@@ -56,6 +57,13 @@ def detect(
                     features={"anomaly_score": score, "threshold": model.threshold},
                 )
             )
+    return findings
+
+
+def _lag_explains_drop(findings: list[Finding]) -> list[Finding]:
+    """A backlog is also a drop in received events; while the lag rule holds, the events are late, not gone."""
+    if any(f.kind == "webhook_lag" for f in findings):
+        return [f for f in findings if f.kind != "volume_drop"]
     return findings
 
 

@@ -23,7 +23,8 @@ from ml.surprise import binomial_excess, poisson_deficit, poisson_excess, to_sco
 _DROP_HORIZON = 240  # the longest horizon (windows)
 _DROP_FLOOR = 0.8  # least fraction of `drop_surprise` a long horizon needs
 _DROP_REFERENCE = 60  # windows before a volume-drop horizon that serve as its local reference
-_FAILURE_HORIZONS = (1, 2, 3, 5, 10, 15, 30, 60, 120, 240)
+_FAILURE_HORIZONS = frozenset((*range(1, 11), 15, 30, 60, 120, 240))
+_FAILURE_LONGEST = max(_FAILURE_HORIZONS)
 _LAPSE_HORIZONS = (1, 5, 15, 30)  # capped at `lapse_horizon_windows`
 RECENT_WINDOWS = _DROP_HORIZON + _DROP_REFERENCE + 1  # what the rules look at, the current window included
 
@@ -45,6 +46,7 @@ class Thresholds:
     lag_seconds: float = 10.0  # lag_p50 at least this, and `lag_multiplier` x the typical p50
     lag_multiplier: float = 10.0
     lag_min_events: float = 3.0  # lagged events in the current streak of lagged windows
+    lag_min_share: float = 0.05  # ...and at least this fraction of the events expected over the streak
     large_refund_min: float = 50_000.0  # minor units, only while the tenant has no amount history
     negative_amount_min: float = 50_000.0
     amount_multiplier: float = 5.0  # x the tenant's own p99 once it has one
@@ -95,23 +97,30 @@ def failure_spike(recent: Sequence[Window], baseline: Baseline, t: Thresholds) -
 
     A horizon with a card-testing window in it is skipped: those failures have a rule of their own,
     and the attacker's single attempts around the burst would otherwise read as a failure spike.
+    So is one whose failures fall on far fewer distinct customers than the tenant's usual share
+    (under half of it): an outage fails ordinary customers, a card tester is one customer (or none).
     A horizon whose newer half has charges but not the failure ratio is skipped: a long horizon
-    still holding an outage that has ended is not news, and would re-open it.
+    still holding an outage that has ended is not news, and would re-open it. Horizons are dense
+    up to ten windows, where a mid-volume tenant's outage becomes significant.
     """
     typical = max(baseline.failure_rate, t.failure_floor_rate)
     min_ratio = max(t.failure_min_ratio, t.failure_ratio_multiplier * typical)
+    share = baseline.failing_customer_share
     best = None
-    failed, charges = [0], [0]  # over the newest k windows, k = 0, 1, ...
-    for k, window in enumerate(reversed(recent[-_FAILURE_HORIZONS[-1] :]), start=1):
+    failed, charges, customers = [0], [0], [0]  # over the newest k windows, k = 0, 1, ...
+    for k, window in enumerate(reversed(recent[-_FAILURE_LONGEST:]), start=1):
         if _card_testing_like(window, t):
             break  # every longer horizon holds this window too
         failed.append(failed[-1] + window.charge_failed)
         charges.append(charges[-1] + window.charge_failed + window.charge_succeeded)
+        customers.append(customers[-1] + window.failed_customers)
         if k not in _FAILURE_HORIZONS or failed[k] < t.failure_min_failures or failed[k] < charges[k] * min_ratio:
             continue
         if failed[k // 2] < charges[k // 2] * min_ratio:
             continue  # over: the newer half is back to normal
-        surprise = binomial_excess(failed[k], charges[k], typical)
+        if share is not None and customers[k] < 0.5 * share * failed[k]:
+            continue  # a few customers failing many times: card testing, not an outage
+        surprise = binomial_excess(failed[k], charges[k], typical) / baseline.charge_failed.dispersion
         if _better(surprise, needed(t.surprise, k), best):
             best = (surprise, needed(t.surprise, k), k, failed[k], charges[k])
     if best is None:
@@ -128,8 +137,12 @@ def failure_spike(recent: Sequence[Window], baseline: Baseline, t: Thresholds) -
 
 
 def silent_lapse(recent: Sequence[Window], baseline: Baseline, t: Thresholds) -> Finding | None:
-    """Subscriptions deleted after failed invoice payments, in a cluster the tenant does not usually see."""
-    rate = max(baseline.lapses.mean, t.lapse_floor_rate)
+    """Subscriptions deleted after failed invoice payments, in a cluster the tenant does not usually see.
+
+    The usual rate is the higher of the recent one and the whole history's: four hours of a tenant
+    whose lapses come every hour or two can hold none, and two close together are then routine.
+    """
+    rate = max(baseline.lapses.mean, baseline.lapse_rate, t.lapse_floor_rate)
     best = None
     for k in _LAPSE_HORIZONS:
         k = min(k, int(t.lapse_horizon_windows))
@@ -153,16 +166,24 @@ def silent_lapse(recent: Sequence[Window], baseline: Baseline, t: Thresholds) ->
 
 
 def duplicate_flood(recent: Sequence[Window], baseline: Baseline, t: Thresholds) -> Finding | None:
-    """The same events re-sent far more than provider retries explain."""
+    """The same events re-sent far more than provider retries explain.
+
+    Provider re-sends are a share of the events sent, so the expected count follows the events of
+    the horizon at the baseline's duplicate share: a busy tenant's morning rise brings more
+    re-sends than its night-time baseline holds.
+    """
+    stat = baseline.duplicates
+    share = stat.mean / baseline.events.mean if baseline.events.mean > 0 else 0.0
     return _count_rule(
         "duplicate_flood",
         "duplicate deliveries",
         recent,
         lambda w: w.duplicates,
-        baseline.duplicates,
+        stat,
         (1, 3, 5),
         t.duplicate_min,
         t,
+        lambda k: max(stat.mean * k, share * sum(w.events for w in recent[-k:])),
     )
 
 
@@ -185,19 +206,27 @@ def webhook_lag(recent: Sequence[Window], baseline: Baseline, t: Thresholds) -> 
 
     Evidence is the current streak of lagged windows, empty ones skipped (they say nothing about
     lag), holding at least `lag_min_events` lagged events (half of each window's, as its median is
-    lagged). A retried event is lagged too, but alone.
+    lagged). A retried event is lagged too, but alone. The lagged events must also be at least
+    `lag_min_share` of the traffic expected over the streak: when traffic has stopped, the only
+    arrivals are the late retries of events sent before it, and that is a volume drop, not a backlog.
     """
     limit = max(t.lag_seconds, t.lag_multiplier * baseline.lag_p50)
-    measured = [(w.lag_p50, w.lag_max or 0.0, w.events) for w in recent[-30:] if w.lag_p50 is not None]
+    span = recent[-30:]
     streak = lagged = 0
-    for p50, _, events in reversed(measured):
-        if p50 < limit:
+    first = len(span)  # index in `span` of the oldest window of the streak
+    for i in range(len(span) - 1, -1, -1):
+        window = span[i]
+        if window.lag_p50 is None:
+            continue
+        if window.lag_p50 < limit:
             break
         streak += 1
-        lagged += (events + 1) // 2
-    if lagged < t.lag_min_events:
+        lagged += (window.events + 1) // 2
+        first = i
+    if lagged < t.lag_min_events or lagged < t.lag_min_share * baseline.expected_events * (len(span) - first):
         return None
-    p50, lag_max, _ = measured[-1]
+    newest = next(w for w in reversed(span) if w.lag_p50 is not None)
+    p50, lag_max = newest.lag_p50 or 0.0, newest.lag_max or 0.0
     ratio = p50 / limit
     return Finding(
         detector="webhook_lag",
@@ -317,13 +346,15 @@ def _count_rule(
     horizons: tuple[int, ...],
     minimum: float,
     t: Thresholds,
+    expected: Callable[[int], float] | None = None,
 ) -> Finding | None:
+    """Poisson excess of ``metric`` over each horizon; ``expected(k)`` defaults to the baseline mean x k."""
     best = None
     for k in horizons:
         count = sum(metric(w) for w in recent[-k:])
         if count < minimum:
             continue
-        surprise = poisson_excess(count, max(stat.mean, 0.01) * k) / stat.dispersion
+        surprise = poisson_excess(count, max(expected(k) if expected else stat.mean * k, 0.01 * k)) / stat.dispersion
         if _better(surprise, needed(t.surprise, k), best):
             best = (surprise, needed(t.surprise, k), k, count)
     if best is None:
