@@ -6,6 +6,7 @@ statement compiled once per dialect, with the rows as parameters.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -43,15 +44,14 @@ class FannedEvent(Protocol):
 
 
 FAN_OUT_COLUMNS = (Event.id, Event.tenant_id, Event.type, Event.priority)
-_INSERTS: dict[str, Any] = {}
 
 
+@functools.cache
 def _insert(dialect: str) -> Any:
-    if dialect not in _INSERTS:
-        _INSERTS[dialect] = dialect_insert(dialect)(Delivery).on_conflict_do_nothing(
-            index_elements=["event_id", "endpoint_id"], index_where=text("NOT is_replay")
-        )
-    return _INSERTS[dialect]
+    """The original-delivery insert, built once per dialect (the rows are its parameters)."""
+    return dialect_insert(dialect)(Delivery).on_conflict_do_nothing(
+        index_elements=["event_id", "endpoint_id"], index_where=text("NOT is_replay")
+    )
 
 
 async def insert_deliveries(session: AsyncSession, rows: list[dict[str, object]]) -> None:
