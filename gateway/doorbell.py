@@ -13,6 +13,7 @@ keeps the jobs that are jobs (the retraining cron).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -66,13 +67,15 @@ class RedisDoorbell:
         return [None] * len(rings)
 
 
-async def listen(redis: aioredis.Redis, ring: Callable[[list[uuid.UUID]], Awaitable[None]]) -> None:
-    """Hand every ring this worker pops to ``ring``, at once; runs until cancelled.
+async def listen(redis: aioredis.Redis, ring: Callable[[list[uuid.UUID]], Awaitable[None]], stop: asyncio.Event) -> None:
+    """Hand every ring this worker pops to ``ring``, at once, until ``stop`` is set.
 
-    While Redis is unreachable it retries every few seconds; the dispatcher polls the database
-    meanwhile, so nothing waits for Redis to come back.
+    It ends within a blocking pop's timeout of ``stop``, without relying on cancellation: a cancel
+    that lands as the Redis client's socket timeout fires comes back as a Redis timeout, which the
+    retry below would otherwise swallow, and the worker would never finish stopping. While Redis is
+    unreachable it retries every few seconds; the dispatcher polls the database meanwhile.
     """
-    while True:
+    while not stop.is_set():
         try:
             popped = await redis.blpop([RINGS_KEY], timeout=_LISTEN_SECONDS)
             if popped is None:
@@ -80,7 +83,8 @@ async def listen(redis: aioredis.Redis, ring: Callable[[list[uuid.UUID]], Awaita
             entries = [popped[1], *(await redis.lpop(RINGS_KEY, _MAX_RINGS) or [])]
         except (RedisError, OSError):
             _log.warning("doorbell unreachable; retrying (the database is polled meanwhile)", exc_info=True)
-            await asyncio.sleep(_RETRY_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), _RETRY_SECONDS)
             continue
         await ring(_event_ids(entries))
 

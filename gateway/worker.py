@@ -90,11 +90,12 @@ async def run_worker(settings: Settings | None = None, stop: asyncio.Event | Non
     monitor.start()
     tasks = [asyncio.create_task(_run_arq(settings, {"runtime": runtime}), name="hookgate-arq")]
     if runtime.redis is not None:
-        tasks.append(asyncio.create_task(listen(runtime.redis, dispatcher.ring), name="hookgate-doorbell"))
+        tasks.append(asyncio.create_task(listen(runtime.redis, dispatcher.ring, stop), name="hookgate-doorbell"))
     _log.info("worker started")
     try:
         await stop.wait()
     finally:
+        stop.set()  # also when this task itself was cancelled: the doorbell listener ends on it
         if probes is not None:
             probes.close()
         for task in tasks:

@@ -22,7 +22,8 @@ class _Worker:
 
     def __init__(self, redis: aioredis.Redis) -> None:
         self.rings: list[list[uuid.UUID]] = []
-        self._task = asyncio.create_task(listen(redis, self._ring))
+        self.stop = asyncio.Event()
+        self.task = asyncio.create_task(listen(redis, self._ring, self.stop))
 
     async def _ring(self, event_ids: list[uuid.UUID]) -> None:
         self.rings.append(event_ids)
@@ -31,10 +32,10 @@ class _Worker:
     def ids(self) -> list[uuid.UUID]:
         return [event_id for ring in self.rings for event_id in ring]
 
-    async def stop(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+    async def stopped(self) -> None:
+        """Told to stop, the listener ends by itself, within its blocking pop's timeout."""
+        self.stop.set()
+        await asyncio.wait_for(self.task, 5)
 
 
 @contextlib.asynccontextmanager
@@ -44,7 +45,7 @@ async def _workers(redis: aioredis.Redis, count: int) -> AsyncIterator[list[_Wor
         yield workers
     finally:
         for worker in workers:
-            await worker.stop()
+            await worker.stopped()
 
 
 async def test_a_ring_reaches_a_listening_worker_with_every_id(redis_client: aioredis.Redis) -> None:
@@ -134,3 +135,15 @@ async def test_an_entry_that_is_not_event_ids_is_skipped_and_the_listener_goes_o
         await wait_until(lambda: worker.ids, timeout=5, what="the ring after the bad entry")
 
     assert worker.ids == [good]
+
+
+async def test_a_listener_told_to_stop_ends_even_while_redis_is_gone(throwaway_redis: ThrowawayRedis) -> None:
+    redis = aioredis.from_url(throwaway_redis.url, socket_connect_timeout=1, socket_timeout=2)
+    try:
+        async with _workers(redis, 1) as [worker]:
+            await asyncio.to_thread(throwaway_redis.stop)
+            await asyncio.sleep(0.5)  # now in its retry wait
+            assert not worker.task.done()
+        assert worker.task.done() and worker.task.exception() is None  # ended by itself, not cancelled
+    finally:
+        await redis.aclose()
