@@ -75,7 +75,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         sessions,
         directory,
         admission,
-        GroupCommit(runtime.engine, max_rows=settings.ingest_commit_batch_rows, concurrency=settings.ingest_commit_concurrency),
+        GroupCommit(runtime.ingest_engine(), max_rows=settings.ingest_commit_batch_rows, concurrency=settings.ingest_commit_concurrency),
         defaults=default_rates(settings),
         tolerance=settings.stripe_tolerance_seconds,
     )

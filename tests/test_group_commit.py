@@ -119,3 +119,41 @@ async def test_a_duplicate_tally_that_fails_does_not_change_the_answers(
     again, fresh = await asyncio.gather(commit.store(_row(tenant_id, source_id, "evt_once")), commit.store(_row(tenant_id, source_id, "evt_new")))
     assert (again.id, again.duplicate) == (first.id, True) and not fresh.duplicate
     assert set(await _stored(engine, "evt_once", "evt_new")) == {"evt_once", "evt_new"}
+
+
+@pytest.mark.parametrize("backend", ["postgres"])  # SQLite has no server connection to lose
+async def test_a_batch_that_meets_a_dead_connection_runs_once_more_on_a_new_one(
+    client: AsyncTestClient[Litestar], tenant: TenantHandle, database_url: str, engine: Any
+) -> None:
+    """The group commit's pool does not ping before each batch: a connection the server dropped
+    (a restart, a failover) costs the batch one retry, not its callers a 503."""
+    tenant_id, source_id, _ = await _source_ids(client, tenant)
+    unpinged = create_engine(database_url, pool_size=1, pre_ping=False)
+    try:
+        commit = GroupCommit(unpinged, max_rows=100, concurrency=1)
+        await commit.store(_row(tenant_id, source_id, "evt_before"))  # its connection goes back to the pool
+        async with unpinged.connect() as connection:
+            pid = await connection.scalar(text("SELECT pg_backend_pid()"))
+        async with engine.connect() as connection:
+            assert await connection.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        after = await commit.store(_row(tenant_id, source_id, "evt_after"))
+        assert not after.duplicate
+        assert (await _stored(engine, "evt_after"))["evt_after"] == after.id
+    finally:
+        await unpinged.dispose()
+
+
+async def test_a_row_stored_again_with_its_own_id_is_new_not_a_duplicate(
+    client: AsyncTestClient[Litestar], tenant: TenantHandle, engine: Any
+) -> None:
+    """What the retry after a dead connection does when the first attempt had committed: the row is
+    found under its own id, so its caller learns it was stored, as it was."""
+    tenant_id, source_id, _ = await _source_ids(client, tenant)
+    commit = GroupCommit(engine, max_rows=100, concurrency=1)
+    row = _row(tenant_id, source_id, "evt_twice")
+    first = await commit.store(row)
+    again = await commit.store(row)
+    assert (again.id, again.duplicate) == (first.id, False) == (row["id"], False)
+    async with engine.connect() as connection:
+        assert await connection.scalar(select(func.count()).select_from(Event)) == 1
+        assert await connection.scalar(select(func.coalesce(func.sum(IngestTally.duplicates), 0))) == 0

@@ -7,7 +7,11 @@ many events commits them all for the price of one. The batches adapt to the load
 Each caller learns its outcome only once its batch has committed (no 2xx before the commit). A
 batch is that one statement, run in autocommit (a statement is atomic on its own, and an explicit
 ``BEGIN``/``COMMIT`` would add two round trips): if it fails, every caller in it gets the error and
-none of its events is stored. Two rows with the same (tenant, source, external id) in one batch
+none of its events is stored. The pool does not ping a connection before each batch (a round trip
+per commit); a batch that meets a dead connection (the database restarted) is run once more on a
+new one. That retry is safe even if the first attempt did commit before the connection died: the
+rows keep their ids, so the second attempt finds them stored with those same ids and reports
+them as new, not as duplicates. Two rows with the same (tenant, source, external id) in one batch
 are stored once; the later caller gets the earlier one's id as a duplicate, as if they had come one
 after the other. The duplicate tally that follows is a count for the anomaly detector: a failure to
 count never changes an answer.
@@ -22,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select, tuple_
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.batching import Batcher
@@ -62,6 +67,14 @@ class GroupCommit:
     async def _commit(self, rows: list[Row]) -> list[Stored]:
         """One statement: if it fails, the error reaches every caller and nothing is stored."""
         INGEST_BATCH_ROWS.observe(len(rows))
+        try:
+            return await self._attempt(rows)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            return await self._attempt(rows)
+
+    async def _attempt(self, rows: list[Row]) -> list[Stored]:
         async with self._engine.connect() as connection:
             return await self._write(connection, rows)
 
@@ -71,10 +84,9 @@ class GroupCommit:
         for row in rows:
             first.setdefault(_key(row), row)
         ids = _ids(await connection.execute(self._insert, list(first.values())))
-        inserted = set(ids.values())
         if missing := [key for key in first if key not in ids]:
             ids |= _ids(await connection.execute(select(_events.c.id, *_KEY).where(tuple_(*_KEY).in_(missing))))
-        outcomes = [Stored(ids[_key(row)], duplicate=row["id"] not in inserted) for row in rows]
+        outcomes = [Stored(ids[_key(row)], duplicate=ids[_key(row)] != row["id"]) for row in rows]
         duplicates = Counter(row["tenant_id"] for row, outcome in zip(rows, outcomes, strict=True) if outcome.duplicate)
         if duplicates:
             await self._tally_duplicates(connection, duplicates)
