@@ -35,12 +35,13 @@ def _freeze_heap() -> None:
 
 def _granian(settings: Settings, host: str, port: int, workers: int) -> None:
     from granian import Granian
-    from granian.constants import Interfaces
+    from granian.constants import Interfaces, Loops
     from granian.http import HTTP1Settings
 
     # Slow and oversized request heads are bounded here, before the app sees a byte.
     http1 = HTTP1Settings(header_read_timeout=round(settings.header_read_timeout_seconds * 1000), max_buffer_size=settings.max_header_bytes)
-    Granian(_APP, factory=True, address=host, port=port, workers=workers, interface=Interfaces.ASGI, http1_settings=http1).serve()
+    Granian(_APP, factory=True, address=host, port=port, workers=workers, interface=Interfaces.ASGI, loop=Loops.uvloop,
+            http1_settings=http1).serve()
 
 
 def _dev(args: argparse.Namespace) -> None:
@@ -89,10 +90,13 @@ def _migrate(_args: argparse.Namespace) -> None:
 def _worker(_args: argparse.Namespace) -> None:
     import asyncio
 
+    import uvloop
+
     from gateway.worker import run_worker
 
     _freeze_heap()
-    asyncio.run(run_worker())  # which configures JSON logs at HOOKGATE_LOG_LEVEL
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(run_worker())  # which configures JSON logs at HOOKGATE_LOG_LEVEL
 
 
 def _settings(_args: argparse.Namespace) -> None:
