@@ -23,7 +23,7 @@ from gateway.doorbell import Doorbell, RedisDoorbell
 from gateway.events.controller import EventController
 from gateway.health import readiness, ready
 from gateway.idempotency.middleware import IdempotencyMiddleware
-from gateway.ingest.controller import INGEST_STATE, IngestDeps, ingest
+from gateway.ingest.controller import INGEST_STATE, ingest
 from gateway.ingest.group_commit import GroupCommit
 from gateway.ingest.service import IngestService
 from gateway.logs import configure as configure_logs
@@ -75,7 +75,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         sessions,
         directory,
         admission,
-        GroupCommit(runtime.ingest_engine(), max_rows=settings.ingest_commit_batch_rows, concurrency=settings.ingest_commit_concurrency),
+        GroupCommit(
+            runtime.ingest_engine(), doorbell, max_rows=settings.ingest_commit_batch_rows, concurrency=settings.ingest_commit_concurrency
+        ),
         defaults=default_rates(settings),
         tolerance=settings.stripe_tolerance_seconds,
     )
@@ -145,6 +147,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
         request_max_body_size=settings.max_body_bytes,
         request_class=JsonRequest,  # deeply nested JSON is a 400, not a 500
         logging_config=None,  # gateway/logs.py: one JSON line per record
-        state=State({"settings": settings, INGEST_STATE: IngestDeps(ingest_service, doorbell)}),
+        state=State({"settings": settings, INGEST_STATE: ingest_service}),
         lifespan=[lifespan],
     )

@@ -40,6 +40,21 @@ def _row(tenant_id: uuid.UUID, source_id: uuid.UUID, external_id: str) -> dict[s
                      priority="critical", body=b"{}", headers={})
 
 
+class _Doorbell:
+    """Records each ring, and what another connection could read of its events when it rang."""
+
+    def __init__(self, engine: Any = None) -> None:
+        self._engine = engine
+        self.rings: list[list[uuid.UUID]] = []
+        self.visible: list[int] = []
+
+    async def ring(self, event_ids: list[uuid.UUID]) -> None:
+        self.rings.append(event_ids)
+        if self._engine is not None:
+            async with self._engine.connect() as connection:
+                self.visible.append(await connection.scalar(select(func.count()).select_from(Event).where(Event.id.in_(event_ids))))
+
+
 def _batches() -> tuple[float, float]:
     """(batches, rows) observed so far by the batch-size histogram."""
     samples = {s.name: s.value for metric in INGEST_BATCH_ROWS.collect() for s in metric.samples}
@@ -56,7 +71,7 @@ async def test_rows_waiting_for_a_busy_slot_commit_together_and_a_repeat_is_stor
     client: AsyncTestClient[Litestar], tenant: TenantHandle, engine: Any
 ) -> None:
     tenant_id, source_id, _ = await _source_ids(client, tenant)
-    commit = GroupCommit(engine, max_rows=100, concurrency=1)
+    commit = GroupCommit(engine, _Doorbell(), max_rows=100, concurrency=1)
     batches_before, rows_before = _batches()
     # The first row takes the only slot; the rest queue behind it and leave as one batch.
     names = ["evt_first", "evt_a", "evt_b", "evt_a", "evt_c"]
@@ -79,7 +94,7 @@ async def test_a_failing_batch_fails_every_caller_in_it_and_stores_none_of_them(
     client: AsyncTestClient[Litestar], tenant: TenantHandle, engine: Any
 ) -> None:
     tenant_id, source_id, _ = await _source_ids(client, tenant)
-    commit = GroupCommit(engine, max_rows=100, concurrency=1)
+    commit = GroupCommit(engine, _Doorbell(), max_rows=100, concurrency=1)
     orphan = _row(uuid.uuid4(), source_id, "evt_orphan")  # no such tenant: the foreign key fails the batch
     rows = [_row(tenant_id, source_id, "evt_alone"), _row(tenant_id, source_id, "evt_x"), orphan, _row(tenant_id, source_id, "evt_y")]
     outcomes = await asyncio.gather(*(commit.store(row) for row in rows), return_exceptions=True)
@@ -113,7 +128,7 @@ async def test_a_duplicate_tally_that_fails_does_not_change_the_answers(
     """The events are committed before the tally: its failure is logged, and the callers still learn
     what was stored and what was a duplicate."""
     tenant_id, source_id, _ = await _source_ids(client, tenant)
-    commit = GroupCommit(engine, max_rows=100, concurrency=1)
+    commit = GroupCommit(engine, _Doorbell(), max_rows=100, concurrency=1)
     first = await commit.store(_row(tenant_id, source_id, "evt_once"))
     monkeypatch.setattr("gateway.ingest.group_commit.bump", lambda *_args: text("UPDATE no_such_table SET n = 1"))
     again, fresh = await asyncio.gather(commit.store(_row(tenant_id, source_id, "evt_once")), commit.store(_row(tenant_id, source_id, "evt_new")))
@@ -130,7 +145,7 @@ async def test_a_batch_that_meets_a_dead_connection_runs_once_more_on_a_new_one(
     tenant_id, source_id, _ = await _source_ids(client, tenant)
     unpinged = create_engine(database_url, pool_size=1, pre_ping=False)
     try:
-        commit = GroupCommit(unpinged, max_rows=100, concurrency=1)
+        commit = GroupCommit(unpinged, _Doorbell(), max_rows=100, concurrency=1)
         await commit.store(_row(tenant_id, source_id, "evt_before"))  # its connection goes back to the pool
         async with unpinged.connect() as connection:
             pid = await connection.scalar(text("SELECT pg_backend_pid()"))
@@ -149,7 +164,7 @@ async def test_a_row_stored_again_with_its_own_id_is_new_not_a_duplicate(
     """What the retry after a dead connection does when the first attempt had committed: the row is
     found under its own id, so its caller learns it was stored, as it was."""
     tenant_id, source_id, _ = await _source_ids(client, tenant)
-    commit = GroupCommit(engine, max_rows=100, concurrency=1)
+    commit = GroupCommit(engine, _Doorbell(), max_rows=100, concurrency=1)
     row = _row(tenant_id, source_id, "evt_twice")
     first = await commit.store(row)
     again = await commit.store(row)
@@ -157,3 +172,19 @@ async def test_a_row_stored_again_with_its_own_id_is_new_not_a_duplicate(
     async with engine.connect() as connection:
         assert await connection.scalar(select(func.count()).select_from(Event)) == 1
         assert await connection.scalar(select(func.coalesce(func.sum(IngestTally.duplicates), 0))) == 0
+
+
+async def test_a_committed_batch_rings_once_with_its_new_events_and_only_after_the_commit(
+    client: AsyncTestClient[Litestar], tenant: TenantHandle, engine: Any
+) -> None:
+    tenant_id, source_id, _ = await _source_ids(client, tenant)
+    await GroupCommit(engine, _Doorbell(), max_rows=100, concurrency=1).store(_row(tenant_id, source_id, "evt_old"))
+    doorbell = _Doorbell(engine)
+    commit = GroupCommit(engine, doorbell, max_rows=100, concurrency=1)
+    names = ["evt_first", "evt_a", "evt_old", "evt_b", "evt_a"]  # one stored before, one repeated in the batch
+    outcomes = await asyncio.gather(*(commit.store(_row(tenant_id, source_id, name)) for name in names))
+    while len(doorbell.visible) < 2:  # the rings run in tasks of their own, beside the answers
+        await asyncio.sleep(0.01)
+    first, new = outcomes[0], [outcomes[1], outcomes[3]]
+    assert doorbell.rings == [[first.id], [o.id for o in new]]  # the batch's new events, one ring: no duplicate rings again
+    assert doorbell.visible == [1, 2]  # each ring found its events committed

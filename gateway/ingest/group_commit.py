@@ -11,7 +11,9 @@ none of its events is stored. The pool does not ping a connection before each ba
 per commit); a batch that meets a dead connection (the database restarted) is run once more on a
 new one. That retry is safe even if the first attempt did commit before the connection died: the
 rows keep their ids, so the second attempt finds them stored with those same ids and reports
-them as new, not as duplicates. Two rows with the same (tenant, source, external id) in one batch
+them as new, not as duplicates. Once a batch has committed, its new events ring the doorbell
+together: one ring per batch, in a task of its own beside the answers, never before the commit.
+Two rows with the same (tenant, source, external id) in one batch
 are stored once; the later caller gets the earlier one's id as a duplicate, as if they had come one
 after the other. The duplicate tally that follows is a count for the anomaly detector: a failure to
 count never changes an answer.
@@ -19,6 +21,7 @@ count never changes an answer.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections import Counter
@@ -31,9 +34,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.batching import Batcher
 from gateway.database import STORAGE_ERRORS, dialect_insert, utcnow
+from gateway.doorbell import Doorbell, ring_safely
 from gateway.events.models import Event
 from gateway.ingest.tallies import DUPLICATES, bump
 from gateway.metrics import INGEST_BATCH_ROWS
+from gateway.tracing import context_of, tracer
 
 _log = logging.getLogger("hookgate.ingest")
 _events = Event.__table__
@@ -49,8 +54,10 @@ class Stored:
 
 
 class GroupCommit:
-    def __init__(self, engine: AsyncEngine, *, max_rows: int, concurrency: int) -> None:
+    def __init__(self, engine: AsyncEngine, doorbell: Doorbell, *, max_rows: int, concurrency: int) -> None:
         self._engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._doorbell = doorbell
+        self._rings: set[asyncio.Task[None]] = set()  # strong references until each ring is done
         self._dialect = engine.dialect.name
         self._batcher = Batcher(self._commit, max_items=max_rows, concurrency=concurrency)
         # One statement, compiled once: the rows are parameters (insertmanyvalues batches them).
@@ -68,11 +75,16 @@ class GroupCommit:
         """One statement: if it fails, the error reaches every caller and nothing is stored."""
         INGEST_BATCH_ROWS.observe(len(rows))
         try:
-            return await self._attempt(rows)
+            outcomes = await self._attempt(rows)
         except DBAPIError as exc:
             if not exc.connection_invalidated:
                 raise
-            return await self._attempt(rows)
+            outcomes = await self._attempt(rows)
+        if new := [row for row, stored in zip(rows, outcomes, strict=True) if not stored.duplicate]:
+            ring = asyncio.create_task(_ring(self._doorbell, new))
+            self._rings.add(ring)
+            ring.add_done_callback(self._rings.discard)
+        return outcomes
 
     async def _attempt(self, rows: list[Row]) -> list[Stored]:
         async with self._engine.connect() as connection:
@@ -99,6 +111,16 @@ class GroupCommit:
                 await connection.execute(bump(self._dialect, tenant_id, DUPLICATES, now, count))
         except STORAGE_ERRORS:
             _log.warning("duplicates not tallied: storage unavailable", exc_info=True)
+
+
+async def _ring(doorbell: Doorbell, rows: list[Row]) -> None:
+    """The batch's one ring; each event's trace still ends with its own ``enqueue`` span."""
+    spans = [tracer.start_span("enqueue", context=context_of(row["trace_context"])) for row in rows]
+    try:
+        await ring_safely(doorbell, [row["id"] for row in rows])
+    finally:
+        for span in spans:
+            span.end()
 
 
 def _key(row: Row) -> Key:

@@ -47,7 +47,6 @@ _json = msgspec.json.Decoder()
 class Accepted:
     id: uuid.UUID
     duplicate: bool
-    traceparent: str | None = None  # the ingest span, for the enqueue that follows the answer
 
 
 class IngestService:
@@ -156,7 +155,7 @@ class IngestService:
         except STORAGE_ERRORS:
             _log.warning("event not stored: storage unavailable", exc_info=True)
             raise _unavailable() from None
-        return Accepted(stored.id, stored.duplicate, None if stored.duplicate else values["trace_context"])  # type: ignore[arg-type]
+        return Accepted(stored.id, stored.duplicate)
 
 
 def observe(
