@@ -123,13 +123,17 @@ async def run(rate: float, seconds: float, backlog: int, workers: int) -> dict[s
                 try:
                     await _open_loop(base_url, source, min(rate, 50), 2)  # warm-up: the workers are up, pools are open
                     await _until(lambda: len(_arrivals(received)) >= int(min(rate, 50) * 2), 60, "the warm-up deliveries")
+                    cpu_before = procstats.machine()
                     acked, failures = await _open_loop(base_url, source, rate, seconds)
+                    open_loop_cpu = procstats.machine_share(cpu_before, procstats.machine())
                     await _until(lambda: set(acked) <= set(_arrivals(received)), 120, "every acknowledged event delivered")
                     arrivals = _arrivals(received)
                     result["open_loop"] = {"acknowledged": len(acked), "ingest_failures": failures,
-                                           "latency": _percentiles([arrivals[i] - at for i, at in acked.items()])}
+                                           "latency": _percentiles([arrivals[i] - at for i, at in acked.items()]),
+                                           "machine_cpu_percent": open_loop_cpu}
 
                     before_stats = [procstats.tree(w.proc.pid) for w in worker_procs if w.proc is not None]
+                    cpu_before = procstats.machine()
                     already = len(_arrivals(received))
                     started = time.monotonic()
                     await add_backlog(url, uuid.UUID(tenant["id"]), uuid.UUID(endpoint["id"]), backlog)
@@ -141,6 +145,7 @@ async def run(rate: float, seconds: float, backlog: int, workers: int) -> dict[s
                         "deliveries": backlog, "seconds": round(elapsed, 2), "deliveries_per_second": round(per_second, 1),
                         "per_worker_process": round(per_second / workers, 1),
                         "workers": [procstats.usage(b, a) for b, a in zip(before_stats, after_stats, strict=True)],
+                        "machine_cpu_percent": procstats.machine_share(cpu_before, procstats.machine()),
                     }
                 finally:
                     for worker in worker_procs:

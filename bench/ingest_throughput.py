@@ -174,12 +174,13 @@ async def _measure(target: str, workers: int, load: Load, work: Path, profile: s
         await asyncio.to_thread(_requests_file, warm, running.secret, load.warmup)
         await asyncio.to_thread(_wrk, running, warm, work / f"{target}-warm.json", load.threads, load.connections, 2)
         await asyncio.to_thread(_requests_file, main, running.secret, load.events)
-        before = procstats.tree(running.pid)
+        before, cpu_before = procstats.tree(running.pid), procstats.machine()
         spies = _profile(running, load.duration - 1, profile) if profile else []
         raw = await asyncio.to_thread(_wrk, running, main, work / f"{target}.json", load.threads, load.connections, load.duration)
         for spy in spies:
             await asyncio.to_thread(spy.wait)
         processes = procstats.usage(before, procstats.tree(running.pid))
+        machine = procstats.machine_share(cpu_before, procstats.machine())
         acked = (work / f"{target}.json.acked").read_text().split()
         stored = None if running.stored is None else await running.stored(acked)
     seconds = raw["duration_us"] / 1e6
@@ -189,7 +190,7 @@ async def _measure(target: str, workers: int, load: Load, work: Path, profile: s
         "target": target, "requests": raw["requests"], "seconds": round(seconds, 2),
         "throughput_per_second": round(ok / seconds, 1), "latency": latency, "statuses": raw["statuses"],
         "non_2xx": raw["requests"] - ok, "errors": raw["errors"], "events_reused": raw["wrapped"] > 0,
-        "processes": processes,
+        "processes": processes, "machine_cpu_percent": machine,
     }
     if stored is not None:
         result |= {"acknowledged": len(acked), "stored_of_acknowledged": stored, "lost": len(acked) - stored}
@@ -210,7 +211,8 @@ async def _run_all(targets: Sequence[str], workers: int, load: Load, runs: int, 
         for target, result in results.items():
             lat = result["latency"]
             print(f"run {number} {target:9} {result['throughput_per_second']:9.1f}/s  p50 {lat['p50_ms']} ms  "
-                  f"p99 {lat['p99_ms']} ms  non-2xx {result['non_2xx']}  lost {result.get('lost', '-')}", flush=True)
+                  f"p99 {lat['p99_ms']} ms  non-2xx {result['non_2xx']}  lost {result.get('lost', '-')}  "
+                  f"others' CPU (nice/steal) {result['machine_cpu_percent']['nice']}/{result['machine_cpu_percent']['steal']} %", flush=True)
         per_run.append(results)
     return {"runs": per_run, "median": _medians(per_run, targets)}
 

@@ -1,4 +1,5 @@
-"""CPU time and peak RSS of a process and its descendants, read from /proc (Linux)."""
+"""CPU time and peak RSS of a process and its descendants, and how the whole machine's CPU was
+spent meanwhile, read from /proc (Linux)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,24 @@ class ProcessStat:
     name: str
     cpu_seconds: float  # user + system since the process started
     peak_rss_mb: float  # VmHWM: the resident high-water mark
+
+
+_CPU_STATES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def machine() -> dict[str, int]:
+    """Cumulative CPU ticks of the whole machine, by state (the ``cpu`` line of /proc/stat)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    return {state: int(ticks) for state, ticks in zip(_CPU_STATES, fields, strict=False)}
+
+
+def machine_share(before: dict[str, int], after: dict[str, int]) -> dict[str, float]:
+    """Percent of the machine's CPU per state between two readings. ``nice`` is other people's
+    low-priority jobs, ``steal`` the hypervisor's other guests: a benchmark that shared its cores
+    says so in its results."""
+    spent = {state: after[state] - before[state] for state in before}
+    total = sum(spent.values()) or 1
+    return {state: round(100 * ticks / total, 1) for state, ticks in spent.items()}
 
 
 def tree(root: int) -> list[ProcessStat]:
