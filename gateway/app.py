@@ -24,6 +24,7 @@ from gateway.events.controller import EventController
 from gateway.health import readiness, ready
 from gateway.idempotency.middleware import IdempotencyMiddleware
 from gateway.ingest.controller import INGEST_STATE, ingest
+from gateway.ingest.fast_path import IngestFastPath
 from gateway.ingest.group_commit import GroupCommit
 from gateway.ingest.service import IngestService
 from gateway.logs import configure as configure_logs
@@ -112,7 +113,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             raise Problem(503, "not-ready", "the database is unreachable", checks=checks)
         return {"status": "ready" if ready(checks) else "degraded", "checks": checks}
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             healthz,
             readyz,
@@ -150,3 +151,5 @@ def create_app(settings: Settings | None = None) -> Litestar:
         state=State({"settings": settings, INGEST_STATE: ingest_service}),
         lifespan=[lifespan],
     )
+    app.asgi_handler = IngestFastPath(app.asgi_handler, ingest_service, max_body=settings.max_body_bytes)
+    return app

@@ -63,28 +63,32 @@ def _kind_for(exc: HTTPException) -> str:
     return _title(exc.status_code).lower().replace(" ", "-").replace("'", "")
 
 
-def problem_response(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
-    """Render any exception as ``application/problem+json``; unexpected ones as an opaque 500."""
+def render_problem(exc: Exception, path: str, max_body: int | None) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """Status, ``application/problem+json`` body and headers for any exception; unexpected ones
+    become an opaque 500, logged. ``path`` is the request's, ``max_body`` the body limit a 413 names."""
     if isinstance(exc, _UNAVAILABLE):
-        _log.warning("dependency unavailable on %s: %s", request.url.path, type(exc).__name__)
+        _log.warning("dependency unavailable on %s: %s", path, type(exc).__name__)
         exc = Problem(503, "service-unavailable", "a backing service is unavailable; retry later", headers={"Retry-After": "5"})
     elif isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) in _UNSTORABLE_TEXT:
         exc = Problem(400, "invalid-text", "a text value contains a NUL character (\\u0000), which cannot be stored")
-    if isinstance(exc, HTTPException):
-        status, detail = exc.status_code, exc.detail
-        if status == 413 and not isinstance(exc, Problem):
-            detail = f"the body is larger than the limit of {request.app.request_max_body_size} bytes"
-        body = problem_body(status, _kind_for(exc), detail, request.url.path)
-        if isinstance(exc, ValidationException) and exc.extra:
-            body["errors"] = exc.extra
-        elif isinstance(exc.extra, dict):
-            body.update(exc.extra)
-        headers = dict(exc.headers or {})
-    else:
-        _log.exception("unhandled error on %s", request.url.path)
+    if not isinstance(exc, HTTPException):
+        _log.exception("unhandled error on %s", path, exc_info=exc)
         status = HTTP_500_INTERNAL_SERVER_ERROR
-        body = problem_body(status, "internal-error", "an unexpected error occurred; it has been logged", request.url.path)
-        headers = {}
+        return status, problem_body(status, "internal-error", "an unexpected error occurred; it has been logged", path), {}
+    status, detail = exc.status_code, exc.detail
+    if status == 413 and not isinstance(exc, Problem):
+        detail = f"the body is larger than the limit of {max_body} bytes"
+    body = problem_body(status, _kind_for(exc), detail, path)
+    if isinstance(exc, ValidationException) and exc.extra:
+        body["errors"] = exc.extra
+    elif isinstance(exc.extra, dict):
+        body.update(exc.extra)
+    return status, body, dict(exc.headers or {})
+
+
+def problem_response(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    """Litestar's exception handler for every route: ``render_problem`` as a response."""
+    status, body, headers = render_problem(exc, request.url.path, request.app.request_max_body_size)
     return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 

@@ -88,7 +88,9 @@ async def test_metrics_count_exactly_what_ingest_and_delivery_did(stack_factory)
     assert delta("hookgate_deliveries_total", tenant=tenant.id, outcome="succeeded") == 4
     assert delta("hookgate_delivery_lag_seconds_count") == 3  # the replay is not received → delivered lag
     assert delta("hookgate_requests_total", path="/api/v1/endpoints", method="POST") == 1  # by route template
-    assert value(after, "hookgate_requests_total", path="/ingest/{token}") >= 7
+    # Ingest is answered in front of Litestar's router (gateway/ingest/fast_path.py), so its per-route
+    # HTTP metrics count only the one request the router answered (the 413 declared over the limit).
+    assert delta("hookgate_requests_total", path="/ingest/{token}") == 1
     assert ("hookgate_pending_deliveries", (("priority", "critical"),)) in after  # set by the sweeps
 
 

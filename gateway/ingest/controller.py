@@ -1,15 +1,17 @@
 """``POST /ingest/{token}``: where providers send events.
 
-The hottest route, so it takes the leanest path Litestar allows for a documented route: the
-service comes from the app state (``INGEST_STATE``) rather than dependency injection (Litestar's DI
-was a good part of the route's CPU in a profile under load). The doorbell is rung by the group
-commit, once per committed batch.
+Most requests never reach this route: ``IngestFastPath`` answers those with a ``Content-Length``
+within the limit before Litestar routes them. This route answers the rest (chunked bodies, a
+missing or malformed length, a declared body over the limit, through Litestar's own checks) and
+documents the operation in OpenAPI. It takes the service from the app state (``INGEST_STATE``)
+rather than dependency injection. The doorbell is rung by the group commit, once per batch.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterable
 
 import msgspec
 from litestar import Request, post
@@ -25,10 +27,10 @@ class IngestReceipt(msgspec.Struct):
     duplicate: bool
 
 
-def _headers(request: Request) -> dict[str, str]:  # type: ignore[type-arg]
-    """Lower-cased request headers; the first of a repeated header wins."""
+def headers_of(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """Lower-cased request headers from the ASGI scope; the first of a repeated header wins."""
     headers: dict[str, str] = {}
-    for name, value in request.scope["headers"]:
+    for name, value in raw:
         headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
     return headers
 
@@ -52,5 +54,5 @@ async def ingest(
         observe(None, "too_large" if exc.status_code == 413 else "error", started)
         raise
     service: IngestService = request.app.state[INGEST_STATE]
-    accepted = await service.ingest(token, body, _headers(request))
+    accepted = await service.ingest(token, body, headers_of(request.scope["headers"]))
     return IngestReceipt(id=accepted.id, duplicate=accepted.duplicate)
