@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 
-from delivery.engine import DeliveryEngine
+from delivery.engine import Claimed, DeliveryEngine
 from delivery.jobs import Job
 from gateway.metrics import SWEEPER
 
@@ -75,13 +75,12 @@ class Dispatcher:
                 await self._sweep_if_due()
                 free = self._concurrency - len(self._in_flight)
                 claimed = await self._engine.claim(free)
-                jobs = await self._engine.prepare(claimed)
             except Exception:  # noqa: BLE001 - the database may be down; keep polling until it is back
                 _log.warning("dispatcher pass failed; retrying", exc_info=True)
-                claimed, jobs, free = [], [], -1
-            for job in jobs:
+                claimed, free = Claimed([], []), -1
+            for job in claimed.jobs:
                 self._spawn(job)
-            if free > 0 and len(claimed) == free:
+            if free > 0 and len(claimed.ids) == free:
                 continue  # a full batch: more may be due right now
             await self._idle(started)
 

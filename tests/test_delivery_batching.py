@@ -14,7 +14,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select, update
 
-from delivery.engine import DeliveryEngine
+from delivery.engine import Claimed, DeliveryEngine
 from delivery.outcomes import Outcome, OutcomeWriter
 from delivery.sender import DeliveryClient, SendResult
 from gateway.database import utcnow
@@ -58,10 +58,10 @@ class _Worker:
             await session.flush()
             return tenant.id, endpoint.id
 
-    async def claimed(self, endpoint: tuple[uuid.UUID, uuid.UUID], count: int) -> list[uuid.UUID]:
+    async def claimed(self, endpoint: tuple[uuid.UUID, uuid.UUID], count: int) -> Claimed:
         await add_backlog(self.database_url, *endpoint, count)
         claimed = await self.engine.claim(count)
-        assert len(claimed) == count
+        assert len(claimed.ids) == count
         return claimed
 
     async def attempts_by_delivery(self) -> dict[uuid.UUID, int]:
@@ -89,8 +89,8 @@ def _batches() -> float:
 async def test_concurrent_attempts_each_get_exactly_one_attempt_row(worker: _Worker) -> None:
     async with Server(Script()) as receiver:
         endpoint = await worker.endpoint(receiver.url)
-        claimed = await worker.claimed(endpoint, MANY)
-        jobs = await worker.engine.prepare(claimed)
+        claim = await worker.claimed(endpoint, MANY)
+        claimed, jobs = claim.ids, claim.jobs
         assert sorted(job.delivery_id for job in jobs) == sorted(claimed)
         batches_before = _batches()
 
@@ -105,7 +105,7 @@ async def test_concurrent_attempts_each_get_exactly_one_attempt_row(worker: _Wor
 
 async def test_a_bad_outcome_fails_alone_and_its_delivery_stays_due(worker: _Worker) -> None:
     endpoint = await worker.endpoint("http://127.0.0.1:9/")
-    claimed = await worker.claimed(endpoint, MANY)
+    claimed = (await worker.claimed(endpoint, MANY)).ids
     bad = claimed[MANY // 2]  # in the middle of the batch that follows the first few commits
     outcomes = [
         Outcome(delivery_id, endpoint[0], endpoint[1], utcnow(), REFUSED_BY_THE_DATABASE if delivery_id == bad else OK, None, None)
@@ -124,14 +124,14 @@ async def test_a_bad_outcome_fails_alone_and_its_delivery_stays_due(worker: _Wor
     assert all(d.status == "succeeded" for delivery_id, d in deliveries.items() if delivery_id != bad)
 
     async with asyncio.timeout(20):  # once its lease runs out, a later pass claims it again
-        while not (again := await worker.engine.claim(MANY)):
+        while not (again := (await worker.engine.claim(MANY)).ids):
             await asyncio.sleep(0.1)
     assert again == [bad]
 
 
 async def test_an_outcome_for_a_purged_delivery_writes_nothing(worker: _Worker) -> None:
     endpoint = await worker.endpoint("http://127.0.0.1:9/")
-    [kept, purged] = await worker.claimed(endpoint, 2)
+    [kept, purged] = (await worker.claimed(endpoint, 2)).ids
     async with worker.runtime.sessions() as session, session.begin():
         await session.delete(await session.get(Delivery, purged))
 
@@ -143,22 +143,23 @@ async def test_an_outcome_for_a_purged_delivery_writes_nothing(worker: _Worker) 
     assert await worker.attempts_by_delivery() == {kept: 1}
 
 
-async def test_prepare_sees_a_rotation_and_ends_deliveries_to_disabled_endpoints(worker: _Worker) -> None:
+async def test_a_claim_reads_a_rotation_and_ends_deliveries_to_disabled_endpoints(worker: _Worker) -> None:
     endpoint = await worker.endpoint("http://127.0.0.1:9/")
-    first, second, third = await worker.claimed(endpoint, 3)
-    [job] = await worker.engine.prepare([first])
+    [job] = (await worker.claimed(endpoint, 1)).jobs
     assert len(job.secrets) == 1 and "whsec_" not in repr(job)  # a logged job shows no secret
 
     async with worker.runtime.sessions() as session, session.begin():
         row = await session.get(Endpoint, endpoint[1])
         assert row is not None
         rotate(worker.runtime.box, row.secrets, EndpointSecret, "whsec_" + "B" * 32, grace_seconds=3600)
-    [job] = await worker.engine.prepare([second])
+    [job] = (await worker.claimed(endpoint, 1)).jobs
     assert job.secrets == ["whsec_" + "B" * 32, "whsec_" + "A" * 32]  # newest first, the old one in its grace
 
     async with worker.runtime.sessions() as session, session.begin():
         await session.execute(update(Endpoint).where(Endpoint.id == endpoint[1]).values(enabled=False))
-    assert await worker.engine.prepare([third]) == []
+    disabled = await worker.claimed(endpoint, 1)
+    assert disabled.jobs == []  # leased, then ended in the same transaction
+    [third] = disabled.ids
     dead = (await worker.deliveries([third]))[third]
     assert dead.status == "dead" and dead.last_error == "endpoint disabled" and dead.completed_at is not None
     assert dead.completed_at > utcnow() - timedelta(minutes=1)
@@ -167,7 +168,7 @@ async def test_prepare_sees_a_rotation_and_ends_deliveries_to_disabled_endpoints
 async def test_two_workers_writing_outcomes_of_the_same_deliveries_number_attempts_in_turn(worker: _Worker) -> None:
     """A lease that ran out mid-request: two workers report the same deliveries, in opposite orders."""
     endpoint = await worker.endpoint("http://127.0.0.1:9/")
-    claimed = await worker.claimed(endpoint, MANY)
+    claimed = (await worker.claimed(endpoint, MANY)).ids
     other = OutcomeWriter(worker.runtime.sessions, worker.runtime.settings, max_items=200, concurrency=2)
     failing = SendResult(status_code=500, error="HTTP 500", response_excerpt="", duration_ms=3, retry_after=None)
 
@@ -194,9 +195,10 @@ async def test_rate_limited_deliveries_wait_together_without_spending_attempts(w
         endpoint = await worker.endpoint(receiver.url)
         async with worker.runtime.sessions() as session, session.begin():
             await session.execute(update(Endpoint).where(Endpoint.id == endpoint[1]).values(rate_limit_per_second=1.0))
-        claimed = await worker.claimed(endpoint, 20)
+        claim = await worker.claimed(endpoint, 20)
+        claimed = claim.ids
 
-        await asyncio.gather(*(worker.engine.attempt(job) for job in await worker.engine.prepare(claimed)))
+        await asyncio.gather(*(worker.engine.attempt(job) for job in claim.jobs))
 
         assert len(receiver.requests) == 1  # a burst of one
     deliveries = await worker.deliveries(claimed)

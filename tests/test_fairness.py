@@ -45,6 +45,10 @@ class _Claims:
     async def backlog(self, tenant: tuple[uuid.UUID, uuid.UUID], count: int, priority: str = "critical") -> None:
         await add_backlog(self.database_url, *tenant, count, priority)
 
+    async def leased(self, limit: int) -> list[uuid.UUID]:
+        """The deliveries one claim of ``limit`` leased."""
+        return (await self.engine.claim(limit)).ids
+
     async def claimed_by_tenant(self, ids: list[uuid.UUID]) -> dict[uuid.UUID, int]:
         async with self.runtime.sessions() as session:
             rows = await session.execute(
@@ -72,13 +76,13 @@ async def test_each_tenant_gets_its_share_and_idle_capacity_is_borrowed_but_not_
     await c.backlog(flooder, 100)
     await c.backlog(quiet, 3, "normal")  # newer and less urgent than every one of the flooder's rows
 
-    first = await c.engine.claim(16)
+    first = await c.leased(16)
     # Shares first (4 and 3, round-robin), then the flooder borrows up to 16 - 2 slots in all.
     assert await c.claimed_by_tenant(first) == {flooder[0]: 11, quiet[0]: 3}
 
-    assert await c.engine.claim(2) == []  # the flooder is over its cap: the last 2 slots stay free
+    assert await c.leased(2) == []  # the flooder is over its cap: the last 2 slots stay free
     await c.backlog(quiet, 1)
-    newcomer = await c.engine.claim(2)
+    newcomer = await c.leased(2)
     assert await c.claimed_by_tenant(newcomer) == {quiet[0]: 1}  # a tenant with work gets a reserved slot at once
 
 
@@ -86,12 +90,12 @@ async def test_leases_held_by_other_workers_count_against_the_cap(claims: Callab
     c = claims(delivery_concurrency=8, tenant_delivery_concurrency=3)  # reserve 1
     flooder, quiet = await c.tenant(), await c.tenant()
     await c.backlog(flooder, 50)
-    one_worker = await c.engine.claim(8)  # 3 within the share + 4 borrowed, 1 slot kept free
+    one_worker = await c.leased(8)  # 3 within the share + 4 borrowed, 1 slot kept free
     assert await c.claimed_by_tenant(one_worker) == {flooder[0]: 7}
     await c.backlog(quiet, 10)
     # The flooder's 7 leases count here too: the quiet tenant takes its share, then borrows
     # ahead of the flooder while it has fewer in flight (up to 7 each).
-    another_worker = await c.engine.claim(8)
+    another_worker = await c.leased(8)
     assert await c.claimed_by_tenant(another_worker) == {quiet[0]: 7}
 
 
@@ -101,7 +105,7 @@ async def test_the_operator_override_of_the_concurrency_cap_applies(claims: Call
     await c.backlog(capped, 10)
     await c.backlog(default, 10)
     # Shares 2 + 4, then one borrowed slot: the capped tenant's third row ranks before the other's fifth.
-    assert await c.claimed_by_tenant(await c.engine.claim(8)) == {capped[0]: 3, default[0]: 4}
+    assert await c.claimed_by_tenant(await c.leased(8)) == {capped[0]: 3, default[0]: 4}
 
 
 async def test_critical_deliveries_of_a_tenant_go_before_its_older_lower_priorities(claims: Callable[..., _Claims]) -> None:
@@ -110,7 +114,7 @@ async def test_critical_deliveries_of_a_tenant_go_before_its_older_lower_priorit
     await c.backlog(tenant, 30, "low")
     await c.backlog(tenant, 10, "normal")
     await c.backlog(tenant, 2, "critical")
-    claimed = await c.engine.claim(3)
+    claimed = await c.leased(3)
     async with c.runtime.sessions() as session:
         priorities = sorted((await session.scalars(select(Delivery.priority).where(Delivery.id.in_(claimed)))).all())
     assert priorities == ["critical", "critical", "normal"]
