@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from itertools import accumulate
 
-from ml.baseline import Baseline, Stat, card_excess, payment_attempts, payment_failures
+from ml.baseline import GAP_WINDOWS, SPAN_WINDOWS, Baseline, Stat, card_excess, payment_attempts, payment_failures
 from ml.features import Window
 from ml.findings import Finding
 from ml.surprise import binomial_excess, poisson_deficit, poisson_excess, to_score
@@ -284,25 +284,30 @@ def negative_invoice(recent: Sequence[Window], baseline: Baseline, t: Thresholds
 def volume_drop(recent: Sequence[Window], baseline: Baseline, t: Thresholds) -> Finding | None:
     """Far fewer events than expected, over the trailing horizon where that is most significant.
 
-    Expected is the lower of two rates: the same hour yesterday, and the hour just before the
-    horizon, which follows shifts the daily reference cannot know about (the first weekend, a
-    holiday) without absorbing a drop that is still in the horizon. The recent baseline (four
-    hours ending half an hour ago) stands in for yesterday only until a day of history gives it:
-    a drop that has lasted over half an hour is inside that slice, and would become its own
-    baseline before it is significant at a slow tenant. Long horizons get less of the horizon
-    discount (``_DROP_FLOOR``): the expected count is itself an estimate, and its error grows with
-    the horizon where a count rule's baseline error does not.
+    Expected is the lowest of three rates: the same hour yesterday, the recent rate (the
+    baseline's four hours ending half an hour ago), and the hour just before the horizon, which
+    follows shifts the daily reference cannot know about (the first weekend, a holiday). No
+    reference may overlap the horizon it judges: the recent rate is taken over the part of the
+    four hours that ends before the horizon starts (a drop that has lasted over half an hour is
+    inside those four hours, and became its own baseline before it was significant at a slow
+    tenant), and is left out when under an hour of it remains. Long horizons get less of the
+    horizon discount (``_DROP_FLOOR``): the expected count is itself an estimate, and its error
+    grows with the horizon where a count rule's baseline error does not.
     """
     seasonal = baseline.seasonal_events
-    rate = baseline.events.mean if seasonal is None else seasonal
-    if rate <= 0 or baseline.windows < 2 * 60:
+    if max(seasonal or 0.0, baseline.events.mean) <= 0 or baseline.windows < 2 * 60:
         return None
     threshold = t.drop_surprise if seasonal is not None else 2 * t.drop_surprise  # no seasonal reference yet
     prefix = list(accumulate((w.events for w in recent), initial=0))
     n = len(recent)
+    usual_end = n - 1 - GAP_WINDOWS  # the baseline's slice in `recent` (the current window is the last)
+    usual_start = max(0, usual_end - SPAN_WINDOWS)
     best = None
     for k in range(1, min(n, _DROP_HORIZON) + 1):
         observed = prefix[n] - prefix[n - k]
+        end = min(usual_end, n - k)
+        usual = (prefix[end] - prefix[usual_start]) / (end - usual_start) if end - usual_start >= _DROP_REFERENCE else None
+        rate = min((r for r in (seasonal, usual) if r is not None), default=baseline.events.mean)
         before = min(_DROP_REFERENCE, n - k)
         reference = (prefix[n - k] - prefix[n - k - before]) / before if before >= _DROP_REFERENCE // 2 else rate
         expected = k * min(rate, reference)

@@ -396,6 +396,22 @@ def test_volume_drop_at_a_slow_tenant_is_not_its_own_baseline() -> None:
     assert volume_drop(quiet[-RECENT_WINDOWS:], Baseline.from_history(quiet[:-1], quiet[-1].start), DEFAULTS) is None
 
 
+def test_volume_drop_keeps_the_recent_rate_where_yesterday_was_busier() -> None:
+    """A Saturday after a Friday twice as busy, with a burst of injected requests an hour ago: a quiet
+    stretch is judged against today's own rate before the horizon, not against Friday's."""
+    friday = [int(m % 5 < 4) for m in range(1440)]  # 0.8 a minute
+    saturday = [int(m % 5 < 2) for m in range(360)]  # 0.4 a minute...
+    saturday[260:280] = [3] * 20  # ...a burst an hour before the horizon...
+    saturday[320:] = [int(m % 5 == 0) for m in range(40)]  # ...and the last 40 minutes at 0.2, as happens
+    windows = [Window("t", T0 + timedelta(minutes=m), 60, events=e) for m, e in enumerate(friday + saturday)]
+    baseline = Baseline.from_history(windows[:-1], windows[-1].start)
+    assert baseline.seasonal_events == pytest.approx(0.8, rel=0.05)
+    assert volume_drop(windows[-RECENT_WINDOWS:], baseline, DEFAULTS) is None
+    saturday[320:] = [0] * 40  # nothing at all for 40 minutes is a drop even so
+    windows = [Window("t", T0 + timedelta(minutes=m), 60, events=e) for m, e in enumerate(friday + saturday)]
+    assert volume_drop(windows[-RECENT_WINDOWS:], Baseline.from_history(windows[:-1], windows[-1].start), DEFAULTS) is not None
+
+
 def test_volume_drop_without_a_day_of_history_uses_the_recent_rate() -> None:
     windows = _history(50, minutes=600)
     baseline = Baseline.from_history(windows, windows[-1].start + timedelta(minutes=1))
