@@ -56,11 +56,12 @@ class Baseline:
     windows: int = 0  # how many windows the rate statistics come from
     events: Stat = Stat()
     charge_failed: Stat = Stat()
+    payment_failures: Stat = Stat()  # charge.failed + payment_intent.payment_failed (see `payment_failures`)
     card_excess: Stat = Stat()
     duplicates: Stat = Stat()
     bad_signatures: Stat = Stat()
     lapses: Stat = Stat()
-    failure_rate: float = 0.0  # pooled charge.failed / charges over the whole history
+    failure_rate: float = 0.0  # pooled payment failures / payment attempts (charges and intents) over the whole history
     lapse_rate: float = 0.0  # lapses per window over the whole history
     failing_customer_share: float | None = None  # pooled failed_customers / charge.failed over the whole history
     lag_p50: float = 0.0  # median of the windows' lag_p50
@@ -82,18 +83,20 @@ class Baseline:
         end = len(history) - GAP_WINDOWS if len(history) > 2 * GAP_WINDOWS else len(history)
         recent = history[max(0, end - SPAN_WINDOWS) : end]
         failed = sum(w.charge_failed for w in history[:end])
-        charges = failed + sum(w.charge_succeeded for w in history[:end])
         customers = sum(w.failed_customers for w in history[:end])
+        failures = sum(payment_failures(w) for w in history[:end])
+        attempts = sum(payment_attempts(w) for w in history[:end])
         lags = sorted(w.lag_p50 for w in recent if w.lag_p50 is not None)
         return cls(
             windows=len(recent),
             events=_stat(recent, lambda w: w.events),
             charge_failed=_stat(recent, lambda w: w.charge_failed),
+            payment_failures=_stat(recent, payment_failures),
             card_excess=_stat(recent, card_excess),
             duplicates=_stat(recent, lambda w: w.duplicates),
             bad_signatures=_stat(recent, lambda w: w.bad_signatures),
             lapses=_stat(recent, lambda w: w.lapses),
-            failure_rate=failed / charges if charges else 0.0,
+            failure_rate=failures / attempts if attempts else 0.0,
             lapse_rate=sum(w.lapses for w in history[:end]) / end,
             failing_customer_share=customers / failed if failed >= _MIN_FAILURES else None,
             lag_p50=lags[len(lags) // 2] if lags else 0.0,
@@ -101,6 +104,21 @@ class Baseline:
             negative_p99=_p99([w.negative_amount for w in history if w.negative_amount]),
             seasonal_events=_seasonal(history, at),
         )
+
+
+def payment_failures(window: Window) -> int:
+    """Failed payment attempts: ``charge.failed`` and ``payment_intent.payment_failed``.
+
+    Both are evidence of a processor outage. Where every failed intent comes with its failed charge
+    (one attempt, two events) they are one piece of evidence, not two; the failure rule divides by
+    this count's over-dispersion, which is then about 2, so the pair is not counted twice.
+    """
+    return window.charge_failed + window.payment_failed
+
+
+def payment_attempts(window: Window) -> int:
+    """Charges and payment intents that failed or succeeded."""
+    return window.charge_failed + window.charge_succeeded + window.payment_failed + window.payment_succeeded
 
 
 def card_excess(window: Window) -> int:

@@ -33,6 +33,8 @@ class Window:
     charge_failed: int = 0
     charge_succeeded: int = 0
     invoice_payment_failed: int = 0
+    payment_failed: int = 0  # payment_intent.payment_failed
+    payment_succeeded: int = 0  # payment_intent.succeeded
     failed_customers: int = 0  # distinct customers among charge.failed / invoice.payment_failed
     failed_cards: int = 0  # distinct card fingerprints among charge.failed
     refunds: int = 0  # charge.refunded + refund.created

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from itertools import accumulate
 
-from ml.baseline import Baseline, Stat, card_excess
+from ml.baseline import GAP_WINDOWS, SPAN_WINDOWS, Baseline, Stat, card_excess, payment_attempts, payment_failures
 from ml.features import Window
 from ml.findings import Finding
 from ml.surprise import binomial_excess, poisson_deficit, poisson_excess, to_score
@@ -26,6 +26,7 @@ _DROP_REFERENCE = 60  # windows before a volume-drop horizon that serve as its l
 _FAILURE_HORIZONS = frozenset((*range(1, 11), 15, 30, 60, 120, 240))
 _FAILURE_LONGEST = max(_FAILURE_HORIZONS)
 _LAPSE_HORIZONS = (1, 5, 15, 30)  # capped at `lapse_horizon_windows`
+_LAG_SPAN = 120  # windows a streak of lagged windows may span (empty ones included): a slow tenant's events are minutes apart
 RECENT_WINDOWS = _DROP_HORIZON + _DROP_REFERENCE + 1  # what the rules look at, the current window included
 
 
@@ -93,7 +94,10 @@ def card_testing(recent: Sequence[Window], baseline: Baseline, t: Thresholds) ->
 
 
 def failure_spike(recent: Sequence[Window], baseline: Baseline, t: Thresholds) -> Finding | None:
-    """Charge failure ratio far above the tenant's usual, tested as a binomial so small volumes need more evidence.
+    """Payment failure ratio far above the tenant's usual, tested as a binomial so small volumes need more evidence.
+
+    Payments are charges and payment intents (``payment_failures``): an outage fails both, and a
+    slow tenant's intents are as much evidence as its charges.
 
     A horizon with a card-testing window in it is skipped: those failures have a rule of their own,
     and the attacker's single attempts around the burst would otherwise read as a failure spike.
@@ -107,32 +111,42 @@ def failure_spike(recent: Sequence[Window], baseline: Baseline, t: Thresholds) -
     min_ratio = max(t.failure_min_ratio, t.failure_ratio_multiplier * typical)
     share = baseline.failing_customer_share
     best = None
-    failed, charges, customers = [0], [0], [0]  # over the newest k windows, k = 0, 1, ...
+    failed, attempts, charge_failed, customers = [0], [0], [0], [0]  # over the newest k windows, k = 0, 1, ...
     for k, window in enumerate(reversed(recent[-_FAILURE_LONGEST:]), start=1):
         if _card_testing_like(window, t):
             break  # every longer horizon holds this window too
-        failed.append(failed[-1] + window.charge_failed)
-        charges.append(charges[-1] + window.charge_failed + window.charge_succeeded)
+        failed.append(failed[-1] + payment_failures(window))
+        attempts.append(attempts[-1] + payment_attempts(window))
+        charge_failed.append(charge_failed[-1] + window.charge_failed)
         customers.append(customers[-1] + window.failed_customers)
-        if k not in _FAILURE_HORIZONS or failed[k] < t.failure_min_failures or failed[k] < charges[k] * min_ratio:
+        if k not in _FAILURE_HORIZONS or failed[k] < t.failure_min_failures or failed[k] < attempts[k] * min_ratio:
             continue
-        if failed[k // 2] < charges[k // 2] * min_ratio:
+        if failed[k // 2] < attempts[k // 2] * min_ratio:
             continue  # over: the newer half is back to normal
-        if share is not None and customers[k] < 0.5 * share * failed[k]:
+        if share is not None and customers[k] < 0.5 * share * charge_failed[k]:
             continue  # a few customers failing many times: card testing, not an outage
-        surprise = binomial_excess(failed[k], charges[k], typical) / baseline.charge_failed.dispersion
+        surprise = binomial_excess(failed[k], attempts[k], typical) / baseline.payment_failures.dispersion
         if _better(surprise, needed(t.surprise, k), best):
-            best = (surprise, needed(t.surprise, k), k, failed[k], charges[k])
+            best = (surprise, needed(t.surprise, k), k, failed[k], attempts[k], charge_failed[k])
     if best is None:
         return None
-    surprise, threshold, k, failed, charges = best
+    surprise, threshold, k, failed, attempts, charges_failed = best
     return _finding(
         "failure_spike",
         surprise,
         threshold,
         t,
-        [f"charge.failed {failed} of {charges} charges ({failed / charges:.0%}){_over(k)} vs typical {typical:.0%}"],
-        {"charge_failed": failed, "charges": charges, "failure_ratio": failed / charges, "horizon_windows": k},
+        [
+            f"{failed} of {attempts} payments failed ({failed / attempts:.0%}; charge.failed {charges_failed}, "
+            f"payment_intent.payment_failed {failed - charges_failed}){_over(k)} vs typical {typical:.0%}"
+        ],
+        {
+            "payment_failures": failed,
+            "payment_attempts": attempts,
+            "charge_failed": charges_failed,
+            "failure_ratio": failed / attempts,
+            "horizon_windows": k,
+        },
     )
 
 
@@ -206,12 +220,14 @@ def webhook_lag(recent: Sequence[Window], baseline: Baseline, t: Thresholds) -> 
 
     Evidence is the current streak of lagged windows, empty ones skipped (they say nothing about
     lag), holding at least `lag_min_events` lagged events (half of each window's, as its median is
-    lagged). A retried event is lagged too, but alone. The lagged events must also be at least
+    lagged). A retried event is lagged too, but alone. The streak may span ``_LAG_SPAN`` windows:
+    at a tenant of a few events an hour the third lagged event can come an hour after the first,
+    and a shorter span forgot the first before the third arrived. The lagged events must also be at least
     `lag_min_share` of the traffic expected over the streak: when traffic has stopped, the only
     arrivals are the late retries of events sent before it, and that is a volume drop, not a backlog.
     """
     limit = max(t.lag_seconds, t.lag_multiplier * baseline.lag_p50)
-    span = recent[-30:]
+    span = recent[-_LAG_SPAN:]
     streak = lagged = 0
     first = len(span)  # index in `span` of the oldest window of the streak
     for i in range(len(span) - 1, -1, -1):
@@ -268,21 +284,30 @@ def negative_invoice(recent: Sequence[Window], baseline: Baseline, t: Thresholds
 def volume_drop(recent: Sequence[Window], baseline: Baseline, t: Thresholds) -> Finding | None:
     """Far fewer events than expected, over the trailing horizon where that is most significant.
 
-    Expected is the lowest of three rates: the same hour yesterday, the recent baseline, and the
-    hour just before the horizon. The last one follows shifts the daily reference cannot know
-    about (the first weekend, a holiday) without absorbing a drop that is still in the horizon.
-    Long horizons get less of the horizon discount (``_DROP_FLOOR``): the expected count is itself
-    an estimate, and its error grows with the horizon where a count rule's baseline error does not.
+    Expected is the lowest of three rates: the same hour yesterday, the recent rate (the
+    baseline's four hours ending half an hour ago), and the hour just before the horizon, which
+    follows shifts the daily reference cannot know about (the first weekend, a holiday). No
+    reference may overlap the horizon it judges: the recent rate is taken over the part of the
+    four hours that ends before the horizon starts (a drop that has lasted over half an hour is
+    inside those four hours, and became its own baseline before it was significant at a slow
+    tenant), and is left out when under an hour of it remains. Long horizons get less of the
+    horizon discount (``_DROP_FLOOR``): the expected count is itself an estimate, and its error
+    grows with the horizon where a count rule's baseline error does not.
     """
-    rate = baseline.expected_events
-    if rate <= 0 or baseline.windows < 2 * 60:
+    seasonal = baseline.seasonal_events
+    if max(seasonal or 0.0, baseline.events.mean) <= 0 or baseline.windows < 2 * 60:
         return None
-    threshold = t.drop_surprise if baseline.seasonal_events is not None else 2 * t.drop_surprise  # no seasonal reference yet
+    threshold = t.drop_surprise if seasonal is not None else 2 * t.drop_surprise  # no seasonal reference yet
     prefix = list(accumulate((w.events for w in recent), initial=0))
     n = len(recent)
+    usual_end = n - 1 - GAP_WINDOWS  # the baseline's slice in `recent` (the current window is the last)
+    usual_start = max(0, usual_end - SPAN_WINDOWS)
     best = None
     for k in range(1, min(n, _DROP_HORIZON) + 1):
         observed = prefix[n] - prefix[n - k]
+        end = min(usual_end, n - k)
+        usual = (prefix[end] - prefix[usual_start]) / (end - usual_start) if end - usual_start >= _DROP_REFERENCE else None
+        rate = min((r for r in (seasonal, usual) if r is not None), default=baseline.events.mean)
         before = min(_DROP_REFERENCE, n - k)
         reference = (prefix[n - k] - prefix[n - k - before]) / before if before >= _DROP_REFERENCE // 2 else rate
         expected = k * min(rate, reference)

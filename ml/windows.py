@@ -130,6 +130,10 @@ class WindowBuilder:
                 current.failed_cards.add(facts.card_fingerprint)
         elif event_type == "charge.succeeded":
             window.charge_succeeded += 1
+        elif event_type == "payment_intent.payment_failed":
+            window.payment_failed += 1
+        elif event_type == "payment_intent.succeeded":
+            window.payment_succeeded += 1
         elif event_type == "invoice.payment_failed":
             window.invoice_payment_failed += 1
             if facts.customer:

@@ -71,6 +71,7 @@ async def test_sql_feature_windows_agree_with_the_offline_builder(stack: Stack) 
         _charge("invoice_paid", customer="cus_lapsing"),
         stripe_event("invoice_payment_paid", created=int(sent_at.timestamp())),
         _charge("subscription_deleted", customer="cus_lapsing"),
+        *[stripe_event(name, created=int(sent_at.timestamp())) for name in ("payment_intent_succeeded", "payment_intent_payment_failed")],
     ]
     failed_invoice = stripe_event("invoice_paid", type="invoice.payment_failed", created=int(sent_at.timestamp()))
     failed_invoice["data"]["object"]["customer"] = "cus_lapsing"
@@ -102,6 +103,7 @@ async def test_sql_feature_windows_agree_with_the_offline_builder(stack: Stack) 
     assert window.as_dict() == offline.as_dict()
     assert (window.charge_failed, window.failed_cards, window.failed_customers) == (7, 7, 3)  # incl. the failed invoice's customer
     assert (window.duplicates, window.bad_signatures, window.lapses, window.refunds) == (2, 1, 1, 2)
+    assert (window.payment_succeeded, window.payment_failed) == (1, 1)
     # issued once each (the fixtures' refund 1,000 and credit note 1,099); its update, failure and void add nothing
     assert window.max_refund == 70_000 and window.negative_amount == 70_000 + 1000 + 1099
     assert window.lag_max is not None and window.lag_max >= 90

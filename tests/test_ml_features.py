@@ -50,6 +50,21 @@ def test_counts_families_and_charge_outcomes() -> None:
     assert (window.disputes, window.fraud_warnings) == (1, 1)
 
 
+def test_counts_payment_intent_outcomes() -> None:
+    at = T0 + timedelta(seconds=5)
+    (window,) = _windows(
+        [
+            ("a", at, _event("evt_1", "payment_intent.succeeded", at, customer="cus_1"), True),
+            ("a", at, _event("evt_2", "payment_intent.payment_failed", at, customer="cus_2"), True),
+            ("a", at, _event("evt_3", "payment_intent.payment_failed", at, customer="cus_3"), True),
+            ("a", at, _event("evt_4", "payment_intent.created", at, customer="cus_4"), True),
+        ]
+    )
+    assert (window.payment_succeeded, window.payment_failed) == (1, 2)
+    assert window.families == {"payment_intent": 4}
+    assert (window.charge_failed, window.failed_customers) == (0, 0)  # distinct failing customers stay charge/invoice ones
+
+
 def test_repeats_are_duplicates_and_bad_signatures_count_only_as_such() -> None:
     at = T0 + timedelta(seconds=1)
     event = _event("evt_1", "charge.failed", at, **_charge())

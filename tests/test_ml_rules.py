@@ -118,7 +118,7 @@ def test_failure_spike_is_volume_aware() -> None:
     )  # 6 of 20: busy tenants see that
     finding = _run(failure_spike, slow, _next(slow, events=8, charge_succeeded=1, **spike))
     assert finding is not None and finding.kind == "failure_spike"
-    assert "charge.failed 6 of 7" in finding.explanation[0]
+    assert "6 of 7 payments failed" in finding.explanation[0]
     storm = {"charge_failed": 40, "failed_customers": 40, "failed_cards": 40}
     assert _run(failure_spike, busy, _next(busy, events=100, charge_succeeded=5, **storm)) is not None
 
@@ -183,6 +183,35 @@ def test_failure_spike_discounts_failures_that_come_in_clusters() -> None:
     burst = {"events": 20, "charge_failed": 5, "failed_customers": 5, "failed_cards": 5}
     assert _run(failure_spike, independent, _next(independent, **burst)) is not None
     assert _run(failure_spike, paired, _next(paired, **burst)) is None  # routine for a tenant whose declines come in pairs
+
+
+def test_failure_spike_counts_failed_payment_intents_as_evidence() -> None:
+    slow = [replace(w, payment_succeeded=w.charge_succeeded) for w in _history(0.5)]  # an intent per charge
+    assert Baseline.from_history(slow, slow[-1].start).failure_rate == pytest.approx(0.02, abs=0.01)
+    charges_only, both = list(slow), list(slow)
+    for minute in range(6):  # an outage: every other charge fails, and so does every other intent
+        charge = {"charge_failed": 1, "failed_customers": 1, "failed_cards": 1} if minute % 2 else {"charge_succeeded": 1}
+        charges_only.append(_next(charges_only, events=1, **charge))
+        intent = {"payment_failed": 1} if minute % 2 else {"payment_succeeded": 1}
+        both.append(_next(both, events=2, **charge, **intent))
+    assert _run(failure_spike, charges_only[:-1], charges_only[-1]) is None  # 3 of 6 charges: not yet
+    finding = _run(failure_spike, both[:-1], both[-1])
+    assert finding is not None and finding.features["payment_failures"] == 6 and finding.features["charge_failed"] == 3
+    assert "payments failed" in finding.explanation[0] and "payment_intent.payment_failed 3" in finding.explanation[0]
+
+
+def test_failure_spike_does_not_count_an_intent_and_its_charge_twice() -> None:
+    """Where each failed intent comes with its failed charge, the pair is one failure (over-dispersion 2)."""
+    rng = np.random.default_rng(2)
+    paired = [replace(w, payment_succeeded=w.charge_succeeded) for w in _history(20)]
+    paired = [replace(w, charge_failed=(n := int(rng.poisson(0.12))), payment_failed=n, failed_customers=n, failed_cards=n) for w in paired]
+    assert Baseline.from_history(paired, paired[-1].start).payment_failures.dispersion > 1.5
+    burst = {"events": 20, "charge_failed": 4, "payment_failed": 4, "charge_succeeded": 3, "payment_succeeded": 3}
+    burst |= {"failed_customers": 4, "failed_cards": 4}
+    independent = [replace(w, payment_failed=int(rng.poisson(0.12))) for w in _history(20)]
+    independent = [replace(w, payment_succeeded=w.charge_succeeded) for w in independent]
+    assert _run(failure_spike, independent, _next(independent, **burst)) is not None
+    assert _run(failure_spike, paired, _next(paired, **burst)) is None  # four failed payments, not eight
 
 
 def test_failure_spike_not_from_a_few_customers_failing_over_and_over() -> None:
@@ -253,6 +282,25 @@ def test_webhook_lag_needs_more_than_one_retried_event() -> None:
     assert finding.features["lagged_windows"] == 3
     busy = _history(50)
     assert _run(webhook_lag, busy, _next(busy, events=50, lag_p50=120.0, lag_max=300.0)) is not None
+
+
+def test_webhook_lag_at_a_slow_tenant_adds_up_lagged_events_far_apart() -> None:
+    """Three late events 35 and 40 minutes apart at a tenant of a few events an hour, nothing in between."""
+    windows = list(_history(0.05))
+    for quiet, lag in ((0, 300.0), (35, 650.0), (40, 900.0)):
+        for _ in range(quiet):
+            windows.append(_next(windows, events=0))
+        windows.append(_next(windows, events=1, lag_p50=lag, lag_max=lag))
+    finding = _run(webhook_lag, windows[:-1], windows[-1])
+    assert finding is not None and finding.features["lagged_events"] == 3
+    windows.append(_next(windows, events=1, lag_p50=1.0, lag_max=1.0))  # an event on time ends the streak
+    assert _run(webhook_lag, windows[:-1], windows[-1]) is None
+    stop = list(_history(50))  # a busy tenant stopped: three late retries over an hour are not a backlog
+    for _ in range(3):
+        for _ in range(19):
+            stop.append(_next(stop, events=0))
+        stop.append(_next(stop, events=1, lag_p50=1800.0, lag_max=1800.0))
+    assert _run(webhook_lag, stop[:-1], stop[-1]) is None
 
 
 def test_webhook_lag_from_ten_seconds() -> None:
@@ -333,6 +381,43 @@ def test_volume_drop_full_stop_and_partial() -> None:
     assert finding is not None and finding.features["events"] == 0 and finding.features["horizon_windows"] >= 30
     partial = [*history, *[_next(history, events=5)]]
     assert _run(volume_drop, partial[:-1], partial[-1]) is not None
+
+
+def test_volume_drop_at_a_slow_tenant_is_not_its_own_baseline() -> None:
+    """Two hours of nothing at 7 events/hour: the recent baseline (four hours ending half an
+    hour ago) is by then mostly the drop itself, so the expected rate comes from yesterday."""
+    quiet = [Window("t", T0 + timedelta(minutes=m), 60, events=int(m % 9 == 0)) for m in range(1500 + 120)]
+    windows = [*quiet[:1500], *[replace(w, events=0) for w in quiet[1500:]]]
+    baseline = Baseline.from_history(windows[:-1], windows[-1].start)
+    assert baseline.events.mean < 0.65 * baseline.seasonal_events  # the drop is inside the recent slice
+    finding = volume_drop(windows[-RECENT_WINDOWS:], baseline, DEFAULTS)
+    assert finding is not None and finding.features["events"] == 0
+    assert finding.features["expected_events"] == pytest.approx(finding.features["horizon_windows"] / 9, rel=0.1)
+    assert volume_drop(quiet[-RECENT_WINDOWS:], Baseline.from_history(quiet[:-1], quiet[-1].start), DEFAULTS) is None
+
+
+def test_volume_drop_keeps_the_recent_rate_where_yesterday_was_busier() -> None:
+    """A Saturday after a Friday twice as busy, with a burst of injected requests an hour ago: a quiet
+    stretch is judged against today's own rate before the horizon, not against Friday's."""
+    friday = [int(m % 5 < 4) for m in range(1440)]  # 0.8 a minute
+    saturday = [int(m % 5 < 2) for m in range(360)]  # 0.4 a minute...
+    saturday[260:280] = [3] * 20  # ...a burst an hour before the horizon...
+    saturday[320:] = [int(m % 5 == 0) for m in range(40)]  # ...and the last 40 minutes at 0.2, as happens
+    windows = [Window("t", T0 + timedelta(minutes=m), 60, events=e) for m, e in enumerate(friday + saturday)]
+    baseline = Baseline.from_history(windows[:-1], windows[-1].start)
+    assert baseline.seasonal_events == pytest.approx(0.8, rel=0.05)
+    assert volume_drop(windows[-RECENT_WINDOWS:], baseline, DEFAULTS) is None
+    saturday[320:] = [0] * 40  # nothing at all for 40 minutes is a drop even so
+    windows = [Window("t", T0 + timedelta(minutes=m), 60, events=e) for m, e in enumerate(friday + saturday)]
+    assert volume_drop(windows[-RECENT_WINDOWS:], Baseline.from_history(windows[:-1], windows[-1].start), DEFAULTS) is not None
+
+
+def test_volume_drop_without_a_day_of_history_uses_the_recent_rate() -> None:
+    windows = _history(50, minutes=600)
+    baseline = Baseline.from_history(windows, windows[-1].start + timedelta(minutes=1))
+    assert baseline.seasonal_events is None
+    finding = volume_drop([*windows[-(RECENT_WINDOWS - 1) :], _next(windows, events=0)], baseline, DEFAULTS)
+    assert finding is not None and finding.features["expected_events"] == pytest.approx(baseline.events.mean, rel=0.05)
 
 
 def test_volume_drop_uses_yesterday_as_the_seasonal_reference() -> None:

@@ -28,6 +28,8 @@ _COUNTED = {
     CHARGE_FAILED: "charge_failed",
     CHARGE_SUCCEEDED: "charge_succeeded",
     INVOICE_PAYMENT_FAILED: "invoice_payment_failed",
+    "payment_intent.payment_failed": "payment_failed",
+    "payment_intent.succeeded": "payment_succeeded",
     "charge.dispute.created": "disputes",
     "radar.early_fraud_warning.created": "fraud_warnings",
     **{refund: "refunds" for refund in REFUNDS},
