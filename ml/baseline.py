@@ -55,7 +55,6 @@ class Stat:
 class Baseline:
     windows: int = 0  # how many windows the rate statistics come from
     events: Stat = Stat()
-    charge_failed: Stat = Stat()
     payment_failures: Stat = Stat()  # charge.failed + payment_intent.payment_failed (see `payment_failures`)
     card_excess: Stat = Stat()
     duplicates: Stat = Stat()
@@ -90,7 +89,6 @@ class Baseline:
         return cls(
             windows=len(recent),
             events=_stat(recent, lambda w: w.events),
-            charge_failed=_stat(recent, lambda w: w.charge_failed),
             payment_failures=_stat(recent, payment_failures),
             card_excess=_stat(recent, card_excess),
             duplicates=_stat(recent, lambda w: w.duplicates),

@@ -179,7 +179,7 @@ def test_failure_spike_discounts_failures_that_come_in_clusters() -> None:
     independent = _history(20)
     rng = np.random.default_rng(1)
     paired = [replace(w, charge_failed=2 * (n := int(rng.poisson(0.06))), failed_customers=n, failed_cards=2 * n) for w in independent]
-    assert Baseline.from_history(paired, paired[-1].start).charge_failed.dispersion > 1.5  # a decline and its failed retry
+    assert Baseline.from_history(paired, paired[-1].start).payment_failures.dispersion > 1.5  # a decline and its failed retry
     burst = {"events": 20, "charge_failed": 5, "failed_customers": 5, "failed_cards": 5}
     assert _run(failure_spike, independent, _next(independent, **burst)) is not None
     assert _run(failure_spike, paired, _next(paired, **burst)) is None  # routine for a tenant whose declines come in pairs

@@ -10,7 +10,6 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import msgspec
 from opentelemetry import trace
@@ -23,7 +22,7 @@ from gateway.events.facts import NONE, Facts, stripe_facts
 from gateway.events.priority import Priority, classify
 from gateway.events.store import event_row
 from gateway.ingest import providers
-from gateway.ingest.group_commit import GroupCommit
+from gateway.ingest.group_commit import GroupCommit, Stored
 from gateway.ingest.tallies import BAD_SIGNATURES, bump
 from gateway.limiter import Rate
 from gateway.metrics import INGEST, INGEST_LATENCY
@@ -41,12 +40,6 @@ _OUTCOMES = {
     "rate-limited": "rate_limited",
 }
 _json = msgspec.json.Decoder()
-
-
-@dataclass(frozen=True, slots=True)
-class Accepted:
-    id: uuid.UUID
-    duplicate: bool
 
 
 class IngestService:
@@ -68,7 +61,7 @@ class IngestService:
         self._tolerance = tolerance
         self._dialect = sessions.kw["bind"].dialect.name
 
-    async def ingest(self, token: str, body: bytes, headers: Mapping[str, str]) -> Accepted:
+    async def ingest(self, token: str, body: bytes, headers: Mapping[str, str]) -> Stored:
         """Verify and store once; every outcome is counted per tenant and provider."""
         started = time.perf_counter()
         source: SourceKey | None = None
@@ -96,7 +89,7 @@ class IngestService:
             raise Problem(404, "unknown-source", "no source has this ingest token")
         return source
 
-    async def _accept(self, token: str, source: SourceKey, body: bytes, headers: Mapping[str, str]) -> Accepted:
+    async def _accept(self, token: str, source: SourceKey, body: bytes, headers: Mapping[str, str]) -> Stored:
         try:
             with tracer.start_as_current_span("verify"):
                 await self._verify(token, source, body, headers)
@@ -136,7 +129,7 @@ class IngestService:
         identity: providers.Identity,
         priority: Priority,
         facts: Facts,
-    ) -> Accepted:
+    ) -> Stored:
         values = event_row(
             source.tenant_id,
             source.id,
@@ -151,11 +144,10 @@ class IngestService:
         )
         try:
             with tracer.start_as_current_span("store"):
-                stored = await self._group_commit.store(values)
+                return await self._group_commit.store(values)
         except STORAGE_ERRORS:
             _log.warning("event not stored: storage unavailable", exc_info=True)
             raise _unavailable() from None
-        return Accepted(stored.id, stored.duplicate)
 
 
 def observe(
