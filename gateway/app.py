@@ -72,13 +72,14 @@ def create_app(settings: Settings | None = None) -> Litestar:
     doorbell: Doorbell = dispatcher or RedisDoorbell(runtime.redis)
     directory = SourceDirectory(sessions, box, settings.source_cache_ttl_seconds)
     admission = Admission(runtime.limiter, window_seconds=settings.usage_window_seconds)
+    group_commit = GroupCommit(
+        runtime.ingest_engine(), doorbell, max_rows=settings.ingest_commit_batch_rows, concurrency=settings.ingest_commit_concurrency
+    )
     ingest_service = IngestService(
         sessions,
         directory,
         admission,
-        GroupCommit(
-            runtime.ingest_engine(), doorbell, max_rows=settings.ingest_commit_batch_rows, concurrency=settings.ingest_commit_concurrency
-        ),
+        group_commit,
         defaults=default_rates(settings),
         tolerance=settings.stripe_tolerance_seconds,
     )
@@ -97,6 +98,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         finally:
             for task in reversed(background):
                 await task.stop()
+            await group_commit.aclose()
             await runtime.close()
 
     def _constant(value: object) -> Provide:

@@ -30,6 +30,20 @@ async def engine(database_url: str) -> Any:
     await engine.dispose()
 
 
+@pytest.fixture
+async def group_commit() -> Any:
+    """Makes group commits; each returns its kept connections at teardown, before its engine goes."""
+    made: list[GroupCommit] = []
+
+    def make(engine: Any, doorbell: Any = None) -> GroupCommit:
+        made.append(GroupCommit(engine, doorbell or _Doorbell(), max_rows=100, concurrency=1))
+        return made[-1]
+
+    yield make
+    for commit in made:
+        await commit.aclose()
+
+
 async def _source_ids(client: AsyncTestClient[Litestar], tenant: TenantHandle) -> tuple[uuid.UUID, uuid.UUID, dict[str, Any]]:
     source = await new_source(client, tenant)
     return uuid.UUID(tenant.id), uuid.UUID(source["id"]), source
@@ -68,10 +82,10 @@ async def _stored(engine: Any, *external_ids: str) -> dict[str, uuid.UUID]:
 
 
 async def test_rows_waiting_for_a_busy_slot_commit_together_and_a_repeat_is_stored_once(
-    client: AsyncTestClient[Litestar], tenant: TenantHandle, engine: Any
+    client: AsyncTestClient[Litestar], tenant: TenantHandle, engine: Any, group_commit: Any
 ) -> None:
     tenant_id, source_id, _ = await _source_ids(client, tenant)
-    commit = GroupCommit(engine, _Doorbell(), max_rows=100, concurrency=1)
+    commit = group_commit(engine)
     batches_before, rows_before = _batches()
     # The first row takes the only slot; the rest queue behind it and leave as one batch.
     names = ["evt_first", "evt_a", "evt_b", "evt_a", "evt_c"]
@@ -91,10 +105,10 @@ async def test_rows_waiting_for_a_busy_slot_commit_together_and_a_repeat_is_stor
 
 
 async def test_a_failing_batch_fails_every_caller_in_it_and_stores_none_of_them(
-    client: AsyncTestClient[Litestar], tenant: TenantHandle, engine: Any
+    client: AsyncTestClient[Litestar], tenant: TenantHandle, engine: Any, group_commit: Any
 ) -> None:
     tenant_id, source_id, _ = await _source_ids(client, tenant)
-    commit = GroupCommit(engine, _Doorbell(), max_rows=100, concurrency=1)
+    commit = group_commit(engine)
     orphan = _row(uuid.uuid4(), source_id, "evt_orphan")  # no such tenant: the foreign key fails the batch
     rows = [_row(tenant_id, source_id, "evt_alone"), _row(tenant_id, source_id, "evt_x"), orphan, _row(tenant_id, source_id, "evt_y")]
     outcomes = await asyncio.gather(*(commit.store(row) for row in rows), return_exceptions=True)
@@ -123,12 +137,12 @@ async def test_concurrent_ingests_of_one_event_store_it_once_and_both_get_200(
 
 
 async def test_a_duplicate_tally_that_fails_does_not_change_the_answers(
-    client: AsyncTestClient[Litestar], tenant: TenantHandle, engine: Any, monkeypatch: pytest.MonkeyPatch
+    client: AsyncTestClient[Litestar], tenant: TenantHandle, engine: Any, monkeypatch: pytest.MonkeyPatch, group_commit: Any
 ) -> None:
     """The events are committed before the tally: its failure is logged, and the callers still learn
     what was stored and what was a duplicate."""
     tenant_id, source_id, _ = await _source_ids(client, tenant)
-    commit = GroupCommit(engine, _Doorbell(), max_rows=100, concurrency=1)
+    commit = group_commit(engine)
     first = await commit.store(_row(tenant_id, source_id, "evt_once"))
     monkeypatch.setattr("gateway.ingest.group_commit.bump", lambda *_args: text("UPDATE no_such_table SET n = 1"))
     again, fresh = await asyncio.gather(commit.store(_row(tenant_id, source_id, "evt_once")), commit.store(_row(tenant_id, source_id, "evt_new")))
@@ -137,34 +151,41 @@ async def test_a_duplicate_tally_that_fails_does_not_change_the_answers(
 
 
 @pytest.mark.parametrize("backend", ["postgres"])  # SQLite has no server connection to lose
+@pytest.mark.parametrize("slots", [1, 2])
 async def test_a_batch_that_meets_a_dead_connection_runs_once_more_on_a_new_one(
-    client: AsyncTestClient[Litestar], tenant: TenantHandle, database_url: str, engine: Any
+    client: AsyncTestClient[Litestar], tenant: TenantHandle, database_url: str, engine: Any, slots: int
 ) -> None:
-    """The group commit's pool does not ping before each batch: a connection the server dropped
-    (a restart, a failover) costs the batch one retry, not its callers a 503."""
+    """Each commit slot keeps its connection between batches and does not ping it: a connection the
+    server dropped (a restart, a failover) costs the batch one retry, not its callers a 503. The
+    retry does not take another kept connection, which died in the same outage."""
     tenant_id, source_id, _ = await _source_ids(client, tenant)
-    unpinged = create_engine(database_url, pool_size=1, pre_ping=False)
+    unpinged = create_engine(database_url, pool_size=slots, pre_ping=False)
+    commit = GroupCommit(unpinged, _Doorbell(), max_rows=100, concurrency=slots)
     try:
-        commit = GroupCommit(unpinged, _Doorbell(), max_rows=100, concurrency=1)
-        await commit.store(_row(tenant_id, source_id, "evt_before"))  # its connection goes back to the pool
-        async with unpinged.connect() as connection:
-            pid = await connection.scalar(text("SELECT pg_backend_pid()"))
+        await asyncio.gather(*(commit.store(_row(tenant_id, source_id, f"evt_before_{n}")) for n in range(slots)))
         async with engine.connect() as connection:
-            assert await connection.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            killed = await connection.scalar(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND state = 'idle' AND query LIKE 'INSERT INTO events%'"
+                )
+            )
+        assert killed == slots  # the kept connections, idle after their batches
         after = await commit.store(_row(tenant_id, source_id, "evt_after"))
         assert not after.duplicate
         assert (await _stored(engine, "evt_after"))["evt_after"] == after.id
     finally:
+        await commit.aclose()
         await unpinged.dispose()
 
 
 async def test_a_row_stored_again_with_its_own_id_is_new_not_a_duplicate(
-    client: AsyncTestClient[Litestar], tenant: TenantHandle, engine: Any
+    client: AsyncTestClient[Litestar], tenant: TenantHandle, engine: Any, group_commit: Any
 ) -> None:
     """What the retry after a dead connection does when the first attempt had committed: the row is
     found under its own id, so its caller learns it was stored, as it was."""
     tenant_id, source_id, _ = await _source_ids(client, tenant)
-    commit = GroupCommit(engine, _Doorbell(), max_rows=100, concurrency=1)
+    commit = group_commit(engine)
     row = _row(tenant_id, source_id, "evt_twice")
     first = await commit.store(row)
     again = await commit.store(row)
@@ -175,12 +196,12 @@ async def test_a_row_stored_again_with_its_own_id_is_new_not_a_duplicate(
 
 
 async def test_a_committed_batch_rings_once_with_its_new_events_and_only_after_the_commit(
-    client: AsyncTestClient[Litestar], tenant: TenantHandle, engine: Any
+    client: AsyncTestClient[Litestar], tenant: TenantHandle, engine: Any, group_commit: Any
 ) -> None:
     tenant_id, source_id, _ = await _source_ids(client, tenant)
-    await GroupCommit(engine, _Doorbell(), max_rows=100, concurrency=1).store(_row(tenant_id, source_id, "evt_old"))
+    await group_commit(engine).store(_row(tenant_id, source_id, "evt_old"))
     doorbell = _Doorbell(engine)
-    commit = GroupCommit(engine, doorbell, max_rows=100, concurrency=1)
+    commit = group_commit(engine, doorbell)
     names = ["evt_first", "evt_a", "evt_old", "evt_b", "evt_a"]  # one stored before, one repeated in the batch
     outcomes = await asyncio.gather(*(commit.store(_row(tenant_id, source_id, name)) for name in names))
     while len(doorbell.visible) < 2:  # the rings run in tasks of their own, beside the answers

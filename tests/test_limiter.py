@@ -6,11 +6,14 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from gateway.limiter import Limiter, MemoryLimiter, Rate, RedisLimiter, Tally
+from gateway.scripts import PipelinedScript
 
 RATE = Rate(per_second=5, burst=3)  # one every 0.2 s: slow enough that test overhead does not count
 INTERVAL = 1 / RATE.per_second
@@ -119,22 +122,56 @@ async def test_redis_limiters_share_one_budget(redis_client: aioredis.Redis, red
     assert rate.burst + 4 * 2 <= allowed <= rate.burst + rate.per_second * elapsed
 
 
-async def test_concurrent_redis_hits_share_pipelines_and_still_count_each_one(redis_client: aioredis.Redis) -> None:
-    """Hits that queue behind busy pipelines go out together; each is still its own atomic decision."""
+async def test_concurrent_redis_hits_share_pipelines_and_still_count_each_one(redis_url: str) -> None:
+    """Hits that queue behind a busy pipeline go out together; each is still its own atomic decision,
+    run once, and no pipeline asks SCRIPT EXISTS first."""
+    pool = _CountingPool.from_url(redis_url)
+    client = aioredis.Redis(connection_pool=pool)
+    try:
+        limiter = RedisLimiter(client)
+        await limiter.hit("warm", RATE)  # loads the script (NOSCRIPT on a fresh Redis)
+        calls_before, checks_before, pipelines_before = await _script_calls(client), await _script_checks(client), pool.checkouts
+        decisions = await asyncio.gather(*(limiter.hit("k", RATE, Tally("usage", "low", 60)) for _ in range(200)))
+        assert sum(d.allowed for d in decisions) == RATE.burst
+        assert all(d.retry_after > 0 for d in decisions if not d.allowed)
+        assert await limiter.tallies("usage") == {"low:admitted": RATE.burst, "low:refused": 200 - RATE.burst}
+        assert await _script_calls(client) - calls_before == 200
+        assert await _script_checks(client) == checks_before
+        assert pool.checkouts - pipelines_before < 200 / 2  # the 200 hits left in far fewer round trips
+    finally:
+        await client.aclose()
+
+
+async def test_flushed_scripts_are_loaded_again_and_no_hit_runs_twice(redis_client: aioredis.Redis) -> None:
+    """After Redis forgets its scripts (restart, SCRIPT FLUSH) the refused calls are sent once more."""
     limiter = RedisLimiter(redis_client)
-    calls_before, checks_before = await _script_calls(redis_client), await _pipelined_script_checks(redis_client)
-    decisions = await asyncio.gather(*(limiter.hit("k", RATE, Tally("usage", "low", 60)) for _ in range(200)))
+    await limiter.hit("warm", RATE)
+    await redis_client.script_flush()
+    decisions = await asyncio.gather(*(limiter.hit("k", RATE, Tally("usage", "low", 60)) for _ in range(50)))
     assert sum(d.allowed for d in decisions) == RATE.burst
-    assert all(d.retry_after > 0 for d in decisions if not d.allowed)
-    assert await limiter.tallies("usage") == {"low:admitted": RATE.burst, "low:refused": 200 - RATE.burst}
-    assert await _script_calls(redis_client) - calls_before == 200
-    assert await _pipelined_script_checks(redis_client) > checks_before  # at least one batch went as a pipeline
+    assert await limiter.tallies("usage") == {"low:admitted": RATE.burst, "low:refused": 50 - RATE.burst}
+
+
+async def test_a_script_error_reaches_only_its_own_caller(redis_client: aioredis.Redis) -> None:
+    script = PipelinedScript(redis_client, "if ARGV[1] == 'bad' then return redis.error_reply('refused: bad') end return ARGV[1]")
+    replies = await asyncio.gather(*(script([], [arg]) for arg in ("a", "bad", "b")), return_exceptions=True)
+    assert replies[0] == b"a" and replies[2] == b"b"
+    assert isinstance(replies[1], ResponseError) and "refused: bad" in str(replies[1])
+
+
+class _CountingPool(aioredis.ConnectionPool):
+    """Counts connection checkouts: one per command sent alone or per pipeline."""
+
+    checkouts = 0
+
+    async def get_connection(self, *args: object, **kwargs: object) -> Any:
+        self.checkouts += 1
+        return await super().get_connection(*args, **kwargs)
 
 
 async def _script_calls(redis_client: aioredis.Redis) -> int:
     return int((await redis_client.info("commandstats")).get("cmdstat_evalsha", {}).get("calls", 0))
 
 
-async def _pipelined_script_checks(redis_client: aioredis.Redis) -> int:
-    """redis-py checks the pipeline's scripts with SCRIPT EXISTS before sending a pipeline."""
+async def _script_checks(redis_client: aioredis.Redis) -> int:
     return int((await redis_client.info("commandstats")).get("cmdstat_script|exists", {}).get("calls", 0))
