@@ -72,7 +72,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         int, _doc("Default time a replaced secret keeps verifying (sources) or signing (endpoints).")
     ] = 86_400
     db_pool_size: Annotated[int, _doc("Connections per process in the Postgres pool.")] = 10
-    log_level: Annotated[str, _doc("Python log level name (logs are JSON lines on stderr).")] = "INFO"
+    log_level: Annotated[
+        str,
+        _doc(
+            "Python log level name (logs are JSON lines on stderr). `DEBUG` adds a line per stored (accepted or duplicate)"
+            " event; refused and failed ingests log at `INFO`."
+        ),
+    ] = "INFO"
     otel_exporter: Annotated[
         Literal["none", "console", "otlp_grpc", "otlp_http"],
         _doc("Where OpenTelemetry traces go: `otlp_grpc`/`otlp_http` (to `HOOKGATE_OTEL_ENDPOINT`), "

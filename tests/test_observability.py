@@ -8,6 +8,8 @@ import asyncio
 import io
 import json
 import logging
+import time
+import uuid
 from typing import Any
 
 import httpx
@@ -19,9 +21,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import create_app
+from gateway.ingest.service import observe
 from gateway.logs import JsonFormatter
 from gateway.migrate import upgrade_async
 from gateway.probes import serve_probes
+from tenants.sources.directory import SourceKey
 from tests.conftest import OPERATOR_KEY, Stack, ingest_path, make_settings, new_source, new_tenant
 from tests.support.client import AppClient
 from tests.support.receiver import Script, Server, wait_until
@@ -152,6 +156,8 @@ async def test_logs_are_json_lines_with_ids_and_no_secret(stack: Stack) -> None:
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.addHandler(handler)
+    level = root.level
+    root.setLevel(logging.DEBUG)  # stored events log at DEBUG
     try:
         tenant = await new_tenant(stack.client)
         source = await new_source(stack.client, tenant)
@@ -165,8 +171,10 @@ async def test_logs_are_json_lines_with_ids_and_no_secret(stack: Stack) -> None:
             await wait_until(lambda: '"status_code":200' in captured.getvalue(), what="the logged success")
     finally:
         root.removeHandler(handler)
+        root.setLevel(level)
     lines = [json.loads(line) for line in captured.getvalue().splitlines()]
     assert any(line["message"] == "ingest" and line["outcome"] == "accepted" and line["tenant_id"] == tenant.id for line in lines)
+    assert any(line["message"] == "ingest" and line["outcome"] == "bad_signature" and line["level"] == "info" for line in lines)
     attempts = [line for line in lines if line["message"] == "attempt"]
     assert {line["status_code"] for line in attempts} >= {500, 200} and all(line["tenant_id"] == tenant.id for line in attempts)
     text = captured.getvalue()
@@ -208,3 +216,15 @@ async def test_one_trace_links_ingest_and_every_delivery_attempt(stack: Stack, s
     assert {a["trace_id"] for a in attempts} == {format(trace_id, "032x")}  # the attempt records name the trace
     recorded = json.dumps([dict(s.attributes or {}) for s in finished])
     assert source["secret"] not in recorded and endpoint["secret"] not in recorded and tenant.api_key not in recorded
+
+
+@pytest.mark.parametrize(
+    ("level", "logged"), [(logging.INFO, ["bad_signature", "error"]), (logging.DEBUG, ["accepted", "duplicate", "bad_signature", "error"])]
+)
+def test_stored_events_log_at_debug_and_refusals_at_info(caplog: pytest.LogCaptureFixture, level: int, logged: list[str]) -> None:
+    """One line per event under load would be the event log again: stored events only at DEBUG."""
+    source = SourceKey(id=uuid.uuid4(), tenant_id=uuid.uuid4(), provider="stripe", secrets=(), priorities={}, limits={})
+    with caplog.at_level(level, logger="hookgate.ingest"):
+        for outcome in ("accepted", "duplicate", "bad_signature", "error"):
+            observe(source, outcome, time.perf_counter())
+    assert [record.outcome for record in caplog.records if record.name == "hookgate.ingest"] == logged

@@ -40,6 +40,8 @@ _OUTCOMES = {
     "rate-limited": "rate_limited",
 }
 _json = msgspec.json.Decoder()
+# A stored event is in the event log already; its line is for debugging (one per event under load).
+_STORED = frozenset({"accepted", "duplicate"})
 
 
 class IngestService:
@@ -153,11 +155,16 @@ class IngestService:
 def observe(
     source: SourceKey | None, outcome: str, started: float, span: trace.Span | None = None, event_id: uuid.UUID | None = None
 ) -> None:
-    """Count one ingest request and its latency, and log it: one line per outcome."""
+    """Count one ingest request and its latency, and log it: refusals and errors at INFO, stored
+    events (accepted, duplicate) at DEBUG."""
     tenant, provider = (str(source.tenant_id), source.provider) if source is not None else ("", "")
     INGEST.labels(tenant=tenant, provider=provider, outcome=outcome).inc()
     INGEST_LATENCY.labels(outcome=outcome).observe(time.perf_counter() - started)
-    _log.info(
+    level = logging.DEBUG if outcome in _STORED else logging.INFO
+    if not _log.isEnabledFor(level):
+        return
+    _log.log(
+        level,
         "ingest",
         extra={
             "outcome": outcome,
