@@ -245,7 +245,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections")
     parser.add_argument("--workers", type=int, default=2, help="server processes per target")
-    parser.add_argument("--events", type=int, default=40_000, help="unique events prepared per target and run")
+    parser.add_argument(
+        "--events", type=int, help="unique events prepared per target and run (default: 8,000 per second of load, so none repeats)"
+    )
     parser.add_argument("--targets", default=",".join(TARGETS), help=f"comma-separated subset of {','.join(TARGETS)}")
     parser.add_argument("--name", default="ingest_throughput", help="results file name (bench/results/<name>.json)")
     parser.add_argument("--profile", choices=TARGETS, help="record py-spy flame graphs of this target's workers in the first run "
@@ -256,7 +258,7 @@ def main() -> None:
     targets = [t for t in args.targets.split(",") if t]
     if unknown := set(targets) - set(TARGETS):
         sys.exit(f"unknown targets: {', '.join(sorted(unknown))}")
-    load = Load(args.threads, args.connections, args.duration, args.events, warmup=2_000)
+    load = Load(args.threads, args.connections, args.duration, args.events or 8_000 * args.duration, warmup=2_000)
     report = asyncio.run(_run_all(targets, args.workers, load, args.runs, args.profile))
     report |= {"command": " ".join(sys.argv), "load": vars(args), "ratios": _ratios(report["median"])}
     RESULTS.mkdir(exist_ok=True)

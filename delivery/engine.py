@@ -273,7 +273,9 @@ class DeliveryEngine:
             if written.status == SUCCEEDED and written.live:
                 # Received → delivered, for live traffic only: a replay or redrive of yesterday's event is not lag.
                 DELIVERY_LAG.labels(priority=job.priority).observe((utcnow() - job.received_at).total_seconds())
-        _log.info(
+        # A success is in the attempts table already: its line is for debugging (one per delivery under load).
+        _log.log(
+            logging.DEBUG if result.ok else logging.INFO,
             "attempt",
             extra={
                 "tenant_id": str(job.tenant_id),

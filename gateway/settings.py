@@ -76,7 +76,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         str,
         _doc(
             "Python log level name (logs are JSON lines on stderr). `DEBUG` adds a line per stored (accepted or duplicate)"
-            " event; refused and failed ingests log at `INFO`."
+            " event and per successful delivery attempt; refused and failed ingests and failed attempts log at `INFO`."
         ),
     ] = "INFO"
     otel_exporter: Annotated[
