@@ -46,7 +46,12 @@ async def test_two_granian_workers_report_one_sum(production_env: dict[str, str]
 
 async def test_the_worker_process_serves_metrics_and_probes(production_env: dict[str, str], tmp_path: Path) -> None:
     port = free_port()
-    env = {**production_env, "HOOKGATE_WORKER_METRICS_PORT": str(port), "HOOKGATE_WORKER_METRICS_HOST": "127.0.0.1"}
+    env = {
+        **production_env,
+        "HOOKGATE_WORKER_METRICS_PORT": str(port),
+        "HOOKGATE_WORKER_METRICS_HOST": "127.0.0.1",
+        "HOOKGATE_LOG_LEVEL": "DEBUG",  # a successful attempt's line is DEBUG
+    }
     base = env["HOOKGATE_PUBLIC_URL"]
     async with Server(Script()) as receiver:
         with serve(env, tmp_path) as gateway, Process([*HOOKGATE, "worker"], tmp_path / "worker.log", env) as worker:
