@@ -68,15 +68,17 @@ class Dispatcher:
             started = time.monotonic()
             self.wakeup.clear()
             self._freed.clear()
+            rung, self._rung = list(self._rung), set()
             try:
-                if self._rung:
-                    rung, self._rung = list(self._rung), set()
+                if rung:
                     await self._engine.fan_out(rung)
+                    rung = []
                 await self._sweep_if_due()
                 free = self._concurrency - len(self._in_flight)
                 claimed = await self._engine.claim(free)
             except Exception:  # noqa: BLE001 - the database may be down; keep polling until it is back
                 _log.warning("dispatcher pass failed; retrying", exc_info=True)
+                self._rung.update(rung)  # not fanned out: the next pass tries them again
                 claimed, free = Claimed([], []), -1
             for job in claimed.jobs:
                 self._spawn(job)

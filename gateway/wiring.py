@@ -38,6 +38,8 @@ def breaker_config(settings: Settings) -> BreakerConfig:
 @dataclass
 class Runtime:
     settings: Settings
+    # False in the worker: every transaction there is retried or redone when its connection is dead.
+    pre_ping: bool = True
     engine: AsyncEngine = field(init=False)
     sessions: async_sessionmaker[AsyncSession] = field(init=False)
     box: SecretBox = field(init=False)
@@ -50,7 +52,7 @@ class Runtime:
 
     def __post_init__(self) -> None:
         settings = self.settings
-        self.engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
+        self.engine = create_engine(settings.database_url, pool_size=settings.db_pool_size, pre_ping=self.pre_ping)
         self.sessions = session_factory(self.engine)
         self.box = SecretBox(settings.secret_key)
         config = breaker_config(settings)
@@ -69,7 +71,7 @@ class Runtime:
         )
         control = None
         if not settings.is_embedded:  # SQLite has one writer anyway: a second pool would only contend
-            self._control_engine = create_engine(settings.database_url, pool_size=2)
+            self._control_engine = create_engine(settings.database_url, pool_size=2, pre_ping=self.pre_ping)
             control = session_factory(self._control_engine)
         engine = DeliveryEngine(self.sessions, settings, self.box, self.breaker, self.limiter, self._client, control)
         return Dispatcher(

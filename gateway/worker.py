@@ -72,7 +72,7 @@ async def run_worker(settings: Settings | None = None, stop: asyncio.Event | Non
     settings = settings or get_settings()
     configure_logs(settings.log_level)
     configure_tracing(settings, "worker")
-    runtime = Runtime(settings)
+    runtime = Runtime(settings, pre_ping=False)
     dispatcher = runtime.dispatcher(sweep_grace=SWEEP_GRACE_SECONDS)
     replays = runtime.replay_runner(dispatcher)
     monitor = runtime.anomaly_monitor()
