@@ -12,12 +12,12 @@ checkout per batch cost more client CPU than the statement) and does not ping it
 trip per commit); a batch that meets a dead connection (the database restarted) drops every kept
 connection and is run once more on a new one. That retry is safe even if the first attempt did
 commit before the connection died: the rows keep their ids, so the second attempt finds them
-stored with those same ids and reports them as new, not as duplicates. Once a batch has committed, its new events ring the doorbell
-together: one ring per batch, in a task of its own beside the answers, never before the commit.
-Two rows with the same (tenant, source, external id) in one batch
-are stored once; the later caller gets the earlier one's id as a duplicate, as if they had come one
-after the other. The duplicate tally that follows is a count for the anomaly detector: a failure to
-count never changes an answer.
+stored with those same ids and reports them as new, not as duplicates. Once a batch has
+committed, its new events ring the doorbell together: one ring per batch, in a task of its own
+beside the answers, never before the commit. Two rows with the same (tenant, source, external id)
+in one batch are stored once; the later caller gets the earlier one's id as a duplicate, as if
+they had come one after the other. The duplicate tally that follows is a count for the anomaly
+detector: a failure to count never changes an answer.
 """
 
 from __future__ import annotations
