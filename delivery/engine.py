@@ -34,7 +34,7 @@ from gateway.events.repository import unleased
 from gateway.limiter import Limiter, Rate
 from gateway.metrics import ATTEMPT_LATENCY, ATTEMPTS, DELIVERIES, DELIVERY_LAG
 from gateway.settings import Settings
-from gateway.tracing import context_of, trace_id_hex, tracer
+from gateway.tracing import context_of, current_span, trace_id_hex
 from tenants.crypto import SecretBox
 
 _log = logging.getLogger("hookgate.delivery")
@@ -218,9 +218,7 @@ class DeliveryEngine:
             "hookgate.endpoint_id": str(job.endpoint_id),
             "hookgate.delivery_id": str(job.delivery_id),
         }
-        with tracer.start_as_current_span(
-            "delivery.attempt", context=context_of(job.trace_context), kind=SpanKind.CLIENT, attributes=attributes
-        ) as span:
+        with current_span("delivery.attempt", context=context_of(job.trace_context), kind=SpanKind.CLIENT, attributes=attributes) as span:
             started = utcnow()
             headers = webhook_headers(job.secrets, f"msg_{job.delivery_id.hex}", int(time.time()), job.body)
             result = await send(

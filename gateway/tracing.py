@@ -9,6 +9,10 @@ headers or secrets.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Sequence
+from typing import Any, ContextManager
+
 from opentelemetry import context, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -19,6 +23,7 @@ from gateway.settings import Settings
 
 tracer = trace.get_tracer("hookgate")
 _propagator = TraceContextTextMapPropagator()
+_NO_SPAN = contextlib.nullcontext(trace.INVALID_SPAN)
 
 
 def configure(settings: Settings, service: str) -> None:
@@ -45,8 +50,28 @@ def _exporter(settings: Settings) -> SpanExporter | None:
     return None
 
 
+def tracing() -> bool:
+    """Whether a tracer provider is installed (checked per call: one may be installed later).
+
+    Without one, the API's proxy still builds a non-recording span and attaches a context for
+    every span asked for: ~5 % of the ingest path's CPU, for nothing. The helpers below skip it."""
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
+def current_span(name: str, **options: Any) -> ContextManager[trace.Span]:
+    """``tracer.start_as_current_span``, or an invalid span (no ids, attributes ignored) while not tracing."""
+    return tracer.start_as_current_span(name, **options) if tracing() else _NO_SPAN
+
+
+def start_spans(name: str, traceparents: Sequence[str | None]) -> list[trace.Span]:
+    """One span each in the given traces (ended by the caller); none while not tracing."""
+    return [tracer.start_span(name, context=context_of(parent)) for parent in traceparents] if tracing() else []
+
+
 def current_traceparent() -> str | None:
     """The active span's context as a ``traceparent`` header value (None when not recording)."""
+    if not tracing():
+        return None
     carrier: dict[str, str] = {}
     _propagator.inject(carrier)
     return carrier.get("traceparent")

@@ -25,6 +25,7 @@ from gateway.ingest.service import observe
 from gateway.logs import JsonFormatter
 from gateway.migrate import upgrade_async
 from gateway.probes import serve_probes
+from gateway.tracing import current_span, current_traceparent, start_spans
 from tenants.sources.directory import SourceKey
 from tests.conftest import OPERATOR_KEY, Stack, ingest_path, make_settings, new_source, new_tenant
 from tests.support.client import AppClient
@@ -229,3 +230,24 @@ def test_stored_events_log_at_debug_and_refusals_at_info(caplog: pytest.LogCaptu
         for outcome in ("accepted", "duplicate", "bad_signature", "error"):
             observe(source, outcome, time.perf_counter())
     assert [record.outcome for record in caplog.records if record.name == "hookgate.ingest"] == logged
+
+
+def test_no_span_is_built_while_no_tracer_provider_is_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The API's proxy would build a non-recording span per call; the helpers build nothing, and
+    what they hand back records nothing and carries no trace."""
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: trace.ProxyTracerProvider())
+    with current_span("ingest", kind=trace.SpanKind.SERVER) as span:
+        assert span is trace.INVALID_SPAN and not span.is_recording()
+        assert current_traceparent() is None
+    assert start_spans("enqueue", ["00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"]) == []
+
+
+def test_spans_are_recorded_once_a_tracer_provider_is_installed(spans: InMemorySpanExporter) -> None:
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    with current_span("ingest") as span:
+        assert span.is_recording() and current_traceparent() is not None
+    for started in start_spans("enqueue", [parent]):
+        started.end()
+    finished = {s.name: s for s in spans.get_finished_spans()}
+    assert {"ingest", "enqueue"} <= finished.keys()
+    assert format(finished["enqueue"].context.trace_id, "032x") == "0af7651916cd43dd8448eb211c80319c"

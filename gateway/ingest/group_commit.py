@@ -39,7 +39,7 @@ from gateway.doorbell import Doorbell, ring_safely
 from gateway.events.models import Event
 from gateway.ingest.tallies import DUPLICATES, bump
 from gateway.metrics import INGEST_BATCH_ROWS
-from gateway.tracing import context_of, tracer
+from gateway.tracing import start_spans
 
 _log = logging.getLogger("hookgate.ingest")
 _events = Event.__table__
@@ -129,7 +129,7 @@ class GroupCommit:
 
 async def _ring(doorbell: Doorbell, rows: list[Row]) -> None:
     """The batch's one ring; each event's trace still ends with its own ``enqueue`` span."""
-    spans = [tracer.start_span("enqueue", context=context_of(row["trace_context"])) for row in rows]
+    spans = start_spans("enqueue", [row["trace_context"] for row in rows])
     try:
         await ring_safely(doorbell, [row["id"] for row in rows])
     finally:

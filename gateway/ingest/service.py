@@ -27,7 +27,7 @@ from gateway.ingest.tallies import BAD_SIGNATURES, bump
 from gateway.limiter import Rate
 from gateway.metrics import INGEST, INGEST_LATENCY
 from gateway.problems import Problem
-from gateway.tracing import current_traceparent, trace_id_hex, tracer
+from gateway.tracing import current_span, current_traceparent, trace_id_hex
 from tenants.limits import rate_for
 from tenants.sources.directory import SourceDirectory, SourceKey
 
@@ -67,7 +67,7 @@ class IngestService:
         """Verify and store once; every outcome is counted per tenant and provider."""
         started = time.perf_counter()
         source: SourceKey | None = None
-        with tracer.start_as_current_span("ingest", kind=SpanKind.SERVER) as span:
+        with current_span("ingest", kind=SpanKind.SERVER) as span:
             try:
                 source = await self._find(token)
                 span.set_attributes({"hookgate.tenant_id": str(source.tenant_id), "hookgate.source_id": str(source.id)})
@@ -93,7 +93,7 @@ class IngestService:
 
     async def _accept(self, token: str, source: SourceKey, body: bytes, headers: Mapping[str, str]) -> Stored:
         try:
-            with tracer.start_as_current_span("verify"):
+            with current_span("verify"):
                 await self._verify(token, source, body, headers)
         except Problem:
             await self._tally_bad_signature(source.tenant_id)
@@ -145,7 +145,7 @@ class IngestService:
             trace_context=current_traceparent(),
         )
         try:
-            with tracer.start_as_current_span("store"):
+            with current_span("store"):
                 return await self._group_commit.store(values)
         except STORAGE_ERRORS:
             _log.warning("event not stored: storage unavailable", exc_info=True)
