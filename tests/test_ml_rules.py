@@ -227,6 +227,27 @@ def test_failure_spike_not_from_a_few_customers_failing_over_and_over() -> None:
     assert _run(failure_spike, windows[:-1], windows[-1]) is not None
 
 
+def test_typical_failure_rate_leaves_card_testing_and_outages_out() -> None:
+    history = _history(5)
+    clean = Baseline.from_history(history, history[-1].start).failure_rate
+    attack = {"charge_failed": 10, "failed_cards": 10, "failed_customers": 1}  # card testing: 200 failed charges
+    tested = [replace(w, **attack) if 600 <= i < 620 else w for i, w in enumerate(history)]
+    outage = {"charge_failed": 3, "charge_succeeded": 1, "failed_customers": 3, "failed_cards": 3}  # an hour at 75 %
+    failed = [replace(w, **outage) if 600 <= i < 660 else w for i, w in enumerate(history)]
+    for incident in (tested, failed):
+        assert Baseline.from_history(incident, incident[-1].start).failure_rate == pytest.approx(clean, abs=0.01)
+
+
+def test_failure_spike_after_card_testing_is_judged_against_ordinary_declines() -> None:
+    history = _history(1)  # 0.15 charges a minute, 4 % failing
+    attack = {"events": 5, "charge_failed": 5, "failed_cards": 5, "failed_customers": 0}  # as a guest, 100 cards
+    windows = [replace(w, **attack) if 600 <= i < 620 else w for i, w in enumerate(history)]
+    for _ in range(8):  # then an outage: one of two payments failing every minute
+        windows.append(_next(windows, events=2, charge_failed=1, charge_succeeded=1, failed_customers=1, failed_cards=1))
+    assert Baseline.from_history(windows, windows[-1].start).failure_rate < 0.05  # not the attack's ~30 %
+    assert _run(failure_spike, windows[:-1], windows[-1]) is not None
+
+
 def test_silent_lapse_two_close_together_where_lapses_are_rare() -> None:
     history = _history(20)
     spread = [*history, _next(history, events=20, lapses=1)]
