@@ -106,18 +106,21 @@ class Baseline:
 
 
 def payment_failures(window: Window) -> int:
-    """Failed payment attempts: ``charge.failed`` and ``payment_intent.payment_failed``.
+    """Failed payment attempts: ``charge.failed`` and ``payment_intent.payment_failed``, less ``card_excess``.
 
     Both are evidence of a processor outage. Where every failed intent comes with its failed charge
     (one attempt, two events) they are one piece of evidence, not two; the failure rule divides by
-    this count's over-dispersion, which is then about 2, so the pair is not counted twice.
+    this count's over-dispersion, which is then about 2, so the pair is not counted twice. A
+    customer's failed cards beyond the first in a window (a declined customer trying another card,
+    or an attacker's cards) are that customer's attempts again, not more customers failing: they
+    count once, here and in ``payment_attempts``.
     """
-    return window.charge_failed + window.payment_failed
+    return window.charge_failed + window.payment_failed - card_excess(window)
 
 
 def payment_attempts(window: Window) -> int:
-    """Charges and payment intents that failed or succeeded."""
-    return window.charge_failed + window.charge_succeeded + window.payment_failed + window.payment_succeeded
+    """Charges and payment intents that failed or succeeded, less ``card_excess`` (see ``payment_failures``)."""
+    return window.charge_failed + window.charge_succeeded + window.payment_failed + window.payment_succeeded - card_excess(window)
 
 
 def card_excess(window: Window) -> int:

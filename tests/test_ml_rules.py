@@ -178,11 +178,19 @@ def test_failure_spike_horizons_are_dense_up_to_ten_windows() -> None:
 def test_failure_spike_discounts_failures_that_come_in_clusters() -> None:
     independent = _history(20)
     rng = np.random.default_rng(1)
-    paired = [replace(w, charge_failed=2 * (n := int(rng.poisson(0.06))), failed_customers=n, failed_cards=2 * n) for w in independent]
-    assert Baseline.from_history(paired, paired[-1].start).payment_failures.dispersion > 1.5  # a decline and its failed retry
+    paired = [replace(w, charge_failed=2 * (n := int(rng.poisson(0.06))), failed_customers=2 * n, failed_cards=2 * n) for w in independent]
+    assert Baseline.from_history(paired, paired[-1].start).payment_failures.dispersion > 1.5  # customers failing two by two
     burst = {"events": 20, "charge_failed": 5, "failed_customers": 5, "failed_cards": 5}
     assert _run(failure_spike, independent, _next(independent, **burst)) is not None
     assert _run(failure_spike, paired, _next(paired, **burst)) is None  # routine for a tenant whose declines come in pairs
+
+
+def test_failure_spike_counts_a_customers_second_card_once() -> None:
+    history = _history(20)
+    six = {"events": 20, "charge_failed": 6, "charge_succeeded": 3, "failed_customers": 6, "failed_cards": 6}
+    assert _run(failure_spike, history, _next(history, **six)) is not None  # six customers' payments failing
+    retried = six | {"failed_customers": 3}  # three declined customers, each failing again with another card
+    assert _run(failure_spike, history, _next(history, **retried)) is None
 
 
 def test_failure_spike_counts_failed_payment_intents_as_evidence() -> None:
