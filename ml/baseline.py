@@ -19,11 +19,14 @@ from datetime import datetime, timedelta
 from itertools import pairwise
 
 from ml.features import Window
+from ml.surprise import binomial_excess
 
 GAP_WINDOWS = 30
 SPAN_WINDOWS = 240
 _MIN_FAILURES = 20  # fewer failed charges than this: no customer share, the failure rule does not use it
 _MIN_AMOUNTS = 10  # fewer non-zero amounts than this: no amount scale, rules use their floors
+_RATE_BLOCK = 60  # windows per block when leaving outages out of the typical failure rate
+_INCIDENT_NATS = 12.0  # a block whose failures are this surprising against the rest of the history is an outage
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,7 @@ class Baseline:
     duplicates: Stat = Stat()
     bad_signatures: Stat = Stat()
     lapses: Stat = Stat()
-    failure_rate: float = 0.0  # pooled payment failures / payment attempts (charges and intents) over the whole history
+    failure_rate: float = 0.0  # payment failures / attempts (charges and intents) over the whole history, incidents left out
     lapse_rate: float = 0.0  # lapses per window over the whole history
     failing_customer_share: float | None = None  # pooled failed_customers / charge.failed over the whole history
     lag_p50: float = 0.0  # median of the windows' lag_p50
@@ -83,8 +86,6 @@ class Baseline:
         recent = history[max(0, end - SPAN_WINDOWS) : end]
         failed = sum(w.charge_failed for w in history[:end])
         customers = sum(w.failed_customers for w in history[:end])
-        failures = sum(payment_failures(w) for w in history[:end])
-        attempts = sum(payment_attempts(w) for w in history[:end])
         lags = sorted(w.lag_p50 for w in recent if w.lag_p50 is not None)
         return cls(
             windows=len(recent),
@@ -94,7 +95,7 @@ class Baseline:
             duplicates=_stat(recent, lambda w: w.duplicates),
             bad_signatures=_stat(recent, lambda w: w.bad_signatures),
             lapses=_stat(recent, lambda w: w.lapses),
-            failure_rate=failures / attempts if attempts else 0.0,
+            failure_rate=_typical_failure_rate(history[:end]),
             lapse_rate=sum(w.lapses for w in history[:end]) / end,
             failing_customer_share=customers / failed if failed >= _MIN_FAILURES else None,
             lag_p50=lags[len(lags) // 2] if lags else 0.0,
@@ -105,23 +106,57 @@ class Baseline:
 
 
 def payment_failures(window: Window) -> int:
-    """Failed payment attempts: ``charge.failed`` and ``payment_intent.payment_failed``.
+    """Failed payment attempts: ``charge.failed`` and ``payment_intent.payment_failed``, less ``card_excess``.
 
     Both are evidence of a processor outage. Where every failed intent comes with its failed charge
     (one attempt, two events) they are one piece of evidence, not two; the failure rule divides by
-    this count's over-dispersion, which is then about 2, so the pair is not counted twice.
+    this count's over-dispersion, which is then about 2, so the pair is not counted twice. A
+    customer's failed cards beyond the first in a window (a declined customer trying another card,
+    or an attacker's cards) are that customer's attempts again, not more customers failing: they
+    count once, here and in ``payment_attempts``.
     """
-    return window.charge_failed + window.payment_failed
+    return window.charge_failed + window.payment_failed - card_excess(window)
 
 
 def payment_attempts(window: Window) -> int:
-    """Charges and payment intents that failed or succeeded."""
-    return window.charge_failed + window.charge_succeeded + window.payment_failed + window.payment_succeeded
+    """Charges and payment intents that failed or succeeded, less ``card_excess`` (see ``payment_failures``)."""
+    return window.charge_failed + window.charge_succeeded + window.payment_failed + window.payment_succeeded - card_excess(window)
 
 
 def card_excess(window: Window) -> int:
     """Failed cards beyond one per failing customer: the card-testing signature."""
     return max(0, window.failed_cards - window.failed_customers)
+
+
+def card_testing_like(window: Window, cards_per_customer: float = 3.0) -> bool:
+    """Several cards beyond one per failing customer in one window (a customer retrying with a second card is not)."""
+    return card_excess(window) >= 2 and window.failed_cards >= cards_per_customer * window.failed_customers
+
+
+def _typical_failure_rate(history: Sequence[Window]) -> float:
+    """Payment failures / attempts of ordinary traffic, pooled over hour blocks: card-testing-like
+    windows (the failure rule skips them too) are left out, and so is a block whose failures are
+    significant (``_INCIDENT_NATS``) against the rest of the history, an outage.
+
+    The rate is what an outage is judged against: a half-hour of card testing at a slow tenant (tens
+    of failed charges) had doubled it for the rest of the week, and an earlier outage raised it by a
+    third at the next one. Blocks are kept while the rest of the history has no failure to judge by.
+    """
+    blocks = []
+    for i in range(0, len(history), _RATE_BLOCK):
+        block = [w for w in history[i : i + _RATE_BLOCK] if not card_testing_like(w)]
+        blocks.append((sum(payment_failures(w) for w in block), sum(payment_attempts(w) for w in block)))
+    failures, attempts = sum(f for f, _ in blocks), sum(a for _, a in blocks)
+    if not failures:
+        return 0.0
+    kept_failures = kept_attempts = 0
+    for f, a in blocks:
+        rest, rest_attempts = failures - f, attempts - a
+        if rest and binomial_excess(f, a, rest / rest_attempts) >= _INCIDENT_NATS:
+            continue
+        kept_failures += f
+        kept_attempts += a
+    return kept_failures / kept_attempts if kept_attempts else failures / attempts
 
 
 def _stat(windows: Sequence[Window], metric: Callable[[Window], float]) -> Stat:

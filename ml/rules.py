@@ -15,7 +15,16 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from itertools import accumulate
 
-from ml.baseline import GAP_WINDOWS, SPAN_WINDOWS, Baseline, Stat, card_excess, payment_attempts, payment_failures
+from ml.baseline import (
+    GAP_WINDOWS,
+    SPAN_WINDOWS,
+    Baseline,
+    Stat,
+    card_excess,
+    card_testing_like,
+    payment_attempts,
+    payment_failures,
+)
 from ml.features import Window
 from ml.findings import Finding
 from ml.surprise import binomial_excess, poisson_deficit, poisson_excess, to_score
@@ -113,7 +122,7 @@ def failure_spike(recent: Sequence[Window], baseline: Baseline, t: Thresholds) -
     best = None
     failed, attempts, charge_failed, customers = [0], [0], [0], [0]  # over the newest k windows, k = 0, 1, ...
     for k, window in enumerate(reversed(recent[-_FAILURE_LONGEST:]), start=1):
-        if _card_testing_like(window, t):
+        if card_testing_like(window, t.card_testing_cards_per_customer):
             break  # every longer horizon holds this window too
         failed.append(failed[-1] + payment_failures(window))
         attempts.append(attempts[-1] + payment_attempts(window))
@@ -355,11 +364,6 @@ def _better(surprise: float, threshold: float, best: tuple[float, float, *tuple[
 
 def _amount_limit(p99: float | None, floor: float, t: Thresholds) -> float:
     return floor if p99 is None else t.amount_multiplier * p99
-
-
-def _card_testing_like(window: Window, t: Thresholds) -> bool:
-    """Several cards beyond one per failing customer in one window (a customer retrying with a second card is not)."""
-    return card_excess(window) >= 2 and window.failed_cards >= t.card_testing_cards_per_customer * window.failed_customers
 
 
 def _count_rule(

@@ -178,11 +178,19 @@ def test_failure_spike_horizons_are_dense_up_to_ten_windows() -> None:
 def test_failure_spike_discounts_failures_that_come_in_clusters() -> None:
     independent = _history(20)
     rng = np.random.default_rng(1)
-    paired = [replace(w, charge_failed=2 * (n := int(rng.poisson(0.06))), failed_customers=n, failed_cards=2 * n) for w in independent]
-    assert Baseline.from_history(paired, paired[-1].start).payment_failures.dispersion > 1.5  # a decline and its failed retry
+    paired = [replace(w, charge_failed=2 * (n := int(rng.poisson(0.06))), failed_customers=2 * n, failed_cards=2 * n) for w in independent]
+    assert Baseline.from_history(paired, paired[-1].start).payment_failures.dispersion > 1.5  # customers failing two by two
     burst = {"events": 20, "charge_failed": 5, "failed_customers": 5, "failed_cards": 5}
     assert _run(failure_spike, independent, _next(independent, **burst)) is not None
     assert _run(failure_spike, paired, _next(paired, **burst)) is None  # routine for a tenant whose declines come in pairs
+
+
+def test_failure_spike_counts_a_customers_second_card_once() -> None:
+    history = _history(20)
+    six = {"events": 20, "charge_failed": 6, "charge_succeeded": 3, "failed_customers": 6, "failed_cards": 6}
+    assert _run(failure_spike, history, _next(history, **six)) is not None  # six customers' payments failing
+    retried = six | {"failed_customers": 3}  # three declined customers, each failing again with another card
+    assert _run(failure_spike, history, _next(history, **retried)) is None
 
 
 def test_failure_spike_counts_failed_payment_intents_as_evidence() -> None:
@@ -224,6 +232,27 @@ def test_failure_spike_not_from_a_few_customers_failing_over_and_over() -> None:
     windows = list(history)
     for _ in range(3):  # three different customers each minute: an outage
         windows.append(_next(windows, events=20, charge_failed=3, charge_succeeded=1, failed_customers=3, failed_cards=3))
+    assert _run(failure_spike, windows[:-1], windows[-1]) is not None
+
+
+def test_typical_failure_rate_leaves_card_testing_and_outages_out() -> None:
+    history = _history(5)
+    clean = Baseline.from_history(history, history[-1].start).failure_rate
+    attack = {"charge_failed": 10, "failed_cards": 10, "failed_customers": 1}  # card testing: 200 failed charges
+    tested = [replace(w, **attack) if 600 <= i < 620 else w for i, w in enumerate(history)]
+    outage = {"charge_failed": 3, "charge_succeeded": 1, "failed_customers": 3, "failed_cards": 3}  # an hour at 75 %
+    failed = [replace(w, **outage) if 600 <= i < 660 else w for i, w in enumerate(history)]
+    for incident in (tested, failed):
+        assert Baseline.from_history(incident, incident[-1].start).failure_rate == pytest.approx(clean, abs=0.01)
+
+
+def test_failure_spike_after_card_testing_is_judged_against_ordinary_declines() -> None:
+    history = _history(1)  # 0.15 charges a minute, 4 % failing
+    attack = {"events": 5, "charge_failed": 5, "failed_cards": 5, "failed_customers": 0}  # as a guest, 100 cards
+    windows = [replace(w, **attack) if 600 <= i < 620 else w for i, w in enumerate(history)]
+    for _ in range(8):  # then an outage: one of two payments failing every minute
+        windows.append(_next(windows, events=2, charge_failed=1, charge_succeeded=1, failed_customers=1, failed_cards=1))
+    assert Baseline.from_history(windows, windows[-1].start).failure_rate < 0.05  # not the attack's ~30 %
     assert _run(failure_spike, windows[:-1], windows[-1]) is not None
 
 
