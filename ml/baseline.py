@@ -125,12 +125,15 @@ def payment_attempts(window: Window) -> int:
 
 def card_excess(window: Window) -> int:
     """Failed cards beyond one per failing customer: the card-testing signature."""
-    return max(0, window.failed_cards - window.failed_customers)
+    excess = window.failed_cards - window.failed_customers
+    return excess if excess > 0 else 0
 
 
 def card_testing_like(window: Window, cards_per_customer: float = 3.0) -> bool:
-    """Several cards beyond one per failing customer in one window (a customer retrying with a second card is not)."""
-    return card_excess(window) >= 2 and window.failed_cards >= cards_per_customer * window.failed_customers
+    """Several cards beyond one per failing customer in one window (a customer retrying with a second card is not).
+
+    Asked of every window of a week's history: the cheap test comes first (most windows have no failed card)."""
+    return window.failed_cards >= 2 and card_excess(window) >= 2 and window.failed_cards >= cards_per_customer * window.failed_customers
 
 
 def _typical_failure_rate(history: Sequence[Window]) -> float:
@@ -142,10 +145,7 @@ def _typical_failure_rate(history: Sequence[Window]) -> float:
     of failed charges) had doubled it for the rest of the week, and an earlier outage raised it by a
     third at the next one. Blocks are kept while the rest of the history has no failure to judge by.
     """
-    blocks = []
-    for i in range(0, len(history), _RATE_BLOCK):
-        block = [w for w in history[i : i + _RATE_BLOCK] if not card_testing_like(w)]
-        blocks.append((sum(payment_failures(w) for w in block), sum(payment_attempts(w) for w in block)))
+    blocks = [_ordinary_payments(history[i : i + _RATE_BLOCK]) for i in range(0, len(history), _RATE_BLOCK)]
     failures, attempts = sum(f for f, _ in blocks), sum(a for _, a in blocks)
     if not failures:
         return 0.0
@@ -157,6 +157,16 @@ def _typical_failure_rate(history: Sequence[Window]) -> float:
         kept_failures += f
         kept_attempts += a
     return kept_failures / kept_attempts if kept_attempts else failures / attempts
+
+
+def _ordinary_payments(windows: Sequence[Window]) -> tuple[int, int]:
+    """Payment failures and attempts of the windows that are not card-testing-like."""
+    failures = attempts = 0
+    for window in windows:
+        if not card_testing_like(window):
+            failures += payment_failures(window)
+            attempts += payment_attempts(window)
+    return failures, attempts
 
 
 def _stat(windows: Sequence[Window], metric: Callable[[Window], float]) -> Stat:
