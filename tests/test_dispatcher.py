@@ -1,47 +1,45 @@
-"""The dispatch loop's own bookkeeping, with the database side replaced by a recording engine."""
+"""The dispatch loop after the database dropped the worker's connections, on the real stack.
+
+The worker's pools do not ping a connection before using it, so the first transaction after a
+database restart fails. When that is a rung event's fan-out, the event must go out on the next
+pass, not wait for the sweeper.
+"""
 
 from __future__ import annotations
 
-import uuid
+from collections.abc import Callable
 from typing import Any
 
-from delivery.dispatcher import Dispatcher
-from delivery.engine import Claimed
-from tests.support.receiver import wait_until
+import pytest
+from sqlalchemy import text
+
+from gateway.database import create_engine
+from tests.conftest import new_source, new_tenant
+from tests.support.receiver import Script, Server, wait_until
 
 
-class _FlakyEngine:
-    """Fails the first fan-out (a dead connection, a restarting database), then records each."""
-
-    def __init__(self) -> None:
-        self.failures_left = 1
-        self.fanned_out: list[uuid.UUID] = []
-
-    async def fan_out(self, event_ids: list[uuid.UUID]) -> None:
-        if self.failures_left:
-            self.failures_left -= 1
-            raise OSError("connection lost")
-        self.fanned_out += event_ids
-
-    async def claim(self, _limit: int) -> Claimed:
-        return Claimed([], [])
-
-    async def fan_out_pending(self, _grace: float) -> int:
-        return 0
-
-    async def refresh_gauges(self) -> None:
-        return None
-
-
-async def test_rung_events_whose_fan_out_failed_are_fanned_out_on_a_later_pass() -> None:
-    """Not left to the sweeper (its grace is long): a pass that fails keeps the rung ids for the next."""
-    engine: Any = _FlakyEngine()
-    dispatcher = Dispatcher(engine, concurrency=4, poll_interval=0.05, sweep_interval=3600, sweep_grace=3600)
-    dispatcher.start()
-    try:
-        rung = [uuid.uuid4(), uuid.uuid4()]
-        await dispatcher.ring(rung)
-        await wait_until(lambda: len(engine.fanned_out) == 2, timeout=5, what="the fan-out after the failed pass")
-        assert sorted(engine.fanned_out) == sorted(rung) and engine.failures_left == 0
-    finally:
-        await dispatcher.stop()
+@pytest.mark.parametrize("backend", ["postgres"])  # SQLite has no server connection to lose
+async def test_a_rung_event_whose_fan_out_met_a_dead_connection_goes_out_on_the_next_pass(
+    stack_factory: Callable[..., Any], database_url: str
+) -> None:
+    stack = await stack_factory(sweeper_interval_seconds=60)  # the sweeper would take a minute
+    tenant = await new_tenant(stack.client)
+    source = await new_source(stack.client, tenant)
+    async with Server(Script()) as receiver:
+        await stack.endpoint(tenant, receiver.url)
+        await stack.ingest(source)
+        await wait_until(lambda: len(receiver.requests) == 1, timeout=10, what="the first delivery")
+        killer = create_engine(database_url, pool_size=1)
+        try:
+            async with killer.connect() as connection:
+                killed = await connection.scalar(
+                    text(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                )
+        finally:
+            await killer.dispose()
+        assert killed  # the worker's pooled connections among them
+        await stack.ingest(source)
+        await wait_until(lambda: len(receiver.requests) == 2, timeout=10, what="the delivery after the dead connection")
