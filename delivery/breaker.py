@@ -6,6 +6,11 @@ cool-down is over and a caller acquires: that caller alone sends (the probe). Pr
 closed (window, count and cool-down reset); probe failure -> open, cool-down doubled up to
 ``max_cooldown``. A probe not reported within ``probe_timeout`` is handed to the next caller.
 
+A Redis breaker's worker trusts a "closed" answer for ``closed_trust`` seconds and sends without
+asking again, until its own next failure: a healthy endpoint costs no round trip per attempt. So
+a circuit another worker opened is seen here within that time, or at this worker's first failure
+against it, whichever comes first (requests already in flight when it opens are sent anyway).
+
 ``record`` returns "opened" or "closed" only on the transitions a tenant sees (closed -> open,
 half_open -> closed), so the events alternate and each is emitted once across all workers; a
 failed probe keeps the circuit open and returns None. Results recorded while open come from
@@ -34,6 +39,7 @@ Transition = Literal["opened", "closed"]
 _BUCKETS = 10
 # A Redis breaker nobody touched for this long forgets itself (deleted endpoints leave nothing).
 _IDLE_TTL = 86_400
+_MAX_TRUSTED = 10_000  # trusted endpoints kept per worker before the expired ones are dropped
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +54,7 @@ class BreakerConfig:
     # While a probe is out, other callers come back this soon (or at probe_timeout if earlier),
     # so the backlog starts draining shortly after a successful probe.
     probe_wait: float = 5.0
+    closed_trust: float = 1.0  # seconds a worker acts on Redis's "closed" without asking again (0: never)
 
     def __post_init__(self) -> None:
         if self.failure_threshold < 1 or self.min_volume < 1 or self.window_seconds < 1:
@@ -58,6 +65,8 @@ class BreakerConfig:
             raise ValueError("need 0 < cooldown <= max_cooldown")
         if not (self.probe_timeout > 0 and self.probe_wait > 0):
             raise ValueError("probe_timeout and probe_wait must be > 0")
+        if self.closed_trust < 0:
+            raise ValueError("closed_trust must be >= 0")
 
     @property
     def bucket_seconds(self) -> float:
@@ -164,11 +173,12 @@ class MemoryBreaker:
 # process shares one clock; times are returned as strings because Lua numbers become integers.
 
 _ACQUIRE_LUA = """
--- ARGV: probe_timeout, probe_wait, ttl. Returns nil to send now, else the time to try again.
+-- ARGV: probe_timeout, probe_wait, ttl. Returns 'closed' or nil (the probe) to send now, else the
+-- time to try again.
 local key = KEYS[1]
 local state = redis.call('HGET', key, 'state')
 if not state then
-  return false
+  return 'closed'
 end
 local time = redis.call('TIME')
 local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
@@ -268,8 +278,13 @@ class RedisBreaker:
     (``gateway.scripts``), as a worker's many concurrent attempts do.
     """
 
-    def __init__(self, redis: aioredis.Redis, config: BreakerConfig, prefix: str = "hg:cb:") -> None:
+    def __init__(
+        self, redis: aioredis.Redis, config: BreakerConfig, prefix: str = "hg:cb:", *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._redis = redis
+        self._clock = clock
+        self._trusted: dict[str, float] = {}  # endpoint -> until when "closed" holds here without asking
+        self._failures: dict[str, int] = {}  # endpoint -> failures recorded here (what an answer may predate)
         self._config = config
         self._prefix = prefix
         # never expire an open breaker before its probe is due
@@ -279,11 +294,32 @@ class RedisBreaker:
 
     async def acquire(self, endpoint_id: str) -> float | None:
         config = self._config
-        retry_at = await self._acquire([self._prefix + endpoint_id], [config.probe_timeout, config.probe_wait, self._ttl])
-        return None if retry_at is None else float(retry_at)
+        if self._trusted.get(endpoint_id, 0.0) > self._clock():
+            return None
+        failures = self._failures.get(endpoint_id)
+        reply = await self._acquire([self._prefix + endpoint_id], [config.probe_timeout, config.probe_wait, self._ttl])
+        if reply is None:  # this caller holds the probe
+            return None
+        if (answer := _text(reply)) == "closed":
+            if self._failures.get(endpoint_id) == failures:  # no failure here since Redis was asked
+                self._trust(endpoint_id)
+            return None
+        return float(answer)
+
+    def _trust(self, endpoint_id: str) -> None:
+        if not self._config.closed_trust:
+            return
+        now = self._clock()
+        if len(self._trusted) >= _MAX_TRUSTED:  # endpoints this worker no longer sends to
+            self._trusted = {endpoint: until for endpoint, until in self._trusted.items() if until > now}
+            self._failures.clear()
+        self._trusted[endpoint_id] = now + self._config.closed_trust
 
     async def record(self, endpoint_id: str, success: bool) -> Transition | None:
         config = self._config
+        if not success:  # failing here: ask Redis before every attempt again
+            self._trusted.pop(endpoint_id, None)
+            self._failures[endpoint_id] = self._failures.get(endpoint_id, 0) + 1
         transition = await self._record(
             [self._prefix + endpoint_id],
             [

@@ -70,38 +70,37 @@ class Dispatcher:
             self._freed.clear()
             rung, self._rung = list(self._rung), set()
             try:
-                if rung:
-                    await self._engine.fan_out(rung)
-                    rung = []
                 await self._sweep_if_due()
                 free = self._concurrency - len(self._in_flight)
-                claimed = await self._engine.claim(free)
+                claimed = await self._engine.claim(free, rung)
             except Exception:  # noqa: BLE001 - the database may be down; keep polling until it is back
                 _log.warning("dispatcher pass failed; retrying", exc_info=True)
                 self._rung.update(rung)  # not fanned out: the next pass tries them again
-                claimed, free = Claimed([], []), -1
+                claimed, free = Claimed([], [], more=True), -1
             for job in claimed.jobs:
                 self._spawn(job)
             if free > 0 and len(claimed.ids) == free:
                 continue  # a full batch: more may be due right now
-            await self._idle(started)
+            await self._idle(started, claimed.more)
 
-    async def _idle(self, pass_started: float) -> None:
-        """Wait for a ring (go at once), freed capacity or the poll interval.
+    async def _idle(self, pass_started: float, backlogged: bool) -> None:
+        """Wait for a ring (go at once), the poll interval, or, while ``backlogged``, freed capacity.
 
         Freed capacity starts a pass at most every ``_CLAIM_GAP``: a busy worker then claims in
-        batches rather than once per finished attempt, which would cost a query each.
+        batches rather than once per finished attempt, which would cost a query each. When the
+        last claim took every due row, a finished attempt is no reason to look again: new work
+        comes with a ring, and retries falling due with the poll.
         """
         ring = asyncio.ensure_future(self.wakeup.wait())
-        freed = asyncio.ensure_future(self._freed.wait())
+        waits = (ring, asyncio.ensure_future(self._freed.wait())) if backlogged else (ring,)
         try:
-            done, _ = await asyncio.wait((ring, freed), timeout=self._poll_interval, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(waits, timeout=self._poll_interval, return_when=asyncio.FIRST_COMPLETED)
             gap = pass_started + _CLAIM_GAP - time.monotonic()
-            if ring not in done and freed in done and gap > 0:
+            if done and ring not in done and gap > 0:
                 await asyncio.wait((ring,), timeout=gap)
         finally:
-            ring.cancel()
-            freed.cancel()
+            for wait in waits:
+                wait.cancel()
 
     async def _sweep_if_due(self) -> None:
         now = time.monotonic()

@@ -15,8 +15,9 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import ContextManager
 
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import Span, SpanKind
 from redis.exceptions import RedisError
 from sqlalchemy import Boolean, Row, TextClause, Uuid, bindparam, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -34,7 +35,7 @@ from gateway.events.repository import unleased
 from gateway.limiter import Limiter, Rate
 from gateway.metrics import ATTEMPT_LATENCY, ATTEMPTS, DELIVERIES, DELIVERY_LAG
 from gateway.settings import Settings
-from gateway.tracing import context_of, current_span, trace_id_hex
+from gateway.tracing import context_of, current_span, trace_id_hex, tracing
 from tenants.crypto import SecretBox
 
 _log = logging.getLogger("hookgate.delivery")
@@ -111,6 +112,9 @@ _SHARED_STATE_ERRORS = (RedisError, OSError)
 class Claimed:
     ids: list[uuid.UUID]  # every delivery leased
     jobs: list[Job]  # those still to attempt (an endpoint gone or disabled ends its deliveries)
+    # Whether due rows may be left that this claim did not take (it was full, or rows were over
+    # their tenant's share): only then is finished work a reason to claim again before a ring.
+    more: bool = False
 
 
 class DeliveryEngine:
@@ -141,17 +145,6 @@ class DeliveryEngine:
         # Slots of this worker that tenants over their concurrency cap may not borrow.
         self._reserve = max(1, settings.delivery_concurrency // 8)
 
-    async def fan_out(self, event_ids: list[uuid.UUID]) -> int:
-        async with self._control() as session, session.begin():
-            events = (
-                await session.execute(
-                    select(*FAN_OUT_COLUMNS)
-                    .where(Event.id.in_(event_ids), Event.fanned_out_at.is_(None))
-                    .with_for_update(skip_locked=True)
-                )
-            ).all()
-            return await fan_out(session, events)
-
     async def fan_out_pending(self, older_than: float = 0.0) -> int:
         """The sweeper's half for events: fan out whatever was stored but not fanned out."""
         total = 0
@@ -175,26 +168,31 @@ class DeliveryEngine:
         async with self._control() as session:
             await gauges.refresh(session, self._breaker)
 
-    async def claim(self, limit: int) -> Claimed:
-        """Lease up to ``limit`` due deliveries, fairly across tenants (see ``_FAIR_CLAIM``), and read
-        their jobs, in one transaction (a claim and a read in two cost the live path a round trip
-        or three on a busy loop).
+    async def claim(self, limit: int, rung: Sequence[uuid.UUID] = ()) -> Claimed:
+        """Fan out the ``rung`` events, then lease up to ``limit`` due deliveries, fairly across
+        tenants (see ``_FAIR_CLAIM``), and read their jobs: one transaction, because each one more
+        costs the live path two round trips on a busy loop. If it fails, nothing of it happened.
 
         The candidates are read without row locks (window functions rule out ``FOR UPDATE``); the
         lease is a compare-and-set that re-checks each row, so two workers never lease one row.
         Leased deliveries whose endpoint is gone or disabled are made dead and have no job.
         """
-        if limit <= 0:
-            return Claimed([], [])
-        now = utcnow()
-        lease = now + timedelta(seconds=self._settings.lease_seconds)
+        if limit <= 0 and not rung:
+            return Claimed([], [], more=True)
         async with self._control() as session, session.begin():
+            if rung:
+                await _fan_out_rung(session, rung)
+            if limit <= 0:
+                return Claimed([], [], more=True)
+            now = utcnow()  # after the fan-out: its deliveries are due from the time it made them
+            lease = now + timedelta(seconds=self._settings.lease_seconds)
             candidates = (
                 await session.execute(self._claim_sql, {"now": now, "limit": limit, "default_cap": self._default_cap})
             ).all()
             chosen = _within_share(candidates, limit, self._reserve)
+            more = len(candidates) == limit or len(chosen) < len(candidates)
             if not chosen:
-                return Claimed([], [])
+                return Claimed([], [], more)
             leased = list(
                 await session.scalars(
                     update(Delivery)
@@ -204,7 +202,7 @@ class DeliveryEngine:
                     .execution_options(synchronize_session=False)
                 )
             )
-            return Claimed(leased, await self._jobs.read(session, leased))
+            return Claimed(leased, await self._jobs.read(session, leased), more)
 
     async def attempt(self, job: Job) -> None:
         """One attempt of a claimed delivery (or a wait, when its breaker or rate limit says so)."""
@@ -212,13 +210,7 @@ class DeliveryEngine:
         if retry_at is not None:
             await self._waits.postpone(job.delivery_id, datetime.fromtimestamp(retry_at, UTC))  # spends no attempt
             return
-        attributes = {
-            "hookgate.tenant_id": str(job.tenant_id),
-            "hookgate.event_id": str(job.event_id),
-            "hookgate.endpoint_id": str(job.endpoint_id),
-            "hookgate.delivery_id": str(job.delivery_id),
-        }
-        with current_span("delivery.attempt", context=context_of(job.trace_context), kind=SpanKind.CLIENT, attributes=attributes) as span:
+        with self._span(job) as span:
             started = utcnow()
             headers = webhook_headers(job.secrets, f"msg_{job.delivery_id.hex}", int(time.time()), job.body)
             result = await send(
@@ -232,6 +224,19 @@ class DeliveryEngine:
             if result.status_code is not None:
                 span.set_attribute("http.response.status_code", result.status_code)
             await self._record(job, started, result, await self._report(job, result.ok), trace_id_hex(span))
+
+    @staticmethod
+    def _span(job: Job) -> ContextManager[Span]:
+        """The attempt's span, in the event's trace; its attributes are built only while tracing."""
+        if not tracing():
+            return current_span("delivery.attempt")
+        attributes = {
+            "hookgate.tenant_id": str(job.tenant_id),
+            "hookgate.event_id": str(job.event_id),
+            "hookgate.endpoint_id": str(job.endpoint_id),
+            "hookgate.delivery_id": str(job.delivery_id),
+        }
+        return current_span("delivery.attempt", context=context_of(job.trace_context), kind=SpanKind.CLIENT, attributes=attributes)
 
     async def _gate(self, job: Job) -> float | None:
         """When may this endpoint be sent to: None for now, else a unix time (breaker or rate limit).
@@ -289,6 +294,18 @@ class DeliveryEngine:
         )
         if transition is not None:
             _log.info("circuit " + transition, extra={"tenant_id": str(job.tenant_id), "endpoint_id": str(job.endpoint_id)})
+
+
+async def _fan_out_rung(session: AsyncSession, event_ids: Sequence[uuid.UUID]) -> None:
+    """Fan out the rung events not fanned out yet (another worker may hold some: it does them)."""
+    events = (
+        await session.execute(
+            select(*FAN_OUT_COLUMNS)
+            .where(Event.id.in_(event_ids), Event.fanned_out_at.is_(None))
+            .with_for_update(skip_locked=True)
+        )
+    ).all()
+    await fan_out(session, events)
 
 
 def _within_share(candidates: Sequence[Row[tuple[uuid.UUID, bool]]], limit: int, reserve: int) -> list[uuid.UUID]:

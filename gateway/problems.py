@@ -22,6 +22,8 @@ _UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeoutError, RedisConnect
 # Postgres text cannot hold NUL (SQLSTATE 22021), nor jsonb a \u0000 escape (22P05): whatever
 # field, body, query or form it came in, such text is the client's mistake, and nothing was stored.
 _UNSTORABLE_TEXT = frozenset({"22021", "22P05"})
+# An ingest URL's last segment is its source's token: whoever holds it can post to the tenant.
+_INGEST_PREFIX = "/ingest/"
 
 
 class Problem(HTTPException):
@@ -67,12 +69,12 @@ def render_problem(exc: Exception, path: str, max_body: int | None) -> tuple[int
     """Status, ``application/problem+json`` body and headers for any exception; unexpected ones
     become an opaque 500, logged. ``path`` is the request's, ``max_body`` the body limit a 413 names."""
     if isinstance(exc, _UNAVAILABLE):
-        _log.warning("dependency unavailable on %s: %s", path, type(exc).__name__)
+        _log.warning("dependency unavailable on %s: %s", _loggable(path), type(exc).__name__)
         exc = Problem(503, "service-unavailable", "a backing service is unavailable; retry later", headers={"Retry-After": "5"})
     elif isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) in _UNSTORABLE_TEXT:
         exc = Problem(400, "invalid-text", "a text value contains a NUL character (\\u0000), which cannot be stored")
     if not isinstance(exc, HTTPException):
-        _log.exception("unhandled error on %s", path, exc_info=exc)
+        _log.exception("unhandled error on %s", _loggable(path), exc_info=exc)
         status = HTTP_500_INTERNAL_SERVER_ERROR
         return status, problem_body(status, "internal-error", "an unexpected error occurred; it has been logged", path), {}
     status, detail = exc.status_code, exc.detail
@@ -84,6 +86,13 @@ def render_problem(exc: Exception, path: str, max_body: int | None) -> tuple[int
     elif isinstance(exc.extra, dict):
         body.update(exc.extra)
     return status, body, dict(exc.headers or {})
+
+
+def _loggable(path: str) -> str:
+    """The path for a log line: an ingest token is a credential, so only its first characters."""
+    if path.startswith(_INGEST_PREFIX):
+        return f"{_INGEST_PREFIX}{path[len(_INGEST_PREFIX) :][:4]}…"
+    return path
 
 
 def problem_response(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:

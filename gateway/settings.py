@@ -105,7 +105,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ] = 3600
     delivery_connect_timeout: Annotated[float, _doc("Seconds to connect to an endpoint.")] = 5.0
     delivery_timeout: Annotated[float, _doc("Total seconds for one delivery attempt.")] = 15.0
-    delivery_concurrency: Annotated[int, _doc("Deliveries in flight per worker process.")] = 64
+    delivery_concurrency: Annotated[
+        int,
+        _doc("Deliveries in flight per worker process (and its HTTP connection pool). A slot is held "
+             "from claim to committed outcome, so a worker needs rate × turnaround of them."),
+    ] = 512
     breaker_failure_threshold: Annotated[
         int, _doc("Consecutive failures that open an endpoint's circuit.")
     ] = 5
@@ -118,6 +122,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         float, _doc("First cool-down before a half-open probe; doubles per failed probe.")
     ] = 30.0
     breaker_max_cooldown_seconds: Annotated[float, _doc("Cap on the doubling cool-down.")] = 600.0
+    breaker_closed_trust_seconds: Annotated[
+        float,
+        msgspec.Meta(ge=0),
+        _doc("How long a worker sends to an endpoint on Redis's word that its circuit is closed, without "
+             "asking before each attempt (its own next failure ends it sooner). 0: ask every time."),
+    ] = 1.0
     sweeper_interval_seconds: Annotated[
         float, _doc("How often the sweeper looks for due or orphaned work.")
     ] = 5.0

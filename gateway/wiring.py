@@ -32,6 +32,7 @@ def breaker_config(settings: Settings) -> BreakerConfig:
         max_cooldown=settings.breaker_max_cooldown_seconds,
         probe_timeout=settings.lease_seconds,
         probe_wait=min(5.0, settings.breaker_cooldown_seconds),
+        closed_trust=settings.breaker_closed_trust_seconds,
     )
 
 

@@ -226,3 +226,49 @@ def test_config_rejects_nonsense() -> None:
         BreakerConfig(failure_ratio=0)
     with pytest.raises(ValueError):
         BreakerConfig(cooldown=10, max_cooldown=5)
+    with pytest.raises(ValueError):
+        BreakerConfig(closed_trust=-1)
+
+
+async def test_a_worker_trusts_closed_for_a_moment_and_not_past_its_own_failure(
+    redis_client: aioredis.Redis, peer_client: aioredis.Redis
+) -> None:
+    """While trusted, "closed" is answered here without Redis (which would say open): another worker's
+    circuit reaches this one at its own first failure, or when the trust runs out."""
+    clock = _Clock()
+    breaker, peer = RedisBreaker(redis_client, CONFIG, clock=clock), RedisBreaker(peer_client, CONFIG)
+    assert await breaker.acquire(EP) is None  # Redis: closed
+    for _ in range(CONFIG.failure_threshold):
+        await peer.record(EP, False)
+    assert (await breaker.view(EP)).state == "open"
+    assert await breaker.acquire(EP) is None  # trusted: not asked
+    await breaker.record(EP, False)  # failing here too
+    assert await breaker.acquire(EP) is not None
+
+    await peer.reset(EP)
+    assert await breaker.acquire(EP) is None
+    for _ in range(CONFIG.failure_threshold):
+        await peer.record(EP, False)
+    await clock.advance(CONFIG.closed_trust)
+    assert await breaker.acquire(EP) is not None  # the trust ran out: asked, and open
+
+
+async def test_no_trust_asks_before_every_attempt(redis_client: aioredis.Redis, peer_client: aioredis.Redis) -> None:
+    config = BreakerConfig(failure_threshold=1, closed_trust=0)
+    breaker, peer = RedisBreaker(redis_client, config), RedisBreaker(peer_client, config)
+    assert await breaker.acquire(EP) is None
+    await peer.record(EP, False)
+    assert await breaker.acquire(EP) is not None
+
+
+async def test_closed_is_not_trusted_when_a_failure_came_while_redis_was_asked(
+    redis_client: aioredis.Redis, peer_client: aioredis.Redis
+) -> None:
+    breaker, peer = RedisBreaker(redis_client, CONFIG), RedisBreaker(peer_client, CONFIG)
+    asking = asyncio.ensure_future(breaker.acquire(EP))  # Redis will say closed
+    await asyncio.sleep(0)  # on its way
+    await breaker.record(EP, False)  # meanwhile an attempt here fails
+    assert await asking is None
+    for _ in range(CONFIG.failure_threshold):
+        await peer.record(EP, False)
+    assert await breaker.acquire(EP) is not None  # asked again: open

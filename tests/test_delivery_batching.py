@@ -8,25 +8,26 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 
 import pytest
 from sqlalchemy import func, select, update
 
+from delivery.dispatcher import Dispatcher
 from delivery.engine import Claimed, DeliveryEngine
 from delivery.outcomes import Outcome, OutcomeWriter
 from delivery.sender import DeliveryClient, SendResult
 from gateway.database import utcnow
-from gateway.events.models import Attempt, Delivery
+from gateway.events.models import Attempt, Delivery, Event
 from gateway.metrics import ATTEMPT_BATCH_ROWS
 from gateway.wiring import Runtime
 from tenants.endpoints.models import Endpoint, EndpointSecret
 from tenants.models import Tenant
 from tenants.secrets import rotate
 from tests.conftest import make_settings
-from tests.support.backlog import add_backlog
-from tests.support.receiver import Script, Server
+from tests.support.backlog import add_backlog, open_deliveries
+from tests.support.receiver import Script, Server, wait_until
 
 MANY = 150
 OK = SendResult(status_code=200, error=None, response_excerpt="ok", duration_ms=3, retry_after=None)
@@ -206,3 +207,67 @@ async def test_rate_limited_deliveries_wait_together_without_spending_attempts(w
     assert len(waiting) == 19 and await worker.attempts_by_delivery() == {next(d for d in claimed if d not in {w.id for w in waiting}): 1}
     now = utcnow()
     assert all(d.attempt_count == 0 and d.locked_until is None and d.next_attempt_at > now for d in waiting)
+
+
+class _CountedClaims:
+    """Wraps the engine's claim: how many deliveries each pass leased."""
+
+    def __init__(self, engine: DeliveryEngine) -> None:
+        self.leased: list[int] = []
+        self._claim = engine.claim
+
+    async def __call__(self, limit: int, rung: Sequence[uuid.UUID] = ()) -> Claimed:
+        claimed = await self._claim(limit, rung)
+        self.leased.append(len(claimed.ids))
+        return claimed
+
+
+async def _until_delivered(worker: _Worker, tenant_id: uuid.UUID) -> None:
+    deadline = asyncio.get_running_loop().time() + 20
+    while await open_deliveries(worker.database_url, tenant_id):
+        assert asyncio.get_running_loop().time() < deadline, "the deliveries were not all made within 20 s"
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize(("due", "concurrency", "passes"), [(30, 4, None), (3, 8, [3])])
+async def test_finished_attempts_start_a_claim_only_while_due_rows_were_left(
+    worker: _Worker, monkeypatch: pytest.MonkeyPatch, due: int, concurrency: int, passes: list[int] | None
+) -> None:
+    """The poll is a minute away here. 30 due rows at 4 slots go out only if finished attempts start new
+    claims; 3 rows at 8 slots are one claim that took them all, and their attempts start no other."""
+    claims = _CountedClaims(worker.engine)
+    monkeypatch.setattr(worker.engine, "claim", claims)
+    async with Server(Script()) as receiver:
+        endpoint = await worker.endpoint(receiver.url)
+        await add_backlog(worker.database_url, *endpoint, due)
+        dispatcher = Dispatcher(worker.engine, concurrency=concurrency, poll_interval=60, sweep_interval=60, sweep_grace=0)
+        dispatcher.start()
+        try:
+            await _until_delivered(worker, endpoint[0])
+            await asyncio.sleep(0.3)  # fifteen claim gaps: time for a needless claim to show
+        finally:
+            await dispatcher.stop()
+    assert len(receiver.requests) == due and sum(claims.leased) == due
+    if passes is not None:
+        assert claims.leased == passes
+    else:
+        assert max(claims.leased) <= concurrency and len(claims.leased) >= due // concurrency
+
+
+async def test_a_rung_event_is_claimed_in_the_pass_that_fans_it_out(worker: _Worker) -> None:
+    """Fan-out and claim share a pass and a transaction; the deliveries it makes must be due for that
+    claim, or the event would wait for the poll (a minute here) with no other ring to come."""
+    async with Server(Script()) as receiver:
+        tenant_id, _endpoint_id = await worker.endpoint(receiver.url)
+        dispatcher = Dispatcher(worker.engine, concurrency=8, poll_interval=60, sweep_interval=60, sweep_grace=0)
+        dispatcher.start()
+        try:
+            await asyncio.sleep(0.2)  # its first pass, with the sweeper's, is over: the next is the ring's
+            async with worker.runtime.sessions() as session, session.begin():
+                event = Event(tenant_id=tenant_id, external_id="evt_rung", type="charge.succeeded", priority="normal",
+                              body=b'{"id": "evt_rung"}', headers={}, received_at=utcnow())
+                session.add(event)
+            await dispatcher.ring([event.id])
+            await wait_until(lambda: len(receiver.requests) == 1, timeout=10, what="the rung event's delivery")
+        finally:
+            await dispatcher.stop()

@@ -106,6 +106,9 @@ async def test_an_unexpected_error_is_an_opaque_logged_500(
     assert answer.status_code == 500
     assert answer.json()["type"].endswith("/internal-error") and "a bug" not in answer.text
     assert any(record.exc_info and "a bug" in str(record.exc_info[1]) for record in caplog.records)
+    token = ingest_path(source).rsplit("/", 1)[1]
+    ours = [record for record in caplog.records if record.name.startswith("hookgate")]
+    assert ours and not any(token in record.getMessage() for record in ours)  # a credential
 
 
 async def test_a_client_gone_before_its_body_arrived_stores_nothing() -> None:
