@@ -40,6 +40,9 @@ _BUCKETS = 10
 # A Redis breaker nobody touched for this long forgets itself (deleted endpoints leave nothing).
 _IDLE_TTL = 86_400
 _MAX_TRUSTED = 10_000  # trusted endpoints kept per worker before the expired ones are dropped
+# A failure is remembered this long against answers asked for before it: far longer than an
+# acquire can wait (the Redis client's socket timeout is 2 s).
+_FAILURE_MEMORY = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,7 +287,7 @@ class RedisBreaker:
         self._redis = redis
         self._clock = clock
         self._trusted: dict[str, float] = {}  # endpoint -> until when "closed" holds here without asking
-        self._failures: dict[str, int] = {}  # endpoint -> failures recorded here (what an answer may predate)
+        self._failed_at: dict[str, float] = {}  # endpoint -> its last failure here (an answer may predate it)
         self._config = config
         self._prefix = prefix
         # never expire an open breaker before its probe is due
@@ -296,12 +299,12 @@ class RedisBreaker:
         config = self._config
         if self._trusted.get(endpoint_id, 0.0) > self._clock():
             return None
-        failures = self._failures.get(endpoint_id)
+        asked = self._clock()
         reply = await self._acquire([self._prefix + endpoint_id], [config.probe_timeout, config.probe_wait, self._ttl])
         if reply is None:  # this caller holds the probe
             return None
         if (answer := _text(reply)) == "closed":
-            if self._failures.get(endpoint_id) == failures:  # no failure here since Redis was asked
+            if self._failed_at.get(endpoint_id, -math.inf) < asked:  # no failure here since Redis was asked
                 self._trust(endpoint_id)
             return None
         return float(answer)
@@ -312,14 +315,15 @@ class RedisBreaker:
         now = self._clock()
         if len(self._trusted) >= _MAX_TRUSTED:  # endpoints this worker no longer sends to
             self._trusted = {endpoint: until for endpoint, until in self._trusted.items() if until > now}
-            self._failures.clear()
+            forget = now - _FAILURE_MEMORY
+            self._failed_at = {endpoint: at for endpoint, at in self._failed_at.items() if at > forget}
         self._trusted[endpoint_id] = now + self._config.closed_trust
 
     async def record(self, endpoint_id: str, success: bool) -> Transition | None:
         config = self._config
         if not success:  # failing here: ask Redis before every attempt again
             self._trusted.pop(endpoint_id, None)
-            self._failures[endpoint_id] = self._failures.get(endpoint_id, 0) + 1
+            self._failed_at[endpoint_id] = self._clock()
         transition = await self._record(
             [self._prefix + endpoint_id],
             [

@@ -177,9 +177,7 @@ class DeliveryEngine:
         lease is a compare-and-set that re-checks each row, so two workers never lease one row.
         Leased deliveries whose endpoint is gone or disabled are made dead and have no job.
         """
-        if limit <= 0 and not rung:
-            return Claimed([], [], more=True)
-        async with self._control() as session, session.begin():
+        async with self._control() as session, session.begin():  # connects only once a statement runs
             if rung:
                 await _fan_out_rung(session, rung)
             if limit <= 0:

@@ -4,6 +4,7 @@ a flush that holds each batch until the test lets it go."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from gateway.batching import Batcher
 
@@ -21,9 +22,9 @@ class _Held:
         return [item * 2 for item in items]
 
 
-async def _until(condition: object, turns: int = 50) -> None:
+async def _until(condition: Callable[[], object], turns: int = 50) -> None:
     for _ in range(turns):
-        if condition():  # type: ignore[operator]
+        if condition():
             return
         await asyncio.sleep(0)
     raise AssertionError("the batcher did not get there")
