@@ -7,7 +7,9 @@ Granian, answering 200 at once). One tenant, one endpoint subscribed to everythi
 
 - **Open loop**: Stripe-signed events posted at ``--rate`` per second for ``--seconds``, each on
   its schedule whatever the answers (no coordinated omission); the latency of each is its arrival
-  at the receiver minus its ingest 2xx, both on the machine's monotonic clock.
+  at the receiver minus its ingest 2xx, both on the machine's monotonic clock. Also the CPU the
+  gateway and the workers spent per acknowledged event, from the first post until the last
+  delivery: on a shared 2-core box it varies far less from run to run than the latency does.
 - **Saturation**: ``--backlog`` due deliveries written straight to the database, then the time
   until the receiver has them all: deliveries per second, and that divided by the worker processes.
 
@@ -62,34 +64,42 @@ async def _until(condition: Any, timeout: float, what: str) -> None:
 async def _open_loop(base_url: str, source: dict[str, Any], rate: float, seconds: float) -> tuple[dict[str, float], int]:
     """Post at ``rate``/s on a fixed schedule; returns each acknowledged event's 2xx time, and the failures.
 
-    aiohttp, not httpx: the load generator shares the two cores with what it measures, and httpx
-    spends ~15 times the CPU per request (docs/PERFORMANCE.md).
+    The load generator shares the two cores with what it measures, so it spends as little as it
+    can there: every request is built and signed before the clock starts (Stripe's tolerance is
+    five minutes), and it posts with aiohttp, not httpx, which spends ~15 times the CPU per
+    request (docs/PERFORMANCE.md).
     """
     acked: dict[str, float] = {}
     failures = 0
     names = cycle(fixture_names())
     url = base_url + httpx.URL(source["ingest_url"]).path
+    events = [stripe_event(next(names)) for _ in range(int(rate * seconds))]
+    requests = [(event["id"], *signed_stripe(event, source["secret"])) for event in events]
     http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200), timeout=aiohttp.ClientTimeout(total=30))
 
-    async def post(event: dict[str, Any]) -> None:
+    async def post(event_id: str, body: bytes, headers: dict[str, str]) -> None:
         nonlocal failures
-        body, headers = signed_stripe(event, source["secret"])
         async with http.post(url, data=body, headers=headers) as response:
             await response.read()
         if response.status == 200:
-            acked[event["id"]] = time.monotonic()
+            acked[event_id] = time.monotonic()
         else:
             failures += 1
 
     start, posts = time.monotonic(), []
-    for n in range(int(rate * seconds)):
+    for n, request in enumerate(requests):
         await asyncio.sleep(max(0.0, start + n / rate - time.monotonic()))
-        posts.append(asyncio.create_task(post(stripe_event(next(names)))))
+        posts.append(asyncio.create_task(post(*request)))
     try:
         await asyncio.gather(*posts)
     finally:
         await http.close()
     return acked, failures
+
+
+def _cpu_seconds(processes: list[Process]) -> float:
+    """CPU spent so far by these processes and their children (a gateway's server workers)."""
+    return sum(stat.cpu_seconds for p in processes if p.proc is not None for stat in procstats.tree(p.proc.pid))
 
 
 def _percentiles(values: list[float]) -> dict[str, float]:
@@ -123,14 +133,22 @@ async def run(rate: float, seconds: float, backlog: int, workers: int) -> dict[s
                 try:
                     await _open_loop(base_url, source, min(rate, 50), 2)  # warm-up: the workers are up, pools are open
                     await _until(lambda: len(_arrivals(received)) >= int(min(rate, 50) * 2), 60, "the warm-up deliveries")
+                    roles = {"gateway": [gateway], "workers": worker_procs}
+                    processes_before = {role: _cpu_seconds(procs) for role, procs in roles.items()}
                     cpu_before = procstats.machine()
                     acked, failures = await _open_loop(base_url, source, rate, seconds)
                     open_loop_cpu = procstats.machine_share(cpu_before, procstats.machine())
                     await _until(lambda: set(acked) <= set(_arrivals(received)), 120, "every acknowledged event delivered")
                     arrivals = _arrivals(received)
-                    result["open_loop"] = {"acknowledged": len(acked), "ingest_failures": failures,
-                                           "latency": _percentiles([arrivals[i] - at for i, at in acked.items()]),
-                                           "machine_cpu_percent": open_loop_cpu}
+                    result["open_loop"] = {
+                        "acknowledged": len(acked), "ingest_failures": failures,
+                        "latency": _percentiles([arrivals[i] - at for i, at in acked.items()]),
+                        "machine_cpu_percent": open_loop_cpu,
+                        "cpu_ms_per_event": {
+                            role: round(1000 * (_cpu_seconds(procs) - processes_before[role]) / max(1, len(acked)), 3)
+                            for role, procs in roles.items()
+                        },
+                    }
 
                     before_stats = [procstats.tree(w.proc.pid) for w in worker_procs if w.proc is not None]
                     cpu_before = procstats.machine()

@@ -110,7 +110,7 @@ class Dispatcher:
             await self._engine.refresh_gauges()
             if recovered:
                 SWEEPER.labels(kind="stranded_events").inc(recovered)
-                _log.info("sweeper fanned out stranded events", extra={"deliveries": recovered})
+                _log.info("sweeper fanned out stranded events", extra={"events": recovered})
 
     def _spawn(self, job: Job) -> None:
         task = asyncio.create_task(self._attempt(job))

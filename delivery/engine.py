@@ -19,18 +19,18 @@ from typing import ContextManager
 
 from opentelemetry.trace import Span, SpanKind
 from redis.exceptions import RedisError
-from sqlalchemy import Boolean, Row, TextClause, Uuid, bindparam, select, text, update
+from sqlalchemy import Boolean, Row, TextClause, Uuid, bindparam, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from delivery import gauges
 from delivery.breaker import Breaker
-from delivery.fanout import FAN_OUT_COLUMNS, fan_out
+from delivery.fanout import STRANDED_BATCH, fan_out_rung, fan_out_stranded
 from delivery.jobs import Job, JobReader
 from delivery.outcomes import Outcome, OutcomeWriter, Postponements
 from delivery.sender import DeliveryClient, SendResult, send
 from delivery.signing import webhook_headers
-from gateway.database import UTCDateTime, utcnow
-from gateway.events.models import OPEN_STATUSES, SUCCEEDED, Delivery, Event
+from gateway.database import UTCDateTime, among, utcnow
+from gateway.events.models import OPEN_STATUSES, SUCCEEDED, Delivery
 from gateway.events.repository import unleased
 from gateway.limiter import Limiter, Rate
 from gateway.metrics import ATTEMPT_LATENCY, ATTEMPTS, DELIVERIES, DELIVERY_LAG
@@ -100,7 +100,7 @@ _FAIR_CLAIM = {
     "postgresql": _claim_statement("WITH RECURSIVE" + _DUE_POSTGRES + _BY_LOAD),
     "sqlite": _claim_statement("WITH" + _DUE_SQLITE + _BY_LOAD),
 }
-_FAN_OUT_BATCH = 500
+_deliveries = Delivery.__table__
 # Outcomes per group commit, and commits in flight at once: one, so a busy worker's outcomes
 # gather into large batches (more in flight made smaller batches and cost CPU, docs/PERFORMANCE.md).
 _OUTCOME_BATCH = 200
@@ -138,6 +138,14 @@ class DeliveryEngine:
         self._client = client
         dialect = sessions.kw["bind"].dialect.name
         self._claim_sql = _FAIR_CLAIM[dialect]
+        # The lease: a compare-and-set on each chosen row, built once (the ids are a parameter).
+        self._lease = (
+            update(_deliveries)
+            .where(among(dialect, _deliveries.c.id, "ids"), _deliveries.c.status.in_(OPEN_STATUSES),
+                   unleased(bindparam("now", type_=UTCDateTime())))
+            .values(locked_until=bindparam("lease", type_=UTCDateTime()))
+            .returning(_deliveries.c.id)
+        )
         self._jobs = JobReader(box)
         self._outcomes = OutcomeWriter(sessions, settings, max_items=_OUTCOME_BATCH, concurrency=_OUTCOME_COMMITS)
         self._waits = Postponements(sessions, max_items=_OUTCOME_BATCH, concurrency=_OUTCOME_COMMITS)
@@ -146,22 +154,13 @@ class DeliveryEngine:
         self._reserve = max(1, settings.delivery_concurrency // 8)
 
     async def fan_out_pending(self, older_than: float = 0.0) -> int:
-        """The sweeper's half for events: fan out whatever was stored but not fanned out."""
+        """The sweeper's half for events: fan out whatever was stored but not fanned out; returns how many events."""
         total = 0
         while True:
-            cutoff = utcnow() - timedelta(seconds=older_than)
             async with self._control() as session, session.begin():
-                events = (
-                    await session.execute(
-                        select(*FAN_OUT_COLUMNS)
-                        .where(Event.fanned_out_at.is_(None), Event.received_at <= cutoff)
-                        .order_by(Event.received_at)
-                        .limit(_FAN_OUT_BATCH)
-                        .with_for_update(skip_locked=True)
-                    )
-                ).all()
-                total += await fan_out(session, events)
-            if len(events) < _FAN_OUT_BATCH:
+                events = await fan_out_stranded(session, utcnow() - timedelta(seconds=older_than))
+            total += events
+            if events < STRANDED_BATCH:
                 return total
 
     async def refresh_gauges(self) -> None:
@@ -179,7 +178,7 @@ class DeliveryEngine:
         """
         async with self._control() as session, session.begin():  # connects only once a statement runs
             if rung:
-                await _fan_out_rung(session, rung)
+                await fan_out_rung(session, rung)
             if limit <= 0:
                 return Claimed([], [], more=True)
             now = utcnow()  # after the fan-out: its deliveries are due from the time it made them
@@ -191,15 +190,7 @@ class DeliveryEngine:
             more = len(candidates) == limit or len(chosen) < len(candidates)
             if not chosen:
                 return Claimed([], [], more)
-            leased = list(
-                await session.scalars(
-                    update(Delivery)
-                    .where(Delivery.id.in_(chosen), Delivery.status.in_(OPEN_STATUSES), unleased(now))
-                    .values(locked_until=lease)
-                    .returning(Delivery.id)
-                    .execution_options(synchronize_session=False)
-                )
-            )
+            leased = list(await session.scalars(self._lease, {"ids": chosen, "now": now, "lease": lease}))
             return Claimed(leased, await self._jobs.read(session, leased), more)
 
     async def attempt(self, job: Job) -> None:
@@ -292,18 +283,6 @@ class DeliveryEngine:
         )
         if transition is not None:
             _log.info("circuit " + transition, extra={"tenant_id": str(job.tenant_id), "endpoint_id": str(job.endpoint_id)})
-
-
-async def _fan_out_rung(session: AsyncSession, event_ids: Sequence[uuid.UUID]) -> None:
-    """Fan out the rung events not fanned out yet (another worker may hold some: it does them)."""
-    events = (
-        await session.execute(
-            select(*FAN_OUT_COLUMNS)
-            .where(Event.id.in_(event_ids), Event.fanned_out_at.is_(None))
-            .with_for_update(skip_locked=True)
-        )
-    ).all()
-    await fan_out(session, events)
 
 
 def _within_share(candidates: Sequence[Row[tuple[uuid.UUID, bool]]], limit: int, reserve: int) -> list[uuid.UUID]:

@@ -1,7 +1,8 @@
 """Fan-out: one delivery row per (event, matching endpoint), created idempotently.
 
-On the live path (every ring), so it reads only the columns it needs and inserts through one
-statement compiled once per dialect, with the rows as parameters.
+On the live path (every ring), so it reads only the columns it needs, takes the events it fans
+out in one statement (lock, mark, read), and inserts through one statement compiled once per
+dialect, with the rows as parameters.
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ import functools
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Row, select, text, update
+from sqlalchemy import Row, bindparam, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.database import dialect_insert, new_id, utcnow
+from gateway.database import UTCDateTime, among, dialect_insert, new_id, utcnow
 from gateway.events.models import Delivery, Event
 from gateway.events.priority import matches
 from tenants.endpoints.models import Endpoint
@@ -31,7 +33,7 @@ def subscribed(event_types: Sequence[str], event_type: str) -> bool:
 
 
 class FannedEvent(Protocol):
-    """What fan-out reads of an event: an `Event`, or a row of the columns `FAN_OUT_COLUMNS`."""
+    """What fan-out reads of an event: an `Event`, or a row of its id, tenant_id, type and priority."""
 
     @property
     def id(self) -> uuid.UUID: ...
@@ -43,7 +45,8 @@ class FannedEvent(Protocol):
     def priority(self) -> str: ...
 
 
-FAN_OUT_COLUMNS = (Event.id, Event.tenant_id, Event.type, Event.priority)
+_event, _endpoint = Event.__table__, Endpoint.__table__
+STRANDED_BATCH = 500  # events per sweeper transaction
 
 
 @functools.cache
@@ -79,23 +82,75 @@ def delivery_row(event: FannedEvent, endpoint_id: uuid.UUID) -> dict[str, object
 Subscriber = Row[tuple[uuid.UUID, uuid.UUID, list[str]]]  # an endpoint's id, tenant_id, event_types
 
 
+@functools.cache
+def _endpoints(dialect: str) -> Any:
+    return select(_endpoint.c.id, _endpoint.c.tenant_id, _endpoint.c.event_types).where(
+        among(dialect, _endpoint.c.tenant_id, "tenant_ids"), _endpoint.c.enabled.is_(True), _endpoint.c.deleted_at.is_(None)
+    )
+
+
 async def endpoints_for(session: AsyncSession, tenant_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, list[Subscriber]]:
     """The enabled endpoints of these tenants, by tenant."""
-    rows = await session.execute(
-        select(Endpoint.id, Endpoint.tenant_id, Endpoint.event_types).where(
-            Endpoint.tenant_id.in_(set(tenant_ids)), Endpoint.enabled.is_(True), Endpoint.deleted_at.is_(None)
-        )
-    )
+    rows = await session.execute(_endpoints(session.bind.dialect.name), {"tenant_ids": list(set(tenant_ids))})
     by_tenant: dict[uuid.UUID, list[Subscriber]] = defaultdict(list)
     for endpoint in rows:
         by_tenant[endpoint.tenant_id].append(endpoint)
     return by_tenant
 
 
+@functools.cache
+def _mark(dialect: str) -> Any:
+    return update(_event).where(among(dialect, _event.c.id, "ids")).values(fanned_out_at=bindparam("now", type_=UTCDateTime()))
+
+
 async def fan_out(session: AsyncSession, events: Sequence[FannedEvent], *, exclude: uuid.UUID | None = None) -> int:
     """Create the deliveries of ``events`` and mark them fanned out; returns how many were due."""
     if not events:
         return 0
+    await session.execute(_mark(session.bind.dialect.name), {"ids": [e.id for e in events], "now": utcnow()})
+    return await _create_deliveries(session, events, exclude)
+
+
+@functools.cache
+def _take(dialect: str, stranded: bool) -> Any:
+    """Lock, mark and read the events not fanned out yet that no other transaction holds: the rung
+    ones (``ids``), or the sweeper's batch of the oldest received before ``cutoff``."""
+    held = select(_event.c.id).where(_event.c.fanned_out_at.is_(None)).with_for_update(skip_locked=True)
+    if stranded:
+        held = held.where(_event.c.received_at <= bindparam("cutoff", type_=UTCDateTime()))
+        held = held.order_by(_event.c.received_at).limit(STRANDED_BATCH)
+    else:
+        held = held.where(among(dialect, _event.c.id, "ids"))
+    return (
+        update(_event)
+        .where(_event.c.id.in_(held))
+        .values(fanned_out_at=bindparam("now", type_=UTCDateTime()))
+        .returning(_event.c.id, _event.c.tenant_id, _event.c.type, _event.c.priority)
+    )
+
+
+async def fan_out_rung(session: AsyncSession, event_ids: Sequence[uuid.UUID]) -> None:
+    """Fan out the rung events not fanned out yet; another worker may hold some: it fans them out.
+
+    They are locked, marked and read in one statement, a round trip fewer than reading and then
+    marking them.
+    """
+    await _fan_out_taken(session, _take(session.bind.dialect.name, False), {"ids": list(event_ids)})
+
+
+async def fan_out_stranded(session: AsyncSession, received_before: datetime) -> int:
+    """The sweeper's batch: fan out up to ``STRANDED_BATCH`` events received before ``received_before``
+    and not fanned out (their ring was lost); returns how many events it took."""
+    return await _fan_out_taken(session, _take(session.bind.dialect.name, True), {"cutoff": received_before})
+
+
+async def _fan_out_taken(session: AsyncSession, take: Any, params: dict[str, Any]) -> int:
+    events = (await session.execute(take, {**params, "now": utcnow()})).all()
+    await _create_deliveries(session, events, None)
+    return len(events)
+
+
+async def _create_deliveries(session: AsyncSession, events: Sequence[FannedEvent], exclude: uuid.UUID | None) -> int:
     endpoints = await endpoints_for(session, (e.tenant_id for e in events))
     rows = [
         delivery_row(event, endpoint.id)
@@ -104,7 +159,4 @@ async def fan_out(session: AsyncSession, events: Sequence[FannedEvent], *, exclu
         if endpoint.id != exclude and subscribed(endpoint.event_types, event.type)
     ]
     await insert_deliveries(session, rows)
-    await session.execute(
-        update(Event).where(Event.id.in_([e.id for e in events])).values(fanned_out_at=utcnow())
-    )
     return len(rows)

@@ -1,38 +1,51 @@
 """Everything a claim's attempts need, read for the whole claim at once.
 
-One query joins the claimed deliveries with their endpoints and events, one more reads those
-endpoints' secrets: two round trips per claim instead of an ORM session per attempt. Secrets are
-decrypted through a cache keyed by ciphertext, which needs no invalidation: which secrets are
-active is read fresh every time, and a ciphertext always decrypts to the same plaintext.
+One query joins the claimed deliveries with their events, endpoints and the endpoints' active
+secrets (a row per secret: two only while a rotation's grace lasts): one round trip per claim
+instead of an ORM session per attempt. Secrets are decrypted through a cache keyed by
+ciphertext, which needs no invalidation: which secrets are active is read fresh every time, and a
+ciphertext always decrypts to the same plaintext.
 """
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Row, and_, bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.database import utcnow
+from gateway.database import UTCDateTime, among, utcnow
 from gateway.events.models import DEAD, OPEN_STATUSES, Delivery, Event
 from tenants.crypto import SecretBox
 from tenants.endpoints.models import Endpoint, EndpointSecret
-from tenants.secrets import active_rows
 
 # Decrypted secrets kept per process; past this many the cache starts over (rotations leave old ones).
 _CACHE_MAX = 10_000
-_d, _e, _ev = Delivery.__table__, Endpoint.__table__, Event.__table__
+_d, _e, _ev, _s = Delivery.__table__, Endpoint.__table__, Event.__table__, EndpointSecret.__table__
+_ACTIVE = or_(_s.c.expires_at.is_(None), _s.c.expires_at > bindparam("now", type_=UTCDateTime()))  # SecretColumns.active_at
 _READ = (
     select(
         _d.c.id, _d.c.tenant_id, _d.c.endpoint_id, _d.c.event_id, _d.c.priority,
         _e.c.url, _e.c.rate_limit_per_second, _e.c.enabled, _e.c.deleted_at,
-        _ev.c.body, _ev.c.received_at, _ev.c.trace_context,
+        _ev.c.body, _ev.c.received_at, _ev.c.trace_context, _s.c.ciphertext,
     )
-    .select_from(_d.join(_ev, _ev.c.id == _d.c.event_id).outerjoin(_e, _e.c.id == _d.c.endpoint_id))
+    .select_from(
+        _d.join(_ev, _ev.c.id == _d.c.event_id)
+        .outerjoin(_e, _e.c.id == _d.c.endpoint_id)
+        .outerjoin(_s, and_(_s.c.endpoint_id == _d.c.endpoint_id, _ACTIVE))
+    )
+    .order_by(_s.c.created_at.desc())  # each delivery's secrets newest first, as active_rows orders them
 )
+
+
+@functools.cache
+def _read(dialect: str) -> Any:
+    return _READ.where(among(dialect, _d.c.id, "ids"), _d.c.status.in_(OPEN_STATUSES))
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,19 +77,20 @@ class JobReader:
         """
         if not delivery_ids:
             return []
-        rows = (await session.execute(_READ.where(_d.c.id.in_(delivery_ids), _d.c.status.in_(OPEN_STATUSES)))).all()
         stopped: dict[str, list[uuid.UUID]] = defaultdict(list)
-        live = []
-        for row in rows:
+        live: dict[uuid.UUID, Row[Any]] = {}
+        secrets: dict[uuid.UUID, list[str]] = defaultdict(list)
+        for row in await session.execute(_read(session.bind.dialect.name), {"ids": delivery_ids, "now": utcnow()}):
             if row.url is None or row.deleted_at is not None:
                 stopped["endpoint deleted"].append(row.id)
             elif not row.enabled:
                 stopped["endpoint disabled"].append(row.id)
             else:
-                live.append(row)
+                live.setdefault(row.id, row)
+                if row.ciphertext is not None:
+                    secrets[row.id].append(self._plaintext(row.ciphertext))
         for why, ids in stopped.items():
-            await _finish_dead(session, ids, why)
-        secrets = await self._secrets(session, {row.endpoint_id for row in live})
+            await _finish_dead(session, list(dict.fromkeys(ids)), why)
         return [
             Job(
                 delivery_id=row.id,
@@ -84,26 +98,15 @@ class JobReader:
                 endpoint_id=row.endpoint_id,
                 url=row.url,
                 rate=row.rate_limit_per_second,
-                secrets=secrets.get(row.endpoint_id, []),
+                secrets=secrets[row.id],
                 body=row.body or b"",
                 priority=row.priority,
                 received_at=row.received_at,
                 event_id=row.event_id,
                 trace_context=row.trace_context,
             )
-            for row in live
+            for row in live.values()
         ]
-
-    async def _secrets(self, session: AsyncSession, endpoint_ids: set[uuid.UUID]) -> dict[uuid.UUID, list[str]]:
-        """Each endpoint's active secrets in plaintext, newest first."""
-        if not endpoint_ids:
-            return {}
-        rows = await session.scalars(select(EndpointSecret).where(EndpointSecret.endpoint_id.in_(endpoint_ids)))
-        by_endpoint: dict[uuid.UUID, list[EndpointSecret]] = defaultdict(list)
-        for secret in rows:
-            by_endpoint[secret.endpoint_id].append(secret)
-        now = utcnow()
-        return {endpoint: [self._plaintext(s.ciphertext) for s in active_rows(found, now)] for endpoint, found in by_endpoint.items()}
 
     def _plaintext(self, ciphertext: bytes) -> str:
         plaintext = self._plaintexts.get(ciphertext)

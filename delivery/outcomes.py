@@ -11,6 +11,7 @@ be written keeps its open state and lease: when the lease runs out it is claimed
 
 from __future__ import annotations
 
+import functools
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -23,7 +24,7 @@ from delivery import operational
 from delivery.schedule import next_delay
 from delivery.sender import SendResult
 from gateway.batching import Batcher
-from gateway.database import utcnow
+from gateway.database import among, utcnow
 from gateway.events.models import DEAD, FAILED, OPEN_STATUSES, SUCCEEDED, Attempt, Delivery
 from gateway.metrics import ATTEMPT_BATCH_ROWS
 from gateway.settings import Settings
@@ -38,6 +39,13 @@ _LOCK = (
     .order_by(_d.c.id)
     .with_for_update()
 )
+
+
+@functools.cache
+def _lock(dialect: str) -> Any:
+    return _LOCK.where(among(dialect, _d.c.id, "ids"))
+
+
 _UPDATE = (
     update(_d)
     .where(_d.c.id == bindparam("b_id"))
@@ -111,7 +119,7 @@ class OutcomeWriter:
     async def _write(self, session: AsyncSession, outcomes: list[Outcome]) -> list[Written]:
         connection = await session.connection()
         ids = sorted({outcome.delivery_id for outcome in outcomes})
-        rows = {row.id: dict(row._mapping) for row in await connection.execute(_LOCK.where(_d.c.id.in_(ids)))}
+        rows = {row.id: dict(row._mapping) for row in await connection.execute(_lock(connection.dialect.name), {"ids": ids})}
         attempts: list[dict[str, Any]] = []
         dead: list[tuple[Outcome, dict[str, Any]]] = []
         gone: list[Outcome] = []

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import DateTime, MetaData, Select, Table, event, false, update
+from sqlalchemy import ColumnElement, DateTime, MetaData, Select, Table, any_, bindparam, event, false, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import SQLAlchemyError
@@ -102,6 +103,20 @@ def _write_lock_for_select_for_update(connection, statement, *_args) -> None:  #
 def dialect_insert(dialect_name: str):  # type: ignore[no-untyped-def]
     """The dialect's ``insert``, which has ``on_conflict_do_nothing`` (both backends support it)."""
     return postgresql.insert if dialect_name == "postgresql" else sqlite.insert
+
+
+def among(dialect_name: str, column: Any, key: str) -> ColumnElement[bool]:
+    """``column IN :key``: one SQL text whatever the number of values bound to ``key`` (a list).
+
+    On Postgres an IN list renders a new statement for each length, and asyncpg prepares every new
+    text (a round trip and a plan) once its cache of 100 per connection turns over, which the live
+    path's varying batch sizes do: ``= ANY(:key)`` is prepared once per connection. SQLite has no
+    arrays; its IN list expands at execution. With the values left to the execution, a hot
+    statement is built once (building one cost more CPU than running it, docs/PERFORMANCE.md).
+    """
+    if dialect_name == "postgresql":
+        return column == any_(bindparam(key, type_=postgresql.ARRAY(column.type)))
+    return column.in_(bindparam(key, expanding=True))  # type: ignore[no-any-return]
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

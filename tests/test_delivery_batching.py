@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import event, func, select, update
 
 from delivery.dispatcher import Dispatcher
 from delivery.engine import Claimed, DeliveryEngine
@@ -153,8 +153,16 @@ async def test_a_claim_reads_a_rotation_and_ends_deliveries_to_disabled_endpoint
         row = await session.get(Endpoint, endpoint[1])
         assert row is not None
         rotate(worker.runtime.box, row.secrets, EndpointSecret, "whsec_" + "B" * 32, grace_seconds=3600)
+    jobs = (await worker.claimed(endpoint, 3)).jobs  # the secrets come in the jobs' query: a row per secret
+    assert len(jobs) == 3 and len({job.delivery_id for job in jobs}) == 3
+    assert all(job.secrets == ["whsec_" + "B" * 32, "whsec_" + "A" * 32] for job in jobs)  # newest first, the old one in its grace
+
+    async with worker.runtime.sessions() as session, session.begin():
+        row = await session.get(Endpoint, endpoint[1])
+        assert row is not None
+        rotate(worker.runtime.box, row.secrets, EndpointSecret, "whsec_" + "C" * 32, grace_seconds=0)
     [job] = (await worker.claimed(endpoint, 1)).jobs
-    assert job.secrets == ["whsec_" + "B" * 32, "whsec_" + "A" * 32]  # newest first, the old one in its grace
+    assert job.secrets == ["whsec_" + "C" * 32]  # the others expired with the rotation
 
     async with worker.runtime.sessions() as session, session.begin():
         await session.execute(update(Endpoint).where(Endpoint.id == endpoint[1]).values(enabled=False))
@@ -271,3 +279,53 @@ async def test_a_rung_event_is_claimed_in_the_pass_that_fans_it_out(worker: _Wor
             await wait_until(lambda: len(receiver.requests) == 1, timeout=10, what="the rung event's delivery")
         finally:
             await dispatcher.stop()
+
+
+async def _unfanned(worker: _Worker, tenant_id: uuid.UUID, count: int) -> list[uuid.UUID]:
+    async with worker.runtime.sessions() as session, session.begin():
+        events = [
+            Event(tenant_id=tenant_id, external_id=f"evt_unfanned_{n}", type="charge.succeeded", priority="normal",
+                  body=b"{}", headers={}, received_at=utcnow())
+            for n in range(count)
+        ]
+        session.add_all(events)
+    return [event.id for event in events]
+
+
+@pytest.mark.parametrize("backend", ["postgres"])  # row locks: SQLite has one writer at a time
+async def test_a_pass_fans_out_the_rung_events_no_one_holds_and_the_sweeper_the_rest(worker: _Worker) -> None:
+    """Fan-out locks, marks and reads its events in one statement: an event another transaction holds
+    is skipped, not waited for, and not marked; once released, the sweeper finds it. Two workers rung
+    with the same events make each delivery once."""
+    tenant_id, endpoint_id = await worker.endpoint("https://example.com/hook")
+    held, *free = await _unfanned(worker, tenant_id, 4)
+    async with worker.runtime.sessions() as other, other.begin():
+        await other.execute(select(Event.id).where(Event.id == held).with_for_update())
+        claims = await asyncio.wait_for(asyncio.gather(*(worker.engine.claim(0, [held, *free]) for _ in range(2))), timeout=10)
+    assert all(claim.ids == [] for claim in claims)
+    async with worker.runtime.sessions() as session:
+        made = (await session.execute(select(Delivery.event_id, func.count()).group_by(Delivery.event_id))).all()
+        marked = set(await session.scalars(select(Event.id).where(Event.fanned_out_at.is_not(None))))
+    assert dict(made) == {event_id: 1 for event_id in free} and marked == set(free)
+
+    assert await worker.engine.fan_out_pending() == 1
+    async with worker.runtime.sessions() as session:
+        assert await session.scalar(select(Delivery.endpoint_id).where(Delivery.event_id == held)) == endpoint_id
+        assert await session.scalar(select(func.count()).where(Event.fanned_out_at.is_(None))) == 0
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+async def test_a_pass_is_eight_round_trips_whatever_it_fans_out_and_claims(worker: _Worker) -> None:
+    """The live path's budget: BEGIN, fan-out (lock, mark and read the events), their endpoints, the
+    deliveries, the fair claim, the lease, the jobs with their secrets, COMMIT. Each round trip more
+    is a wait for a CPU on a busy box, before every event's delivery."""
+    tenant_id, _endpoint_id = await worker.endpoint("https://example.com/hook")
+    rung = await _unfanned(worker, tenant_id, 20)
+    sent: list[str] = []
+    engine = worker.runtime.sessions.kw["bind"].sync_engine
+    event.listen(engine, "begin", lambda *_: sent.append("BEGIN"))
+    event.listen(engine, "before_cursor_execute", lambda _c, _k, statement, *_: sent.append(statement.split()[0]))
+    event.listen(engine, "commit", lambda *_: sent.append("COMMIT"))
+    claimed = await worker.engine.claim(50, rung)
+    assert len(claimed.jobs) == 20
+    assert sent == ["BEGIN", "UPDATE", "SELECT", "INSERT", "WITH", "UPDATE", "SELECT", "COMMIT"]
