@@ -23,7 +23,7 @@ _UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeoutError, RedisConnect
 # field, body, query or form it came in, such text is the client's mistake, and nothing was stored.
 _UNSTORABLE_TEXT = frozenset({"22021", "22P05"})
 # An ingest URL's last segment is its source's token: whoever holds it can post to the tenant.
-_INGEST_PREFIX = "/ingest/"
+INGEST_PREFIX = "/ingest/"
 
 
 class Problem(HTTPException):
@@ -90,8 +90,8 @@ def render_problem(exc: Exception, path: str, max_body: int | None) -> tuple[int
 
 def _loggable(path: str) -> str:
     """The path for a log line: an ingest token is a credential, so only its first characters."""
-    if path.startswith(_INGEST_PREFIX):
-        return f"{_INGEST_PREFIX}{path[len(_INGEST_PREFIX) :][:4]}…"
+    if path.startswith(INGEST_PREFIX):
+        return f"{INGEST_PREFIX}{path[len(INGEST_PREFIX) :][:4]}…"
     return path
 
 

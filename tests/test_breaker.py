@@ -20,14 +20,16 @@ CONFIG = BreakerConfig(
     failure_ratio=0.5,
     window_seconds=60,
     min_volume=10,
-    cooldown=0.2,
-    max_cooldown=0.5,
-    probe_timeout=0.3,
-    probe_wait=0.05,
+    cooldown=0.4,
+    max_cooldown=1.0,
+    probe_timeout=0.6,
+    probe_wait=0.1,
 )
 RATIO_ONLY = BreakerConfig(failure_threshold=100, min_volume=10, failure_ratio=0.5, window_seconds=1, cooldown=0.2)
 EP = "ep_1"
-SLACK = 0.05  # real time that passes on Redis between a transition and the assertion
+# Real time that passes on Redis between a transition and the assertion: a loaded CI box can stall
+# for tens of ms, so the times above are long enough that a 0.1 s slack still tells them apart.
+SLACK = 0.1
 
 
 class _Clock:
@@ -184,13 +186,13 @@ async def test_probe_failure_reopens_with_doubled_cooldown_capped(env: _Env) -> 
     await env.probe()
     assert await env.breaker.record(EP, False) is None  # still open to the outside: no new event
     view = await env.breaker.view(EP)
-    assert (view.state, view.consecutive_failures, view.cooldown) == ("open", 4, 0.4)
-    assert view.retry_at == pytest.approx(env.now() + 0.4, abs=SLACK)
+    assert (view.state, view.consecutive_failures, view.cooldown) == ("open", 4, 2 * CONFIG.cooldown)
+    assert view.retry_at == pytest.approx(env.now() + 2 * CONFIG.cooldown, abs=SLACK)
     assert await env.peer.acquire(EP) == pytest.approx(view.retry_at, abs=1e-5)
 
     await env.probe()
     assert await env.breaker.record(EP, False) is None
-    assert (await env.breaker.view(EP)).cooldown == CONFIG.max_cooldown  # 0.8, capped
+    assert (await env.breaker.view(EP)).cooldown == CONFIG.max_cooldown  # 1.6, capped
 
     await env.probe()
     assert await env.breaker.record(EP, True) == "closed"

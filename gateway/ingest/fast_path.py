@@ -21,9 +21,8 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 
 from gateway.ingest.controller import IngestReceipt, headers_of
 from gateway.ingest.service import IngestService, observe
-from gateway.problems import PROBLEM_JSON, render_problem
+from gateway.problems import INGEST_PREFIX, PROBLEM_JSON, render_problem
 
-_PREFIX = "/ingest/"
 _encode = msgspec.json.Encoder().encode
 
 
@@ -75,9 +74,9 @@ def _token(scope: Scope) -> str | None:
     if scope["type"] != "http" or scope["method"] != "POST":
         return None
     path: str = scope["path"]
-    if not path.startswith(_PREFIX):
+    if not path.startswith(INGEST_PREFIX):
         return None
-    token = path[len(_PREFIX) :]
+    token = path[len(INGEST_PREFIX) :]
     return token if token and "/" not in token else None
 
 
