@@ -19,7 +19,7 @@ from typing import ContextManager
 
 from opentelemetry.trace import Span, SpanKind
 from redis.exceptions import RedisError
-from sqlalchemy import Boolean, Row, TextClause, Uuid, bindparam, text, update
+from sqlalchemy import Integer, TextClause, Uuid, bindparam, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from delivery import gauges
@@ -43,7 +43,13 @@ _log = logging.getLogger("hookgate.delivery")
 # within its tenant (priority, then due time) and a *load*: the tenant's leased rows plus ``n``.
 # Rows go by load, so the tenant with the least in flight goes next; a row is *within share*
 # while its load stays within the tenant's concurrency cap, and rows beyond it come last and
-# only borrow idle capacity (see ``_within_share``).
+# only borrow idle capacity. The claim takes every candidate within share, and beyond-share ones
+# up to ``borrow_to`` (the limit less the worker's reserve: slots a newly active tenant can start
+# in at once). Since within-share rows come first, that is: within share, or among the first
+# ``borrow_to``. On Postgres the same statement leases the chosen rows (a compare-and-set that
+# re-checks each one, so two workers never lease one row) and answers how many were candidates
+# and chosen; SQLite has no data-modifying CTE, so it answers the chosen ids and they are leased
+# by a statement of their own.
 #
 # Postgres reads at most ``limit`` rows per tenant and priority, so a claim costs the same
 # whatever one tenant's backlog: a loose index scan (the recursive CTE hops from one tenant_id
@@ -88,17 +94,35 @@ scored AS (
   SELECT r.id, r.rank, r.next_attempt_at, COALESCE(b.busy, 0) + r.n AS load,
          COALESCE(t.delivery_concurrency, :default_cap) AS cap
   FROM ranked r JOIN tenants t ON t.id = r.tenant_id LEFT JOIN busy b ON b.tenant_id = r.tenant_id
+),
+candidates AS (
+  SELECT id, load <= cap AS within, row_number() OVER (ORDER BY load > cap, load, rank, next_attempt_at) AS k
+  FROM scored ORDER BY k LIMIT :limit
+),
+chosen AS (SELECT id FROM candidates WHERE within OR k <= :borrow_to),
+counts AS (SELECT (SELECT count(*) FROM candidates) AS candidates, (SELECT count(*) FROM chosen) AS chosen)"""
+_LEASE_POSTGRES = f""",
+leased AS (
+  UPDATE deliveries AS d SET locked_until = :lease FROM chosen
+  WHERE d.id = chosen.id AND d.status IN ('pending', 'failed') AND {_UNLEASED}
+  RETURNING d.id
 )
-SELECT id, load <= cap AS within FROM scored ORDER BY load > cap, load, rank, next_attempt_at LIMIT :limit"""
+SELECT counts.candidates, counts.chosen, leased.id FROM counts LEFT JOIN leased ON true"""
+_CHOSEN_SQLITE = """
+SELECT counts.candidates, counts.chosen, chosen.id FROM counts LEFT JOIN chosen ON true"""
 
 
-def _claim_statement(sql: str) -> TextClause:
-    return text(sql).bindparams(bindparam("now", type_=UTCDateTime())).columns(id=Uuid(), within=Boolean())
+def _claim_statement(sql: str, *times: str) -> TextClause:
+    return (
+        text(sql)
+        .bindparams(*(bindparam(name, type_=UTCDateTime()) for name in times))
+        .columns(candidates=Integer(), chosen=Integer(), id=Uuid())
+    )
 
 
 _FAIR_CLAIM = {
-    "postgresql": _claim_statement("WITH RECURSIVE" + _DUE_POSTGRES + _BY_LOAD),
-    "sqlite": _claim_statement("WITH" + _DUE_SQLITE + _BY_LOAD),
+    "postgresql": _claim_statement("WITH RECURSIVE" + _DUE_POSTGRES + _BY_LOAD + _LEASE_POSTGRES, "now", "lease"),
+    "sqlite": _claim_statement("WITH" + _DUE_SQLITE + _BY_LOAD + _CHOSEN_SQLITE, "now"),
 }
 _deliveries = Delivery.__table__
 # Outcomes per group commit, and commits in flight at once: one, so a busy worker's outcomes
@@ -138,8 +162,8 @@ class DeliveryEngine:
         self._client = client
         dialect = sessions.kw["bind"].dialect.name
         self._claim_sql = _FAIR_CLAIM[dialect]
-        # The lease: a compare-and-set on each chosen row, built once (the ids are a parameter).
-        self._lease = (
+        # SQLite's lease of the chosen rows (Postgres leases them in the claim): a compare-and-set on each.
+        self._lease = None if dialect == "postgresql" else (
             update(_deliveries)
             .where(among(dialect, _deliveries.c.id, "ids"), _deliveries.c.status.in_(OPEN_STATUSES),
                    unleased(bindparam("now", type_=UTCDateTime())))
@@ -175,6 +199,7 @@ class DeliveryEngine:
         The candidates are read without row locks (window functions rule out ``FOR UPDATE``); the
         lease is a compare-and-set that re-checks each row, so two workers never lease one row.
         Leased deliveries whose endpoint is gone or disabled are made dead and have no job.
+        ``more``: the claim was full, or rows over their tenant's share were left.
         """
         async with self._control() as session, session.begin():  # connects only once a statement runs
             if rung:
@@ -183,14 +208,16 @@ class DeliveryEngine:
                 return Claimed([], [], more=True)
             now = utcnow()  # after the fan-out: its deliveries are due from the time it made them
             lease = now + timedelta(seconds=self._settings.lease_seconds)
-            candidates = (
-                await session.execute(self._claim_sql, {"now": now, "limit": limit, "default_cap": self._default_cap})
-            ).all()
-            chosen = _within_share(candidates, limit, self._reserve)
-            more = len(candidates) == limit or len(chosen) < len(candidates)
-            if not chosen:
+            params = {"now": now, "limit": limit, "default_cap": self._default_cap, "borrow_to": limit - self._reserve}
+            if self._lease is None:
+                params["lease"] = lease
+            rows = (await session.execute(self._claim_sql, params)).all()
+            more = rows[0].candidates == limit or rows[0].chosen < rows[0].candidates
+            leased = [row.id for row in rows if row.id is not None]
+            if leased and self._lease is not None:
+                leased = list(await session.scalars(self._lease, {"ids": leased, "now": now, "lease": lease}))
+            if not leased:
                 return Claimed([], [], more)
-            leased = list(await session.scalars(self._lease, {"ids": chosen, "now": now, "lease": lease}))
             return Claimed(leased, await self._jobs.read(session, leased), more)
 
     async def attempt(self, job: Job) -> None:
@@ -283,15 +310,3 @@ class DeliveryEngine:
         )
         if transition is not None:
             _log.info("circuit " + transition, extra={"tenant_id": str(job.tenant_id), "endpoint_id": str(job.endpoint_id)})
-
-
-def _within_share(candidates: Sequence[Row[tuple[uuid.UUID, bool]]], limit: int, reserve: int) -> list[uuid.UUID]:
-    """Every candidate within its tenant's share; beyond-share ones only while ``reserve`` slots stay free.
-
-    The reserve is what lets a newly active tenant start at once while another borrows the rest.
-    """
-    within = [row.id for row in candidates if row.within]
-    borrowable = max(0, limit - reserve - len(within))
-    borrowed = [row.id for row in candidates if not row.within][:borrowable]
-    return within + borrowed
-
