@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Row, bindparam, select, text, update
+from sqlalchemy import Row, Select, bindparam, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.database import UTCDateTime, among, dialect_insert, new_id, utcnow
@@ -111,22 +111,29 @@ async def fan_out(session: AsyncSession, events: Sequence[FannedEvent], *, exclu
     return await _create_deliveries(session, events, exclude)
 
 
-@functools.cache
-def _take(dialect: str, stranded: bool) -> Any:
-    """Lock, mark and read the events not fanned out yet that no other transaction holds: the rung
-    ones (``ids``), or the sweeper's batch of the oldest received before ``cutoff``."""
-    held = select(_event.c.id).where(_event.c.fanned_out_at.is_(None)).with_for_update(skip_locked=True)
-    if stranded:
-        held = held.where(_event.c.received_at <= bindparam("cutoff", type_=UTCDateTime()))
-        held = held.order_by(_event.c.received_at).limit(STRANDED_BATCH)
-    else:
-        held = held.where(among(dialect, _event.c.id, "ids"))
+def _take(held: Select[Any]) -> Any:
+    """Lock, mark and read the ``held`` events that are not fanned out yet and that no other
+    transaction holds."""
     return (
         update(_event)
-        .where(_event.c.id.in_(held))
+        .where(_event.c.id.in_(held.where(_event.c.fanned_out_at.is_(None)).with_for_update(skip_locked=True)))
         .values(fanned_out_at=bindparam("now", type_=UTCDateTime()))
         .returning(_event.c.id, _event.c.tenant_id, _event.c.type, _event.c.priority)
     )
+
+
+@functools.cache
+def _take_rung(dialect: str) -> Any:
+    return _take(select(_event.c.id).where(among(dialect, _event.c.id, "ids")))
+
+
+# The sweeper's batch: the oldest events received before ``cutoff``.
+_TAKE_STRANDED = _take(
+    select(_event.c.id)
+    .where(_event.c.received_at <= bindparam("cutoff", type_=UTCDateTime()))
+    .order_by(_event.c.received_at)
+    .limit(STRANDED_BATCH)
+)
 
 
 async def fan_out_rung(session: AsyncSession, event_ids: Sequence[uuid.UUID]) -> None:
@@ -135,13 +142,13 @@ async def fan_out_rung(session: AsyncSession, event_ids: Sequence[uuid.UUID]) ->
     They are locked, marked and read in one statement, a round trip fewer than reading and then
     marking them.
     """
-    await _fan_out_taken(session, _take(session.bind.dialect.name, False), {"ids": list(event_ids)})
+    await _fan_out_taken(session, _take_rung(session.bind.dialect.name), {"ids": list(event_ids)})
 
 
 async def fan_out_stranded(session: AsyncSession, received_before: datetime) -> int:
     """The sweeper's batch: fan out up to ``STRANDED_BATCH`` events received before ``received_before``
     and not fanned out (their ring was lost); returns how many events it took."""
-    return await _fan_out_taken(session, _take(session.bind.dialect.name, True), {"cutoff": received_before})
+    return await _fan_out_taken(session, _TAKE_STRANDED, {"cutoff": received_before})
 
 
 async def _fan_out_taken(session: AsyncSession, take: Any, params: dict[str, Any]) -> int:

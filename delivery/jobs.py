@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, and_, bindparam, or_, select, update
+from sqlalchemy import Row, and_, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.database import UTCDateTime, among, utcnow
@@ -27,7 +27,6 @@ from tenants.endpoints.models import Endpoint, EndpointSecret
 # Decrypted secrets kept per process; past this many the cache starts over (rotations leave old ones).
 _CACHE_MAX = 10_000
 _d, _e, _ev, _s = Delivery.__table__, Endpoint.__table__, Event.__table__, EndpointSecret.__table__
-_ACTIVE = or_(_s.c.expires_at.is_(None), _s.c.expires_at > bindparam("now", type_=UTCDateTime()))  # SecretColumns.active_at
 _READ = (
     select(
         _d.c.id, _d.c.tenant_id, _d.c.endpoint_id, _d.c.event_id, _d.c.priority,
@@ -37,7 +36,7 @@ _READ = (
     .select_from(
         _d.join(_ev, _ev.c.id == _d.c.event_id)
         .outerjoin(_e, _e.c.id == _d.c.endpoint_id)
-        .outerjoin(_s, and_(_s.c.endpoint_id == _d.c.endpoint_id, _ACTIVE))
+        .outerjoin(_s, and_(_s.c.endpoint_id == _d.c.endpoint_id, EndpointSecret.active_at(bindparam("now", type_=UTCDateTime()))))
     )
     .order_by(_s.c.created_at.desc())  # each delivery's secrets newest first, as active_rows orders them
 )

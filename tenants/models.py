@@ -6,7 +6,8 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Integer, LargeBinary, String, Uuid
+from sqlalchemy import JSON, ColumnElement, ForeignKey, Integer, LargeBinary, String, Uuid, or_
+from sqlalchemy.ext.hybrid import hybrid_method
 from sqlalchemy.orm import Mapped, mapped_column
 
 from gateway.database import Base, UTCDateTime, new_id, utcnow
@@ -48,5 +49,12 @@ class SecretColumns:
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
 
+    @hybrid_method
     def active_at(self, now: datetime) -> bool:
         return self.expires_at is None or self.expires_at > now
+
+    @active_at.inplace.expression
+    @classmethod
+    def _active_at_expression(cls, now: Any) -> ColumnElement[bool]:
+        """The same test in SQL (the delivery worker's jobs query reads only the active secrets)."""
+        return or_(cls.expires_at.is_(None), cls.expires_at > now)
