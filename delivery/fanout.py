@@ -128,12 +128,9 @@ def _take_rung(dialect: str) -> Any:
 
 
 # The sweeper's batch: the oldest events received before ``cutoff``.
-_TAKE_STRANDED = _take(
-    select(_event.c.id)
-    .where(_event.c.received_at <= bindparam("cutoff", type_=UTCDateTime()))
-    .order_by(_event.c.received_at)
-    .limit(STRANDED_BATCH)
-)
+_STRANDED = select(_event.c.id).where(_event.c.received_at <= bindparam("cutoff", type_=UTCDateTime()))
+_TAKE_STRANDED = _take(_STRANDED.order_by(_event.c.received_at).limit(STRANDED_BATCH))
+_ANY_STRANDED = _STRANDED.where(_event.c.fanned_out_at.is_(None)).limit(1)
 
 
 async def fan_out_rung(session: AsyncSession, event_ids: Sequence[uuid.UUID]) -> None:
@@ -147,7 +144,13 @@ async def fan_out_rung(session: AsyncSession, event_ids: Sequence[uuid.UUID]) ->
 
 async def fan_out_stranded(session: AsyncSession, received_before: datetime) -> int:
     """The sweeper's batch: fan out up to ``STRANDED_BATCH`` events received before ``received_before``
-    and not fanned out (their ring was lost); returns how many events it took."""
+    and not fanned out (their ring was lost); returns how many events it took.
+
+    It looks before it takes: most sweeps find nothing, and an UPDATE takes SQLite's database
+    write lock even when it matches no row (the embedded app sweeps every few seconds).
+    """
+    if await session.scalar(_ANY_STRANDED, {"cutoff": received_before}) is None:
+        return 0
     return await _fan_out_taken(session, _TAKE_STRANDED, {"cutoff": received_before})
 
 

@@ -28,6 +28,9 @@ from tests.support.stripe_events import stripe_event
 PAGES = ["/dashboard/", "/dashboard/sources", "/dashboard/endpoints", "/dashboard/endpoints/new", "/dashboard/events",
          "/dashboard/dead-letters", "/dashboard/replays", "/dashboard/anomalies", "/dashboard/api-keys", "/dashboard/team"]
 
+# A signing secret on a page: base64 (Standard Webhooks) or url-safe base64 (Stripe sources).
+_SECRET = re.compile(r"(whsec_[A-Za-z0-9+/=_-]+)")
+
 
 def _errors(html: str) -> list[str]:
     return [unescape(text) for text in re.findall(r'class="error"[^>]*>([^<]+)<', html)]
@@ -198,7 +201,7 @@ async def test_endpoint_forms(stack: Stack, signed_in: Callable[..., Any]) -> No
         created = await browser.post("/dashboard/endpoints", {"url": f"{receiver.url}/hook", "event_types": "charge.*\ninvoice.paid",
                                                               "rate_limit_per_second": "5", "description": "billing"})
         assert created.status_code == 200
-        secret = re.search(r"(whsec_[A-Za-z0-9+/=]+)", created.text).group(1)
+        secret = _SECRET.search(created.text).group(1)
         [endpoint] = (await stack.client.get("/api/v1/endpoints", headers=tenant.auth)).json()["data"]
         assert (endpoint["event_types"], endpoint["rate_limit_per_second"], endpoint["description"]) == (
             ["charge.*", "invoice.paid"], 5.0, "billing")
@@ -219,7 +222,7 @@ async def test_endpoint_forms(stack: Stack, signed_in: Callable[..., Any]) -> No
         assert (await stack.client.get(f"/api/v1/endpoints/{endpoint['id']}", headers=tenant.auth)).json()["enabled"] is True
 
         rotated = await browser.post(f"{path}/rotate")
-        new_secret = re.search(r"(whsec_[A-Za-z0-9+/=]+)", rotated.text).group(1)
+        new_secret = _SECRET.search(rotated.text).group(1)
         assert new_secret != secret
 
         sent = await browser.post(f"{path}/test")
@@ -244,7 +247,7 @@ async def test_sources_events_replay_and_api_keys(stack: Stack, signed_in: Calla
         assert missing.status_code == 400 and _errors(missing.text) == ["Give the source a name (up to 200 characters)."]
         created = await browser.post("/dashboard/sources", {"name": "Stripe live", "provider": "stripe"})
         assert created.status_code == 200 and "Developers → Webhooks" in created.text
-        secret = re.search(r"(whsec_[A-Za-z0-9+/=]+)", created.text).group(1)
+        secret = _SECRET.search(created.text).group(1)
         [source] = (await stack.client.get("/api/v1/sources", headers=tenant.auth)).json()["data"]
         assert source["ingest_url"] in (await browser.get("/dashboard/sources")).text
         bad_own = await browser.post(f"/dashboard/sources/{source['id']}/rotate", {"secret": "not-a-whsec"})
