@@ -1,20 +1,22 @@
 """Delivery benchmark: end-to-end latency at a fixed offered rate, and deliveries per second per
 worker process at saturation.
 
-Real processes on the local Postgres and Redis (a fresh database each run): ``hookgate serve``,
+Real processes on the local Postgres and Redis (a fresh database each run, seeded with
+``--history`` delivered events and analyzed: a live gateway's tables and plans): ``hookgate serve``,
 ``--workers`` ``hookgate worker`` processes and a fast receiver (``bench/targets/receiver.py`` on
 Granian, answering 200 at once). One tenant, one endpoint subscribed to everything.
 
 - **Open loop**: Stripe-signed events posted at ``--rate`` per second for ``--seconds``, each on
   its schedule whatever the answers (no coordinated omission); the latency of each is its arrival
-  at the receiver minus its ingest 2xx, both on the machine's monotonic clock. Also the CPU the
-  gateway and the workers spent per acknowledged event, from the first post until the last
-  delivery: on a shared 2-core box it varies far less from run to run than the latency does.
+  at the receiver minus its ingest 2xx, both on the machine's monotonic clock. Also the CPU every
+  process on the machine spent per acknowledged event (gateway, workers, receiver, Postgres, Redis,
+  the load generator), from the first post until the last delivery: on a shared 2-core box it
+  varies far less from run to run than the latency does.
 - **Saturation**: ``--backlog`` due deliveries written straight to the database, then the time
   until the receiver has them all: deliveries per second, and that divided by the worker processes.
 
 Writes ``bench/results/delivery.json``. Run from the repository root:
-``.venv/bin/python -m bench.delivery [--rate 500 --seconds 10 --backlog 10000 --workers 1]``.
+``.venv/bin/python -m bench.delivery [--rate 500 --seconds 10 --backlog 10000 --workers 1 --history 20000]``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -31,12 +34,13 @@ from itertools import cycle
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import httpx
+import uvloop
 
 from bench import procstats
+from bench.poster import Poster
 from bench.servers import granian_argv, hookgate_env, unthrottled_tenant, wait_port
-from tests.support.backlog import add_backlog
+from tests.support.backlog import add_backlog, add_history
 from tests.support.processes import HOOKGATE, Process, serve
 from tests.support.services import free_port, fresh_services
 from tests.support.stripe_events import fixture_names, signed_stripe, stripe_event
@@ -66,22 +70,21 @@ async def _open_loop(base_url: str, source: dict[str, Any], rate: float, seconds
 
     The load generator shares the two cores with what it measures, so it spends as little as it
     can there: every request is built and signed before the clock starts (Stripe's tolerance is
-    five minutes), and it posts with aiohttp, not httpx, which spends ~15 times the CPU per
-    request (docs/PERFORMANCE.md).
+    five minutes) and written whole on a kept-alive connection (``bench.poster``; aiohttp spent
+    about twice its CPU per request, docs/PERFORMANCE.md).
     """
     acked: dict[str, float] = {}
     failures = 0
     names = cycle(fixture_names())
-    url = base_url + httpx.URL(source["ingest_url"]).path
+    url = httpx.URL(base_url)
+    poster = Poster(url.host, url.port or 80)
+    path = httpx.URL(source["ingest_url"]).path
     events = [stripe_event(next(names)) for _ in range(int(rate * seconds))]
-    requests = [(event["id"], *signed_stripe(event, source["secret"])) for event in events]
-    http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200), timeout=aiohttp.ClientTimeout(total=30))
+    requests = [(event["id"], poster.build(path, *signed_stripe(event, source["secret"]))) for event in events]
 
-    async def post(event_id: str, body: bytes, headers: dict[str, str]) -> None:
+    async def post(event_id: str, raw: bytes) -> None:
         nonlocal failures
-        async with http.post(url, data=body, headers=headers) as response:
-            await response.read()
-        if response.status == 200:
+        if await poster.post(raw) == 200:
             acked[event_id] = time.monotonic()
         else:
             failures += 1
@@ -93,13 +96,25 @@ async def _open_loop(base_url: str, source: dict[str, Any], rate: float, seconds
     try:
         await asyncio.gather(*posts)
     finally:
-        await http.close()
+        poster.close()
     return acked, failures
 
 
 def _cpu_seconds(processes: list[Process]) -> float:
     """CPU spent so far by these processes and their children (a gateway's server workers)."""
     return sum(stat.cpu_seconds for p in processes if p.proc is not None for stat in procstats.tree(p.proc.pid))
+
+
+def _cpu_by_role(roles: dict[str, list[Process]]) -> dict[str, float]:
+    """CPU seconds so far of each role, and of what else shares the machine with them: Postgres
+    (server and backends), Redis and this process, the load generator."""
+    return {
+        **{role: _cpu_seconds(processes) for role, processes in roles.items()},
+        "postgres": sum(stat.cpu_seconds for stat in procstats.named("postgres")),
+        "redis": sum(stat.cpu_seconds for stat in procstats.named("redis-server")),
+        "load_generator": sum(stat.cpu_seconds for stat in procstats.tree(os.getpid())) - sum(
+            _cpu_seconds(processes) for processes in roles.values()),
+    }
 
 
 def _percentiles(values: list[float]) -> dict[str, float]:
@@ -109,11 +124,11 @@ def _percentiles(values: list[float]) -> dict[str, float]:
             "p99_ms": round(pick(0.99) * 1000, 1), "max_ms": round(values[-1] * 1000, 1)}
 
 
-async def run(rate: float, seconds: float, backlog: int, workers: int) -> dict[str, Any]:
+async def run(rate: float, seconds: float, backlog: int, workers: int, history: int) -> dict[str, Any]:
     logs = Path(tempfile.mkdtemp(prefix="hookgate-delivery-bench-"))
     received, receiver_port, port = logs / "received.log", free_port(), str(free_port())
     received.touch()
-    result: dict[str, Any] = {"rate_per_second": rate, "seconds": seconds, "backlog": backlog, "workers": workers}
+    result: dict[str, Any] = {"rate_per_second": rate, "seconds": seconds, "backlog": backlog, "workers": workers, "history": history}
     async with fresh_services("hookgate_bench", redis_db=5) as (url, redis_url):
         env = hookgate_env(url, redis_url, port, allow_private_endpoints="true", log_level="WARNING",
                            tenant_delivery_concurrency="1000", worker_metrics_port="0")
@@ -127,14 +142,17 @@ async def run(rate: float, seconds: float, backlog: int, workers: int) -> dict[s
                 tenant, auth = await unthrottled_tenant(http, delivery_concurrency=1000)
                 source = (await http.post("/api/v1/sources", json={"name": "stripe", "provider": "stripe"}, headers=auth)).json()
                 endpoint = (await http.post("/api/v1/endpoints", json={"url": f"http://127.0.0.1:{receiver_port}/hook"}, headers=auth)).json()
+                if history:
+                    body = signed_stripe(stripe_event(fixture_names()[0]), source["secret"])[0]
+                    await add_history(url, uuid.UUID(tenant["id"]), uuid.UUID(source["id"]), uuid.UUID(endpoint["id"]), history, body)
                 worker_procs = [Process([*HOOKGATE, "worker"], logs / f"worker-{i}.log", env) for i in range(workers)]
                 for worker in worker_procs:
                     worker.start()
                 try:
                     await _open_loop(base_url, source, min(rate, 50), 2)  # warm-up: the workers are up, pools are open
                     await _until(lambda: len(_arrivals(received)) >= int(min(rate, 50) * 2), 60, "the warm-up deliveries")
-                    roles = {"gateway": [gateway], "workers": worker_procs}
-                    processes_before = {role: _cpu_seconds(procs) for role, procs in roles.items()}
+                    roles = {"gateway": [gateway], "workers": worker_procs, "receiver": [receiver]}
+                    processes_before = _cpu_by_role(roles)
                     cpu_before = procstats.machine()
                     acked, failures = await _open_loop(base_url, source, rate, seconds)
                     open_loop_cpu = procstats.machine_share(cpu_before, procstats.machine())
@@ -145,8 +163,8 @@ async def run(rate: float, seconds: float, backlog: int, workers: int) -> dict[s
                         "latency": _percentiles([arrivals[i] - at for i, at in acked.items()]),
                         "machine_cpu_percent": open_loop_cpu,
                         "cpu_ms_per_event": {
-                            role: round(1000 * (_cpu_seconds(procs) - processes_before[role]) / max(1, len(acked)), 3)
-                            for role, procs in roles.items()
+                            role: round(1000 * (seconds - processes_before[role]) / max(1, len(acked)), 3)
+                            for role, seconds in _cpu_by_role(roles).items()
                         },
                     }
 
@@ -177,8 +195,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10, help="length of the open-loop phase")
     parser.add_argument("--backlog", type=int, default=10_000, help="due deliveries for the saturation phase")
     parser.add_argument("--workers", type=int, default=1, help="hookgate worker processes")
+    parser.add_argument("--history", type=int, default=20_000,
+                        help="delivered events in the database before the run (and ANALYZE): a live gateway's tables")
     args = parser.parse_args()
-    result = asyncio.run(run(args.rate, args.seconds, args.backlog, args.workers))
+    result = uvloop.run(run(args.rate, args.seconds, args.backlog, args.workers, args.history))
     result["command"] = " ".join(sys.argv)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "delivery.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -55,6 +55,19 @@ def tree(root: int) -> list[ProcessStat]:
     return stats
 
 
+def named(*names: str) -> list[ProcessStat]:
+    """Every live process whose command name is one of ``names`` (a server started outside the
+    benchmark, such as Postgres with its backends)."""
+    stats = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "comm").read_text().strip() in names and (stat := _stat(int(entry.name))):
+                stats.append(stat)
+        except OSError:
+            continue
+    return stats
+
+
 def _fields(pid: int) -> list[str]:
     """/proc/<pid>/stat after the command name (which may hold spaces): state, ppid, …"""
     raw = Path(f"/proc/{pid}/stat").read_text()

@@ -23,6 +23,7 @@ from ml.surprise import binomial_excess
 
 GAP_WINDOWS = 30
 SPAN_WINDOWS = 240
+CARDS_PER_CUSTOMER = 3.0  # failed cards per failing customer that make a window card testing (``Thresholds`` default)
 _MIN_FAILURES = 20  # fewer failed charges than this: no customer share, the failure rule does not use it
 _MIN_AMOUNTS = 10  # fewer non-zero amounts than this: no amount scale, rules use their floors
 _RATE_BLOCK = 60  # windows per block when leaving outages out of the typical failure rate
@@ -79,7 +80,9 @@ class Baseline:
         return min(self.seasonal_events, self.events.mean)
 
     @classmethod
-    def from_history(cls, history: Sequence[Window], at: datetime) -> Baseline:
+    def from_history(cls, history: Sequence[Window], at: datetime, cards_per_customer: float = CARDS_PER_CUSTOMER) -> Baseline:
+        """``cards_per_customer``: the tenant's card-testing ratio (``Thresholds``), for the windows
+        left out of its typical failure rate as card testing."""
         if not history:
             return cls()
         end = len(history) - GAP_WINDOWS if len(history) > 2 * GAP_WINDOWS else len(history)
@@ -95,7 +98,7 @@ class Baseline:
             duplicates=_stat(recent, lambda w: w.duplicates),
             bad_signatures=_stat(recent, lambda w: w.bad_signatures),
             lapses=_stat(recent, lambda w: w.lapses),
-            failure_rate=_typical_failure_rate(history[:end]),
+            failure_rate=_typical_failure_rate(history[:end], cards_per_customer),
             lapse_rate=sum(w.lapses for w in history[:end]) / end,
             failing_customer_share=customers / failed if failed >= _MIN_FAILURES else None,
             lag_p50=lags[len(lags) // 2] if lags else 0.0,
@@ -129,14 +132,14 @@ def card_excess(window: Window) -> int:
     return excess if excess > 0 else 0
 
 
-def card_testing_like(window: Window, cards_per_customer: float = 3.0) -> bool:
+def card_testing_like(window: Window, cards_per_customer: float = CARDS_PER_CUSTOMER) -> bool:
     """Several cards beyond one per failing customer in one window (a customer retrying with a second card is not).
 
     Asked of every window of a week's history: the cheap test comes first (most windows have no failed card)."""
     return window.failed_cards >= 2 and card_excess(window) >= 2 and window.failed_cards >= cards_per_customer * window.failed_customers
 
 
-def _typical_failure_rate(history: Sequence[Window]) -> float:
+def _typical_failure_rate(history: Sequence[Window], cards_per_customer: float) -> float:
     """Payment failures / attempts of ordinary traffic, pooled over hour blocks: card-testing-like
     windows (the failure rule skips them too) are left out, and so is a block whose failures are
     significant (``_INCIDENT_NATS``) against the rest of the history, an outage.
@@ -145,7 +148,7 @@ def _typical_failure_rate(history: Sequence[Window]) -> float:
     of failed charges) had doubled it for the rest of the week, and an earlier outage raised it by a
     third at the next one. Blocks are kept while the rest of the history has no failure to judge by.
     """
-    blocks = [_ordinary_payments(history[i : i + _RATE_BLOCK]) for i in range(0, len(history), _RATE_BLOCK)]
+    blocks = [_ordinary_payments(history[i : i + _RATE_BLOCK], cards_per_customer) for i in range(0, len(history), _RATE_BLOCK)]
     failures, attempts = sum(f for f, _ in blocks), sum(a for _, a in blocks)
     if not failures:
         return 0.0
@@ -159,11 +162,11 @@ def _typical_failure_rate(history: Sequence[Window]) -> float:
     return kept_failures / kept_attempts if kept_attempts else failures / attempts
 
 
-def _ordinary_payments(windows: Sequence[Window]) -> tuple[int, int]:
+def _ordinary_payments(windows: Sequence[Window], cards_per_customer: float) -> tuple[int, int]:
     """Payment failures and attempts of the windows that are not card-testing-like."""
     failures = attempts = 0
     for window in windows:
-        if not card_testing_like(window):
+        if not card_testing_like(window, cards_per_customer):
             failures += payment_failures(window)
             attempts += payment_attempts(window)
     return failures, attempts

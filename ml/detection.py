@@ -40,7 +40,7 @@ def detect(
     """
     findings: list[Finding] = []
     if rules:
-        baseline = baseline or Baseline.from_history(history, window.start)
+        baseline = baseline or Baseline.from_history(history, window.start, thresholds.card_testing_cards_per_customer)
         recent = [*history[-(RECENT_WINDOWS - 1) :], window]
         findings = _lag_explains_drop([finding for rule in RULES if (finding := rule(recent, baseline, thresholds)) is not None])
     if model is not None and not findings:

@@ -71,7 +71,7 @@ class Replay:
     def window(self, window: Window) -> None:
         state = self._tenants.setdefault(window.tenant, _TenantState())
         if state.seen % _BASELINE_EVERY == 0 or state.baseline is None:
-            state.baseline = Baseline.from_history(state.history, window.start)
+            state.baseline = Baseline.from_history(state.history, window.start, self.thresholds.card_testing_cards_per_customer)
         if self.detectors != "rules" and state.seen - state.fitted_at >= (_REFIT_EVERY if state.model else MIN_WINDOWS):
             state.model = TenantModel.fit(state.history, random_state=self.seed) or state.model
             state.fitted_at = state.seen

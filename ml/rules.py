@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields, replace
 from itertools import accumulate
 
 from ml.baseline import (
+    CARDS_PER_CUSTOMER,
     GAP_WINDOWS,
     SPAN_WINDOWS,
     Baseline,
@@ -44,7 +45,7 @@ class Thresholds:
     surprise: float = 12.0  # nats (~6e-6) a count rule needs against the tenant's baseline
     critical_factor: float = 3.0  # surprise this many times the threshold: severity "critical"
     card_testing_min_cards: float = 3.0  # failed cards beyond one per failing customer, over a horizon
-    card_testing_cards_per_customer: float = 3.0
+    card_testing_cards_per_customer: float = CARDS_PER_CUSTOMER
     failure_min_failures: float = 4.0
     failure_min_ratio: float = 0.3  # charge failure ratio, and at least `failure_ratio_multiplier` x the typical one
     failure_ratio_multiplier: float = 3.0

@@ -246,6 +246,17 @@ def test_typical_failure_rate_leaves_card_testing_and_outages_out() -> None:
         assert Baseline.from_history(incident, incident[-1].start).failure_rate == pytest.approx(clean, abs=0.01)
 
 
+def test_typical_failure_rate_uses_the_tenants_card_testing_ratio() -> None:
+    history = _history(5)
+    clean = Baseline.from_history(history, history[-1].start).failure_rate
+    pairs = {"charge_failed": 4, "charge_succeeded": 0, "failed_cards": 4, "failed_customers": 2}  # two cards per customer
+    windows = [replace(w, **pairs) if i % 30 == 0 else w for i, w in enumerate(history)]  # every half hour
+    default = Baseline.from_history(windows, windows[-1].start)  # ratio 3: customers retrying, ordinary declines
+    strict = Baseline.from_history(windows, windows[-1].start, cards_per_customer=2.0)  # this tenant calls it card testing
+    assert default.failure_rate > 2 * clean
+    assert strict.failure_rate == pytest.approx(clean, abs=0.005)
+
+
 def test_failure_spike_after_card_testing_is_judged_against_ordinary_declines() -> None:
     history = _history(1)  # 0.15 charges a minute, 4 % failing
     attack = {"events": 5, "charge_failed": 5, "failed_cards": 5, "failed_customers": 0}  # as a guest, 100 cards

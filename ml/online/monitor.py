@@ -133,7 +133,7 @@ class AnomalyMonitor:
             model = models.get(tenant_id)
             history = list(histories[tenant_id])
             findings = detect(
-                window, history, thresholds[tenant_id], model, baseline=self._baseline(tenant_id, window, history), scored=scored.get(window.tenant)
+                window, history, thresholds[tenant_id], model, baseline=self._baseline(tenant_id, window, history, thresholds[tenant_id]), scored=scored.get(window.tenant)
             )
             await self._keep_incidents(session, tenant_id, window, findings, open_incidents)
             active = window.start if window.events else last_active.get(tenant_id, window.start)
@@ -177,12 +177,12 @@ class AnomalyMonitor:
             elif change == "closed":
                 await alerts.resolved(session, row)
 
-    def _baseline(self, tenant_id: uuid.UUID, window: Window, history: list[Window]) -> Baseline:
+    def _baseline(self, tenant_id: uuid.UUID, window: Window, history: list[Window], thresholds: Thresholds) -> Baseline:
         """What "typical" is for the tenant: it moves slowly, so it is recomputed every
         ``BASELINE_REFRESH_WINDOWS`` windows rather than every window (a third of the CPU)."""
         cached = self._baselines.get(tenant_id)
         if cached is None or not 0 <= (window.start - cached[0]).total_seconds() < BASELINE_REFRESH_WINDOWS * self._seconds:
-            cached = (window.start, Baseline.from_history(history, window.start))
+            cached = (window.start, Baseline.from_history(history, window.start, thresholds.card_testing_cards_per_customer))
             self._baselines[tenant_id] = cached
         return cached[1]
 

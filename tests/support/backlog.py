@@ -40,6 +40,43 @@ async def add_backlog(database_url: str, tenant_id: uuid.UUID, endpoint_id: uuid
         await engine.dispose()
 
 
+# Delivered traffic made in one statement: each event with its succeeded delivery and its attempt.
+_HISTORY = """
+WITH made AS (
+  INSERT INTO events (id, tenant_id, source_id, external_id, type, priority, body, headers, provider_created_at, received_at, fanned_out_at)
+  SELECT gen_random_uuid(), $1, $2, 'evt_history_' || n, 'charge.succeeded', 'normal', $4, '{}', at, at, at
+  FROM generate_series($5::int + 1, $5::int + $6::int) AS n, LATERAL (SELECT now() - make_interval(secs => n) AS at) AS t
+  RETURNING id, received_at
+), delivered AS (
+  INSERT INTO deliveries (id, tenant_id, event_id, endpoint_id, priority, is_replay, status, attempt_count, retry_offset,
+                          next_attempt_at, last_status_code, last_attempt_at, completed_at, created_at)
+  SELECT gen_random_uuid(), $1, id, $3, 'normal', false, 'succeeded', 1, 0, NULL, 200, received_at, received_at, received_at FROM made
+  RETURNING id, created_at
+)
+INSERT INTO attempts (id, tenant_id, delivery_id, number, started_at, duration_ms, status_code)
+SELECT gen_random_uuid(), $1, id, 1, created_at, 5, 200 FROM delivered
+"""
+
+
+async def add_history(
+    database_url: str, tenant_id: uuid.UUID, source_id: uuid.UUID, endpoint_id: uuid.UUID, count: int, body: bytes
+) -> None:
+    """``count`` events received over the last ``count`` seconds, each delivered once: the tables a
+    live gateway has, then ANALYZE, the statistics autovacuum would have gathered, and a CHECKPOINT,
+    so that writing them out does not compete with what is measured next. Postgres only (superuser)."""
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        async with engine.connect() as connection:
+            raw = (await connection.get_raw_connection()).driver_connection
+            async with raw.transaction():
+                for start in range(0, count, _CHUNK * 10):
+                    await raw.execute(_HISTORY, tenant_id, source_id, endpoint_id, body, start, min(_CHUNK * 10, count - start))
+            await raw.execute("ANALYZE")
+            await raw.execute("CHECKPOINT")
+    finally:
+        await engine.dispose()
+
+
 async def open_deliveries(database_url: str, tenant_id: uuid.UUID) -> int:
     """How many of the tenant's deliveries are still pending or retrying."""
     engine = create_engine(database_url, pool_size=1)
