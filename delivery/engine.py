@@ -193,8 +193,11 @@ class DeliveryEngine:
 
     async def claim(self, limit: int, rung: Sequence[uuid.UUID] = ()) -> Claimed:
         """Fan out the ``rung`` events, then lease up to ``limit`` due deliveries, fairly across
-        tenants (see ``_FAIR_CLAIM``), and read their jobs: one transaction, because each one more
-        costs the live path two round trips on a busy loop. If it fails, nothing of it happened.
+        tenants (see ``_FAIR_CLAIM``), and read their jobs. On Postgres the control sessions run in
+        autocommit (``gateway.wiring``): each of the three statements is atomic on its own (the
+        fan-out takes its events and makes their deliveries in one, the claim leases in one), so a
+        pass that fails half-way loses nothing: its deliveries are due for the next pass, its
+        leases run out. On SQLite it is one transaction.
 
         The candidates are read without row locks (window functions rule out ``FOR UPDATE``); the
         lease is a compare-and-set that re-checks each row, so two workers never lease one row.

@@ -64,8 +64,9 @@ class Runtime:
             self.redis = aioredis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=2)
             self.breaker, self.limiter = RedisBreaker(self.redis, config), RedisLimiter(self.redis)
 
-    def dispatcher(self, *, sweep_grace: float) -> Dispatcher:
-        """The delivery loop of this process, with its own pooled HTTP client."""
+    def delivery_engine(self) -> DeliveryEngine:
+        """This process's delivery engine, with its pooled HTTP client and, on Postgres, a small pool
+        of its own for the passes (they must not queue for a connection behind the attempts)."""
         settings = self.settings
         self._client = DeliveryClient(
             connect_timeout=settings.delivery_connect_timeout, max_connections=settings.delivery_concurrency
@@ -73,10 +74,16 @@ class Runtime:
         control = None
         if not settings.is_embedded:  # SQLite has one writer anyway: a second pool would only contend
             self._control_engine = create_engine(settings.database_url, pool_size=2, pre_ping=self.pre_ping)
-            control = session_factory(self._control_engine)
-        engine = DeliveryEngine(self.sessions, settings, self.box, self.breaker, self.limiter, self._client, control)
+            # Autocommit: every statement of a pass is atomic on its own (DeliveryEngine.claim), so
+            # BEGIN and COMMIT would only be two more round trips before each delivery.
+            control = session_factory(self._control_engine.execution_options(isolation_level="AUTOCOMMIT"))
+        return DeliveryEngine(self.sessions, settings, self.box, self.breaker, self.limiter, self._client, control)
+
+    def dispatcher(self, *, sweep_grace: float) -> Dispatcher:
+        """The delivery loop of this process."""
+        settings = self.settings
         return Dispatcher(
-            engine,
+            self.delivery_engine(),
             concurrency=settings.delivery_concurrency,
             poll_interval=min(1.0, settings.sweeper_interval_seconds),
             sweep_interval=settings.sweeper_interval_seconds,
