@@ -108,12 +108,12 @@ def _cpu_seconds(processes: list[Process]) -> float:
 def _cpu_by_role(roles: dict[str, list[Process]]) -> dict[str, float]:
     """CPU seconds so far of each role, and of what else shares the machine with them: Postgres
     (server and backends), Redis and this process, the load generator."""
+    spent = {role: _cpu_seconds(processes) for role, processes in roles.items()}
     return {
-        **{role: _cpu_seconds(processes) for role, processes in roles.items()},
+        **spent,
         "postgres": sum(stat.cpu_seconds for stat in procstats.named("postgres")),
         "redis": sum(stat.cpu_seconds for stat in procstats.named("redis-server")),
-        "load_generator": sum(stat.cpu_seconds for stat in procstats.tree(os.getpid())) - sum(
-            _cpu_seconds(processes) for processes in roles.values()),
+        "load_generator": sum(stat.cpu_seconds for stat in procstats.tree(os.getpid())) - sum(spent.values()),
     }
 
 

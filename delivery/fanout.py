@@ -123,10 +123,7 @@ def _take(held: Select[Any]) -> Update:
     )
 
 
-@functools.cache
-def _take_rung(dialect: str) -> Any:
-    return _take(select(_event.c.id).where(among(dialect, _event.c.id, "ids")))
-
+_TAKE_RUNG = _take(select(_event.c.id).where(among("sqlite", _event.c.id, "ids")))  # Postgres: _FAN_OUT_RUNG
 
 # The sweeper's batch: the oldest events received before ``cutoff``.
 _STRANDED = select(_event.c.id).where(_event.c.received_at <= bindparam("cutoff", type_=UTCDateTime()))
@@ -140,7 +137,7 @@ async def fan_out_rung(session: AsyncSession, event_ids: Sequence[uuid.UUID]) ->
     They are locked, marked and read in one statement (on Postgres the same statement makes their
     deliveries too).
     """
-    await _fan_out_taken(session, _take_rung(session.bind.dialect.name), _FAN_OUT_RUNG, {"ids": list(event_ids)})
+    await _fan_out_taken(session, _TAKE_RUNG, _FAN_OUT_RUNG, {"ids": list(event_ids)})
 
 
 async def fan_out_stranded(session: AsyncSession, received_before: datetime) -> int:
