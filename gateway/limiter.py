@@ -12,11 +12,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 
-from gateway.scripts import PipelinedScript
+from gateway.batching import Batcher
+from gateway.scripts import MAX_PIPELINE, PipelinedScript
 
 _MICROS = 1_000_000
 # MemoryLimiter sweeps idle keys once the table reaches this size, then twice the live size.
@@ -50,9 +51,10 @@ class Decision:
 _ALLOWED = Decision(allowed=True, retry_after=0.0)
 
 
-def _decision(reply: list[int]) -> Decision:
+def _decision(reply: list[int], rank: int) -> Decision:
+    """The decision for the hit at ``rank`` among those one script call decided together."""
     allowed, wait = reply
-    return _ALLOWED if allowed else Decision(allowed=False, retry_after=wait / _MICROS)
+    return _ALLOWED if rank < allowed else Decision(allowed=False, retry_after=wait / _MICROS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +70,9 @@ class Limiter(Protocol):
     async def hit(self, key: str, rate: Rate, tally: Tally | None = None) -> Decision: ...
 
     async def tallies(self, key: str) -> dict[str, int]: ...
+
+
+_Hit = tuple[str, Rate, Tally | None]  # a Redis key (prefixed), its rate, where to count the outcome
 
 
 def _outcome(tally: Tally, allowed: bool) -> str:
@@ -125,53 +130,88 @@ class MemoryLimiter:
 
 _HIT_LUA = """
 -- GCRA on one key holding the TAT in microseconds of Redis time (one clock for every process).
--- ARGV[1]: emission interval (us), ARGV[2]: tolerance = interval * (burst - 1) (us).
--- KEYS[2] (optional): a hash that counts the outcome in field ARGV[3] (allowed) or ARGV[4]
--- (refused), kept for ARGV[5] seconds.
--- Returns {1, 0} when allowed, else {0, microseconds until one would be}.
+-- ARGV[1]: emission interval (us), ARGV[2]: tolerance = interval * (burst - 1) (us), ARGV[3]: how
+-- many hits arrive together (each decided as if the previous one had just been).
+-- KEYS[2] (optional): a hash that counts the outcomes in fields ARGV[4] (allowed) and ARGV[5]
+-- (refused), kept for ARGV[6] seconds.
+-- Returns {allowed, wait}: the first `allowed` hits pass; the rest would pass in `wait` microseconds.
 local interval = tonumber(ARGV[1])
 local tolerance = tonumber(ARGV[2])
+local hits = tonumber(ARGV[3])
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
 -- absent or past TAT: the key is idle
 local tat = math.max(tonumber(redis.call('GET', KEYS[1])) or now, now)
-local wait = tat - tolerance - now
-local allowed = wait <= 0
-if allowed then
-  tat = tat + interval
+local slack = now + tolerance - tat
+local allowed = 0
+if slack >= 0 then
+  allowed = math.min(hits, math.floor(slack / interval) + 1)
+  -- the float quotient may round up across a boundary: check the last hit exactly
+  if tat + (allowed - 1) * interval - tolerance - now > 0 then
+    allowed = allowed - 1
+  end
+end
+if allowed > 0 then
+  tat = tat + allowed * interval
   -- once the TAT is past, the key says nothing an absent one would not: expire it then
   redis.call('SET', KEYS[1], tat, 'PX', math.ceil((tat - now) / 1000))
 end
 if KEYS[2] then
-  redis.call('HINCRBY', KEYS[2], allowed and ARGV[3] or ARGV[4], 1)
-  redis.call('EXPIRE', KEYS[2], ARGV[5])
+  if allowed > 0 then
+    redis.call('HINCRBY', KEYS[2], ARGV[4], allowed)
+  end
+  if allowed < hits then
+    redis.call('HINCRBY', KEYS[2], ARGV[5], hits - allowed)
+  end
+  redis.call('EXPIRE', KEYS[2], ARGV[6])
 end
-if allowed then
-  return {1, 0}
+if allowed == hits then
+  return {allowed, 0}
 end
-return {0, wait}
+return {allowed, tat - tolerance - now}
 """
 
 
 class RedisLimiter:
-    """Limits shared by every gateway and worker process: one atomic script call per hit.
+    """Limits shared by every gateway and worker process: one atomic script call per key and batch.
 
-    Hits that arrive while others are on their way share one pipelined round trip
-    (``gateway.scripts``); each script call stays atomic on its own keys.
+    Hits that arrive while a pipeline is on its way leave together in the next (``gateway.batching``),
+    and the hits of one batch on the same key and rate are one script call that decides them in
+    order (a burst at one tenant is one call, not one per event). Each call stays atomic.
     """
 
     def __init__(self, redis: aioredis.Redis, prefix: str = "hg:rl:") -> None:
         self._redis = redis
         self._prefix = prefix
-        self._hit = PipelinedScript(redis, _HIT_LUA)
+        self._script = PipelinedScript(redis, _HIT_LUA)
+        self._batcher: Batcher[_Hit, Decision | Exception] = Batcher(self._decide, max_items=MAX_PIPELINE, concurrency=1)
 
     async def hit(self, key: str, rate: Rate, tally: Tally | None = None) -> Decision:
-        keys, args = [self._prefix + key], list(_gcra(rate))
-        if tally is not None:
-            keys.append(self._prefix + tally.key)
-            args += [_outcome(tally, True), _outcome(tally, False), tally.ttl_seconds]
-        return _decision(await self._hit(keys, args))
+        decision = await self._batcher.submit((self._prefix + key, rate, tally))
+        if isinstance(decision, Exception):
+            raise decision
+        return decision
 
     async def tallies(self, key: str) -> dict[str, int]:
         counts = await self._redis.hgetall(self._prefix + key)
         return {field.decode(): int(value) for field, value in counts.items()}
+
+    async def _decide(self, hits: list[_Hit]) -> list[Decision | Exception]:
+        """One script call per distinct hit, for as many as came; its callers in order of arrival."""
+        together: dict[_Hit, list[int]] = {}
+        for position, hit in enumerate(hits):
+            together.setdefault(hit, []).append(position)
+        replies = await self._script.run_many([self._call(hit, len(positions)) for hit, positions in together.items()])
+        decisions: list[Decision | Exception] = [_ALLOWED] * len(hits)
+        for positions, reply in zip(together.values(), replies, strict=True):
+            for rank, position in enumerate(positions):
+                decisions[position] = reply if isinstance(reply, Exception) else _decision(reply, rank)
+        return decisions
+
+    def _call(self, hit: _Hit, count: int) -> tuple[list[str], list[Any]]:
+        key, rate, tally = hit
+        keys, args = [key], [*_gcra(rate), count]
+        if tally is not None:
+            keys.append(self._prefix + tally.key)
+            args += [_outcome(tally, True), _outcome(tally, False), tally.ttl_seconds]
+        return keys, args

@@ -21,7 +21,7 @@ from redis.exceptions import NoScriptError
 from gateway.batching import Batcher
 
 _Call = tuple[list[str], list[Any]]  # a script call's keys and args
-_MAX_PIPELINE, _PIPELINES = 256, 1
+MAX_PIPELINE, _PIPELINES = 256, 1
 
 
 class PipelinedScript:
@@ -29,7 +29,7 @@ class PipelinedScript:
         self._redis = redis
         self._source = source
         self._sha = sha1(source.encode(), usedforsecurity=False).hexdigest()
-        self._batcher: Batcher[_Call, Any] = Batcher(self._run_many, max_items=_MAX_PIPELINE, concurrency=_PIPELINES)
+        self._batcher: Batcher[_Call, Any] = Batcher(self.run_many, max_items=MAX_PIPELINE, concurrency=_PIPELINES)
 
     async def __call__(self, keys: list[str], args: list[Any]) -> Any:
         """The script's reply to this call; a script error is raised to its caller only."""
@@ -38,7 +38,8 @@ class PipelinedScript:
             raise reply
         return reply
 
-    async def _run_many(self, calls: list[_Call]) -> list[Any]:
+    async def run_many(self, calls: list[_Call]) -> list[Any]:
+        """One pipeline now, for a caller that batches on its own: each call's reply or its error."""
         replies = await self._send(calls)
         if refused := [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]:
             await self._redis.script_load(self._source)

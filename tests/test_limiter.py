@@ -122,9 +122,9 @@ async def test_redis_limiters_share_one_budget(redis_client: aioredis.Redis, red
     assert rate.burst + 4 * 2 <= allowed <= rate.burst + rate.per_second * elapsed
 
 
-async def test_concurrent_redis_hits_share_pipelines_and_still_count_each_one(redis_url: str) -> None:
-    """Hits that queue behind a busy pipeline go out together; each is still its own atomic decision,
-    run once, and no pipeline asks SCRIPT EXISTS first."""
+async def test_concurrent_redis_hits_on_one_key_are_one_script_call_and_each_is_counted(redis_url: str) -> None:
+    """A burst at one key is decided by one script call per batch, in order, each hit counted once;
+    no pipeline asks SCRIPT EXISTS first."""
     pool = _CountingPool.from_url(redis_url)
     client = aioredis.Redis(connection_pool=pool)
     try:
@@ -132,14 +132,35 @@ async def test_concurrent_redis_hits_share_pipelines_and_still_count_each_one(re
         await limiter.hit("warm", RATE)  # loads the script (NOSCRIPT on a fresh Redis)
         calls_before, checks_before, pipelines_before = await _script_calls(client), await _script_checks(client), pool.checkouts
         decisions = await asyncio.gather(*(limiter.hit("k", RATE, Tally("usage", "low", 60)) for _ in range(200)))
-        assert sum(d.allowed for d in decisions) == RATE.burst
-        assert all(d.retry_after > 0 for d in decisions if not d.allowed)
+        pipelines = pool.checkouts - pipelines_before
+        assert [d.allowed for d in decisions] == [True] * RATE.burst + [False] * (200 - RATE.burst)  # first come, first served
+        assert {round(d.retry_after, 1) for d in decisions[RATE.burst :]} == {INTERVAL}
         assert await limiter.tallies("usage") == {"low:admitted": RATE.burst, "low:refused": 200 - RATE.burst}
-        assert await _script_calls(client) - calls_before == 200
+        assert await _script_calls(client) - calls_before <= 2  # the batch's script call, and at most a straggler's
         assert await _script_checks(client) == checks_before
-        assert pool.checkouts - pipelines_before < 200 / 2  # the 200 hits left in far fewer round trips
+        assert pipelines <= 2
     finally:
         await client.aclose()
+
+
+async def test_hits_decided_together_match_the_same_hits_one_at_a_time(redis_client: aioredis.Redis) -> None:
+    """Several keys, rates and tallies in one batch: each key grants exactly its burst, the refused
+    wait what a lone refused hit would, and every outcome is counted under its own tally."""
+    limiter = RedisLimiter(redis_client)
+    slow, fast = Rate(per_second=2, burst=4), Rate(per_second=50, burst=7)
+    hits = [("a", slow, Tally("ua", "high", 60)), ("a", slow, Tally("ua", "low", 60)), ("b", fast, None), ("a", slow, None)] * 10
+    decisions = await asyncio.gather(*(limiter.hit(*hit) for hit in hits))
+    by_key: dict[str, list[float]] = {"a": [], "b": []}
+    for (key, _, _), decision in zip(hits, decisions, strict=True):
+        by_key[key].append(decision.retry_after if not decision.allowed else 0.0)
+    assert sum(wait == 0.0 for wait in by_key["a"]) == slow.burst
+    assert sum(wait == 0.0 for wait in by_key["b"]) == fast.burst
+    assert all(wait == pytest.approx(1 / slow.per_second, abs=0.05) for wait in by_key["a"] if wait)
+    assert all(wait == pytest.approx(1 / fast.per_second, abs=0.01) for wait in by_key["b"] if wait)
+    # groups are decided in the order of their first hit: "a" counted as high took the burst first
+    assert await limiter.tallies("ua") == {"high:admitted": slow.burst, "high:refused": 10 - slow.burst, "low:refused": 10}
+    later = await limiter.hit("a", slow)
+    assert not later.allowed and 0 < later.retry_after <= 1 / slow.per_second
 
 
 async def test_flushed_scripts_are_loaded_again_and_no_hit_runs_twice(redis_client: aioredis.Redis) -> None:
