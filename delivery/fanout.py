@@ -15,11 +15,11 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Row, Select, TextClause, Update, bindparam, select, text, update
+from sqlalchemy import ColumnElement, Row, Select, Update, and_, bindparam, exists, func, literal, not_, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.database import UTCDateTime, among, dialect_insert, new_id, utcnow
-from gateway.events.models import Delivery, Event
+from gateway.events.models import PENDING, Delivery, Event
 from gateway.events.priority import matches
 from tenants.endpoints.models import Endpoint
 
@@ -46,8 +46,9 @@ class FannedEvent(Protocol):
     def priority(self) -> str: ...
 
 
-_event, _endpoint = Event.__table__, Endpoint.__table__
+_event, _endpoint, _delivery = Event.__table__, Endpoint.__table__, Delivery.__table__
 STRANDED_BATCH = 500  # events per sweeper transaction
+_NOW = bindparam("now", type_=UTCDateTime())
 
 
 @functools.cache
@@ -65,16 +66,22 @@ async def insert_deliveries(session: AsyncSession, rows: list[dict[str, object]]
 
 
 def delivery_row(event: FannedEvent, endpoint_id: uuid.UUID) -> dict[str, object]:
-    now = utcnow()
+    return _original(new_id(), event.tenant_id, event.id, endpoint_id, event.priority, utcnow())
+
+
+def _original(id: Any, tenant_id: Any, event_id: Any, endpoint_id: Any, priority: Any, now: Any) -> dict[str, Any]:
+    """An original delivery's columns: Python values for ``delivery_row``, SQL expressions for the
+    Postgres fan-out (``_fan_out_in_one``), so both make the same row."""
     return {
-        "id": new_id(),
-        "tenant_id": event.tenant_id,
-        "event_id": event.id,
+        "id": id,
+        "tenant_id": tenant_id,
+        "event_id": event_id,
         "endpoint_id": endpoint_id,
-        "priority": event.priority,
+        "priority": priority,
         "is_replay": False,
-        "status": "pending",
+        "status": PENDING,
         "attempt_count": 0,
+        "retry_offset": 0,
         "next_attempt_at": now,
         "created_at": now,
     }
@@ -101,7 +108,7 @@ async def endpoints_for(session: AsyncSession, tenant_ids: Iterable[uuid.UUID]) 
 
 @functools.cache
 def _mark(dialect: str) -> Any:
-    return update(_event).where(among(dialect, _event.c.id, "ids")).values(fanned_out_at=bindparam("now", type_=UTCDateTime()))
+    return update(_event).where(among(dialect, _event.c.id, "ids")).values(fanned_out_at=_NOW)
 
 
 async def fan_out(session: AsyncSession, events: Sequence[FannedEvent], *, exclude: uuid.UUID | None = None) -> int:
@@ -118,12 +125,16 @@ def _take(held: Select[Any]) -> Update:
     return (
         update(_event)
         .where(_event.c.id.in_(held.where(_event.c.fanned_out_at.is_(None)).with_for_update(skip_locked=True)))
-        .values(fanned_out_at=bindparam("now", type_=UTCDateTime()))
+        .values(fanned_out_at=_NOW)
         .returning(_event.c.id, _event.c.tenant_id, _event.c.type, _event.c.priority)
     )
 
 
-_TAKE_RUNG = _take(select(_event.c.id).where(among("sqlite", _event.c.id, "ids")))  # Postgres: _FAN_OUT_RUNG
+def _rung(dialect: str) -> Update:
+    return _take(select(_event.c.id).where(among(dialect, _event.c.id, "ids")))
+
+
+_TAKE_RUNG = _rung("sqlite")  # Postgres: _FAN_OUT_RUNG
 
 # The sweeper's batch: the oldest events received before ``cutoff``.
 _STRANDED = select(_event.c.id).where(_event.c.received_at <= bindparam("cutoff", type_=UTCDateTime()))
@@ -152,38 +163,38 @@ async def fan_out_stranded(session: AsyncSession, received_before: datetime) -> 
     return await _fan_out_taken(session, _TAKE_STRANDED, _FAN_OUT_STRANDED, {"cutoff": received_before})
 
 
-def _fan_out_sql(held: str, *times: str) -> TextClause:
-    """Postgres: take the ``held`` events (lock, mark, read, as ``_take``), match them against their
-    tenants' enabled endpoints and insert the deliveries, in one statement; answers how many events
-    it took. One statement is atomic on its own, so the dispatcher runs it without a transaction
-    (no BEGIN, no COMMIT: two round trips fewer per pass). SQLite, which has no data-modifying
-    CTE, takes with ``_take`` and matches in Python (``subscribed``); a test holds the two alike."""
-    operational = " OR ".join(f"starts_with(t.type, '{prefix}')" for prefix in OPERATIONAL_PREFIXES)
-    return text(f"""
-WITH taken AS (
-  UPDATE events SET fanned_out_at = :now
-  WHERE id IN (SELECT id FROM events WHERE {held} FOR UPDATE SKIP LOCKED)
-  RETURNING id, tenant_id, type, priority
-), made AS (
-  INSERT INTO deliveries (id, tenant_id, event_id, endpoint_id, priority, is_replay, status, attempt_count, retry_offset,
-                          next_attempt_at, created_at)
-  SELECT gen_random_uuid(), t.tenant_id, t.id, e.id, t.priority, false, 'pending', 0, 0, :now, :now
-  FROM taken t JOIN endpoints e ON e.tenant_id = t.tenant_id AND e.enabled AND e.deleted_at IS NULL
-  WHERE EXISTS (
-    SELECT 1 FROM json_array_elements_text(e.event_types) AS p(pattern)
-    WHERE NOT (p.pattern = '*' AND ({operational}))
-      AND (p.pattern = t.type OR (right(p.pattern, 1) = '*' AND starts_with(t.type, left(p.pattern, -1))))
-  )
-  ON CONFLICT (event_id, endpoint_id) WHERE NOT is_replay DO NOTHING
-)
-SELECT count(*) AS events FROM taken""").bindparams(*(bindparam(name, type_=UTCDateTime()) for name in ("now", *times)))
+def _fan_out_in_one(take: Update) -> Select[Any]:
+    """Postgres: what ``take`` takes, matched against its tenants' enabled endpoints, with the
+    deliveries inserted, in one statement that answers how many events it took. One statement is
+    atomic on its own, so the dispatcher runs it without a transaction (no BEGIN, no COMMIT: two
+    round trips fewer per pass). SQLite, which has no data-modifying CTE, runs ``take`` and matches
+    in Python (``subscribed``); a test holds the two alike."""
+    taken = take.cte("taken")
+    endpoint = _endpoint.c
+    row = _original(func.gen_random_uuid(), taken.c.tenant_id, taken.c.id, endpoint.id, taken.c.priority, _NOW)
+    matched = (
+        select(*(value if isinstance(value, ColumnElement) else literal(value, _delivery.c[name].type) for name, value in row.items()))
+        .select_from(taken.join(_endpoint, endpoint.tenant_id == taken.c.tenant_id))
+        .where(endpoint.enabled.is_(True), endpoint.deleted_at.is_(None), _subscribes(endpoint.event_types, taken.c.type))
+    )
+    made = _insert("postgresql").from_select(list(row), matched).cte("made")
+    return select(func.count().label("events")).select_from(taken).add_cte(made)
 
 
-_FAN_OUT_RUNG = _fan_out_sql("id = ANY(CAST(:ids AS uuid[])) AND fanned_out_at IS NULL")
-_FAN_OUT_STRANDED = _fan_out_sql(f"received_at <= :cutoff AND fanned_out_at IS NULL ORDER BY received_at LIMIT {STRANDED_BATCH}", "cutoff")
+def _subscribes(event_types: Any, event_type: Any) -> ColumnElement[bool]:
+    """``subscribed`` in SQL: one of the endpoint's patterns matches, and ``*`` never takes an
+    operational event."""
+    pattern = func.json_array_elements_text(event_types).table_valued("value").render_derived(name="p").c.value
+    operational = or_(*(func.starts_with(event_type, prefix) for prefix in OPERATIONAL_PREFIXES))
+    prefix = and_(func.right(pattern, 1) == "*", func.starts_with(event_type, func.left(pattern, -1)))
+    return exists().where(not_(and_(pattern == "*", operational)), or_(pattern == event_type, prefix))
 
 
-async def _fan_out_taken(session: AsyncSession, take: Update, in_one: TextClause, params: dict[str, Any]) -> int:
+_FAN_OUT_RUNG = _fan_out_in_one(_rung("postgresql"))
+_FAN_OUT_STRANDED = _fan_out_in_one(_TAKE_STRANDED)
+
+
+async def _fan_out_taken(session: AsyncSession, take: Update, in_one: Select[Any], params: dict[str, Any]) -> int:
     """Fan out what ``take`` takes (SQLite), or ``in_one`` does the same in one statement (Postgres)."""
     params = {**params, "now": utcnow()}
     if session.bind.dialect.name == "postgresql":
