@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from tests.support.backlog import add_backlog, open_deliveries
+from tests.support.backlog import add_backlog, add_history, open_deliveries
 from tests.support.processes import HOOKGATE, Process, serve
 from tests.support.receiver import Script, Server, wait_until
 from tests.support.services import free_port, fresh_services
@@ -72,6 +72,7 @@ class Scenario:
     slow: float
     concurrency: int
     share: int
+    history: int
 
 
 async def run(scenario: Scenario) -> dict[str, Any]:
@@ -79,7 +80,9 @@ async def run(scenario: Scenario) -> dict[str, Any]:
         return await _run(url, redis_url, **dataclasses.asdict(scenario))
 
 
-async def _run(url: str, redis_url: str, *, backlog: int, events: int, rate: float, slow: float, concurrency: int, share: int) -> dict[str, Any]:
+async def _run(
+    url: str, redis_url: str, *, backlog: int, events: int, rate: float, slow: float, concurrency: int, share: int, history: int
+) -> dict[str, Any]:
     port, logs = str(free_port()), Path(tempfile.mkdtemp())
     env = {
         "HOOKGATE_DATABASE_URL": url, "HOOKGATE_REDIS_URL": redis_url, "HOOKGATE_SECRET_KEY": "bench-secret",
@@ -88,12 +91,15 @@ async def _run(url: str, redis_url: str, *, backlog: int, events: int, rate: flo
         "HOOKGATE_TENANT_DELIVERY_CONCURRENCY": str(share), "HOOKGATE_LOG_LEVEL": "WARNING", "PORT": port,
     }
     result: dict[str, Any] = {"backlog": backlog, "events": events, "rate_per_second": rate, "slow_seconds": slow,
-                              "delivery_concurrency": concurrency, "tenant_delivery_concurrency": share}
+                              "delivery_concurrency": concurrency, "tenant_delivery_concurrency": share, "history": history}
     async with Server(Script([(200, {}, slow)])) as slow_receiver, Server(Script()) as quiet_receiver:
         with serve(env, logs) as gateway, Process([*HOOKGATE, "worker"], logs / "worker.log", env):
             await asyncio.to_thread(gateway.wait_http, f"http://127.0.0.1:{port}/healthz")
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
-                _, quiet_source, _ = await _tenant(http, "Quiet", quiet_receiver.url)
+                quiet, quiet_source, quiet_endpoint = await _tenant(http, "Quiet", quiet_receiver.url)
+                if history:  # the plans and statistics of a live gateway's database (bench/README.md)
+                    body = signed_stripe(stripe_event("charge_succeeded"), quiet_source["secret"])[0]
+                    await add_history(url, uuid.UUID(quiet["id"]), uuid.UUID(quiet_source["id"]), uuid.UUID(quiet_endpoint["id"]), history, body)
                 await _quiet_latencies(http, quiet_source, quiet_receiver, 5, rate)  # warm-up: the worker is up
                 quiet_receiver.requests.clear()
                 result["alone"] = _summary(await _quiet_latencies(http, quiet_source, quiet_receiver, events, rate))
@@ -125,6 +131,7 @@ def main() -> None:
     parser.add_argument("--slow", type=float, default=0.2, help="seconds the flooder's endpoint takes")
     parser.add_argument("--concurrency", type=int, default=64, help="HOOKGATE_DELIVERY_CONCURRENCY")
     parser.add_argument("--share", type=int, default=16, help="HOOKGATE_TENANT_DELIVERY_CONCURRENCY")
+    parser.add_argument("--history", type=int, default=20_000, help="delivered events already in the database (0: a fresh one)")
     args = parser.parse_args()
     result = asyncio.run(run(Scenario(**vars(args))))
     RESULTS.mkdir(exist_ok=True)
