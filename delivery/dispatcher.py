@@ -8,13 +8,13 @@ leases and events that were stored but never fanned out are found even when Redi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
 
 from delivery.engine import Claimed, DeliveryEngine
 from delivery.jobs import Job
+from gateway.background import BackgroundLoop
 from gateway.metrics import SWEEPER
 
 _log = logging.getLogger("hookgate.dispatcher")
@@ -40,11 +40,11 @@ class Dispatcher:
         self._freed = asyncio.Event()  # an attempt finished: capacity is free again
         self._rung: set[uuid.UUID] = set()
         self._in_flight: set[asyncio.Task[None]] = set()
-        self._loop_task: asyncio.Task[None] | None = None
+        self._loop = BackgroundLoop(self._run, name="hookgate-dispatcher", wake=self.wakeup.set)
         self._last_sweep = 0.0
 
     def start(self) -> None:
-        self._loop_task = asyncio.create_task(self._run(), name="hookgate-dispatcher")
+        self._loop.start()
 
     async def ring(self, event_ids: list[uuid.UUID]) -> None:
         """The doorbell: fan these events out on the next pass, which starts now."""
@@ -52,11 +52,9 @@ class Dispatcher:
         self.wakeup.set()
 
     async def stop(self, grace: float = 10.0) -> None:
-        """Stop claiming; let in-flight attempts finish for ``grace`` seconds (their leases cover the rest)."""
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+        """Stop claiming after the current pass; let in-flight attempts finish for ``grace`` seconds
+        (their leases cover the rest)."""
+        await self._loop.stop()
         if self._in_flight:
             _done, pending = await asyncio.wait(self._in_flight, timeout=grace)
             for task in pending:
@@ -64,7 +62,7 @@ class Dispatcher:
             await asyncio.gather(*pending, return_exceptions=True)
 
     async def _run(self) -> None:
-        while True:
+        while not self._loop.stopping:
             started = time.monotonic()
             self.wakeup.clear()
             self._freed.clear()

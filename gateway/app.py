@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -96,8 +97,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         try:
             yield
         finally:
-            for task in reversed(background):
-                await task.stop()
+            await asyncio.gather(*(task.stop() for task in background))
             await group_commit.aclose()
             await runtime.close()
 

@@ -101,7 +101,5 @@ async def run_worker(settings: Settings | None = None, stop: asyncio.Event | Non
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)  # whatever they died of, the rest must stop too
-        await replays.stop()
-        await monitor.stop()
-        await dispatcher.stop(grace=settings.delivery_timeout)
+        await asyncio.gather(replays.stop(), monitor.stop(), dispatcher.stop(grace=settings.delivery_timeout))
         await runtime.close()

@@ -116,10 +116,6 @@ async def _empty_tables(url: str) -> None:
             if connection.dialect.name == "postgresql":
                 await connection.execute(text(f"TRUNCATE {', '.join(tables)} CASCADE"))
             else:
-                # The event loop is shared by the session's tests: a write the previous test's app
-                # left in flight may hold SQLite's lock past the app's 5 s busy timeout (seen twice
-                # in CI, never reproduced alone). Wait for it rather than fail this test's setup.
-                await connection.execute(text("PRAGMA busy_timeout = 30000"))
                 for table in tables:
                     await connection.execute(text(f"DELETE FROM {table}"))
     finally:

@@ -9,7 +9,6 @@ its connection; the next batch, on any worker, starts from the last committed cu
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from delivery.replays import steps
 from delivery.replays.models import ACTIVE, BACKFILL, FAILED, QUEUED, REDRIVE, RUNNING, ReplayJob
 from delivery.replays.stripe_listing import StripeUnavailable, list_events
+from gateway.background import BackgroundLoop
 from gateway.database import utcnow
 from gateway.settings import Settings
 from tenants.crypto import SecretBox
@@ -45,16 +45,13 @@ class ReplayRunner:
         self._box = box
         self._wake = wake  # new deliveries are due: tell the dispatcher
         self._poll_interval = poll_interval
-        self._task: asyncio.Task[None] | None = None
+        self._loop = BackgroundLoop(self._run, name="hookgate-replays")
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="hookgate-replays")
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._loop.stop()
 
     async def run_pass(self) -> bool:
         """One batch of every active job; True if any of them moved."""
@@ -70,7 +67,7 @@ class ReplayRunner:
         return moved
 
     async def _run(self) -> None:
-        while True:
+        while not self._loop.stopping:
             try:
                 moved = await self.run_pass()
             except Exception:  # noqa: BLE001 - the database may be down; progress is safe in it
@@ -80,7 +77,7 @@ class ReplayRunner:
                 self._wake()
                 await asyncio.sleep(0)
             else:
-                await asyncio.sleep(self._poll_interval)
+                await self._loop.pause(self._poll_interval)
 
     async def _batch(self, job_id: uuid.UUID) -> bool:
         async with self._sessions() as session:

@@ -7,8 +7,6 @@ that dies mid-window leaves it to the next. Detection needs only the database.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -19,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from gateway.background import BackgroundLoop
 from gateway.database import dialect_insert, utcnow
 from gateway.metrics import ANOMALIES
 from gateway.settings import Settings
@@ -49,16 +48,13 @@ class AnomalyMonitor:
         self._history: dict[uuid.UUID, deque[Window]] = {}
         self._models: dict[uuid.UUID, tuple[datetime, TenantModel]] = {}
         self._baselines: dict[uuid.UUID, tuple[datetime, Baseline]] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._loop = BackgroundLoop(self._run, name="hookgate-anomalies")
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="hookgate-anomalies")
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._loop.stop()
 
     def last_closed(self, now: datetime) -> datetime:
         """The start of the latest window that closed at least the grace period ago."""
@@ -67,7 +63,7 @@ class AnomalyMonitor:
 
     async def _run(self) -> None:
         scored: datetime | None = None
-        while True:
+        while not self._loop.stopping:
             start = self.last_closed(utcnow())
             if start != scored:
                 try:
@@ -79,7 +75,7 @@ class AnomalyMonitor:
                 except Exception:  # noqa: BLE001 - the database may be down; try again shortly
                     _log.warning("anomaly window not scored; retrying", exc_info=True)
             next_due = start.timestamp() + 2 * self._seconds + self._settings.anomaly_grace_seconds
-            await asyncio.sleep(min(5.0, max(0.2, next_due - time.time())))
+            await self._loop.pause(min(5.0, max(0.2, next_due - time.time())))
 
     async def score_window(self, start: datetime) -> int | None:
         """Score the window starting at ``start``; None if another process already did."""
