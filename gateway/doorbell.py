@@ -77,10 +77,11 @@ async def listen(redis: aioredis.Redis, ring: Callable[[list[uuid.UUID]], Awaita
     """
     while not stop.is_set():
         try:
-            popped = await redis.blpop([RINGS_KEY], timeout=_LISTEN_SECONDS)
+            # One round trip: block for the first ring and take those waiting behind it (Redis 7).
+            popped = await redis.blmpop(_LISTEN_SECONDS, 1, RINGS_KEY, direction="LEFT", count=_MAX_RINGS)
             if popped is None:
                 continue
-            entries = [popped[1], *(await redis.lpop(RINGS_KEY, _MAX_RINGS) or [])]
+            entries = popped[1]
         except (RedisError, OSError):
             _log.warning("doorbell unreachable; retrying (the database is polled meanwhile)", exc_info=True)
             with contextlib.suppress(TimeoutError):
