@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import redis.asyncio as aioredis
 
 from gateway.batching import Batcher
-from gateway.scripts import MAX_PIPELINE, PipelinedScript
+from gateway.scripts import MAX_PIPELINE, Script
 
 _MICROS = 1_000_000
 # MemoryLimiter sweeps idle keys once the table reaches this size, then twice the live size.
@@ -183,7 +183,7 @@ class RedisLimiter:
     def __init__(self, redis: aioredis.Redis, prefix: str = "hg:rl:") -> None:
         self._redis = redis
         self._prefix = prefix
-        self._script = PipelinedScript(redis, _HIT_LUA)
+        self._script = Script(redis, _HIT_LUA)  # batched here, grouped by key
         self._batcher: Batcher[_Hit, Decision | Exception] = Batcher(self._decide, max_items=MAX_PIPELINE, concurrency=1)
 
     async def hit(self, key: str, rate: Rate, tally: Tally | None = None) -> Decision:

@@ -24,22 +24,16 @@ _Call = tuple[list[str], list[Any]]  # a script call's keys and args
 MAX_PIPELINE, _PIPELINES = 256, 1
 
 
-class PipelinedScript:
+class Script:
+    """A Lua script run by ``EVALSHA``, many calls to a pipeline, loaded again on ``NOSCRIPT``."""
+
     def __init__(self, redis: aioredis.Redis, source: str) -> None:
         self._redis = redis
         self._source = source
         self._sha = sha1(source.encode(), usedforsecurity=False).hexdigest()
-        self._batcher: Batcher[_Call, Any] = Batcher(self.run_many, max_items=MAX_PIPELINE, concurrency=_PIPELINES)
-
-    async def __call__(self, keys: list[str], args: list[Any]) -> Any:
-        """The script's reply to this call; a script error is raised to its caller only."""
-        reply = await self._batcher.submit((keys, args))
-        if isinstance(reply, Exception):
-            raise reply
-        return reply
 
     async def run_many(self, calls: list[_Call]) -> list[Any]:
-        """One pipeline now, for a caller that batches on its own: each call's reply or its error."""
+        """These calls in one pipeline now: each call's reply, or its error."""
         replies = await self._send(calls)
         if refused := [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]:
             await self._redis.script_load(self._source)
@@ -52,3 +46,18 @@ class PipelinedScript:
             for keys, args in calls:
                 pipe.evalsha(self._sha, len(keys), *keys, *args)
             return list(await pipe.execute(raise_on_error=False))
+
+
+class PipelinedScript(Script):
+    """A ``Script`` whose concurrent calls are batched into its pipelines."""
+
+    def __init__(self, redis: aioredis.Redis, source: str) -> None:
+        super().__init__(redis, source)
+        self._batcher: Batcher[_Call, Any] = Batcher(self.run_many, max_items=MAX_PIPELINE, concurrency=_PIPELINES)
+
+    async def __call__(self, keys: list[str], args: list[Any]) -> Any:
+        """The script's reply to this call; a script error is raised to its caller only."""
+        reply = await self._batcher.submit((keys, args))
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
