@@ -88,12 +88,13 @@ def _original(id: Any, tenant_id: Any, event_id: Any, endpoint_id: Any, priority
 
 
 Subscriber = Row[tuple[uuid.UUID, uuid.UUID, list[str]]]  # an endpoint's id, tenant_id, event_types
+_SUBSCRIBING = and_(_endpoint.c.enabled.is_(True), _endpoint.c.deleted_at.is_(None))  # endpoints that get deliveries
 
 
 @functools.cache
 def _endpoints(dialect: str) -> Any:
     return select(_endpoint.c.id, _endpoint.c.tenant_id, _endpoint.c.event_types).where(
-        among(dialect, _endpoint.c.tenant_id, "tenant_ids"), _endpoint.c.enabled.is_(True), _endpoint.c.deleted_at.is_(None)
+        among(dialect, _endpoint.c.tenant_id, "tenant_ids"), _SUBSCRIBING
     )
 
 
@@ -175,7 +176,7 @@ def _fan_out_in_one(take: Update) -> Select[Any]:
     matched = (
         select(*(value if isinstance(value, ColumnElement) else literal(value, _delivery.c[name].type) for name, value in row.items()))
         .select_from(taken.join(_endpoint, endpoint.tenant_id == taken.c.tenant_id))
-        .where(endpoint.enabled.is_(True), endpoint.deleted_at.is_(None), _subscribes(endpoint.event_types, taken.c.type))
+        .where(_SUBSCRIBING, _subscribes(endpoint.event_types, taken.c.type))
     )
     made = _insert("postgresql").from_select(list(row), matched).cte("made")
     return select(func.count().label("events")).select_from(taken).add_cte(made)
