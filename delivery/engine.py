@@ -15,17 +15,18 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import ContextManager
+from typing import Any, ContextManager
 
 from opentelemetry.trace import Span, SpanKind
 from redis.exceptions import RedisError
-from sqlalchemy import Integer, TextClause, Uuid, bindparam, text, update
+from sqlalchemy import ColumnClause, Integer, TextClause, Uuid, bindparam, column, text, update
+from sqlalchemy.dialects.postgresql.base import PGDialect
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from delivery import gauges
 from delivery.breaker import Breaker
 from delivery.fanout import STRANDED_BATCH, fan_out_rung, fan_out_stranded
-from delivery.jobs import Job, JobReader
+from delivery.jobs import LEASED, Job, JobReader, jobs_of
 from delivery.outcomes import Outcome, OutcomeWriter, Postponements
 from delivery.sender import DeliveryClient, SendResult, send
 from delivery.signing import webhook_headers
@@ -101,28 +102,33 @@ candidates AS (
 ),
 chosen AS (SELECT id FROM candidates WHERE within OR k <= :borrow_to),
 counts AS (SELECT (SELECT count(*) FROM candidates) AS candidates, (SELECT count(*) FROM chosen) AS chosen)"""
+_JOBS = jobs_of(LEASED)
 _LEASE_POSTGRES = f""",
 leased AS (
   UPDATE deliveries AS d SET locked_until = :lease FROM chosen
   WHERE d.id = chosen.id AND d.status IN ('pending', 'failed') AND {_UNLEASED}
-  RETURNING d.id
-)
-SELECT counts.candidates, counts.chosen, leased.id FROM counts LEFT JOIN leased ON true"""
+  RETURNING {", ".join(f"d.{name}" for name in LEASED.c.keys())}
+),
+jobs AS ({_JOBS.compile(dialect=PGDialect(paramstyle="named"))})
+SELECT counts.candidates, counts.chosen, jobs.* FROM counts LEFT JOIN jobs ON true"""
 _CHOSEN_SQLITE = """
 SELECT counts.candidates, counts.chosen, chosen.id FROM counts LEFT JOIN chosen ON true"""
 
 
-def _claim_statement(sql: str, *times: str) -> TextClause:
+def _claim_statement(sql: str, *columns: ColumnClause[Any]) -> TextClause:
     return (
         text(sql)
-        .bindparams(*(bindparam(name, type_=UTCDateTime()) for name in times))
-        .columns(candidates=Integer(), chosen=Integer(), id=Uuid())
+        .bindparams(*(bindparam(name, type_=UTCDateTime()) for name in ("now", "lease") if f":{name}" in sql))
+        .columns(column("candidates", Integer()), column("chosen", Integer()), *columns)
     )
 
 
 _FAIR_CLAIM = {
-    "postgresql": _claim_statement("WITH RECURSIVE" + _DUE_POSTGRES + _BY_LOAD + _LEASE_POSTGRES, "now", "lease"),
-    "sqlite": _claim_statement("WITH" + _DUE_SQLITE + _BY_LOAD + _CHOSEN_SQLITE, "now"),
+    # Postgres leases the chosen rows and reads their jobs in the same statement: a row per job (and secret).
+    "postgresql": _claim_statement(
+        "WITH RECURSIVE" + _DUE_POSTGRES + _BY_LOAD + _LEASE_POSTGRES, *(column(c.name, c.type) for c in _JOBS.selected_columns)
+    ),
+    "sqlite": _claim_statement("WITH" + _DUE_SQLITE + _BY_LOAD + _CHOSEN_SQLITE, column("id", Uuid())),
 }
 _deliveries = Delivery.__table__
 # Outcomes per group commit, and commits in flight at once: one, so a busy worker's outcomes
@@ -216,11 +222,10 @@ class DeliveryEngine:
                 params["lease"] = lease
             rows = (await session.execute(self._claim_sql, params)).all()
             more = rows[0].candidates == limit or rows[0].chosen < rows[0].candidates
-            leased = [row.id for row in rows if row.id is not None]
-            if leased and self._lease is not None:
-                leased = list(await session.scalars(self._lease, {"ids": leased, "now": now, "lease": lease}))
-            if not leased:
-                return Claimed([], [], more)
+            rows = [row for row in rows if row.id is not None]
+            if self._lease is None:  # Postgres: leased, and read with their jobs
+                return Claimed(list(dict.fromkeys(row.id for row in rows)), await self._jobs.jobs(session, rows), more)
+            leased = list(await session.scalars(self._lease, {"ids": [row.id for row in rows], "now": now, "lease": lease})) if rows else []
             return Claimed(leased, await self._jobs.read(session, leased), more)
 
     async def attempt(self, job: Job) -> None:

@@ -1,8 +1,9 @@
 """Everything a claim's attempts need, read for the whole claim at once.
 
 One query joins the claimed deliveries with their events, endpoints and the endpoints' active
-secrets (a row per secret: two only while a rotation's grace lasts): one round trip per claim
-instead of an ORM session per attempt. Secrets are decrypted through a cache keyed by
+secrets (a row per secret: two only while a rotation's grace lasts) instead of an ORM session per
+attempt; on Postgres that query is part of the claim's own statement (``LEASED``), so leasing and
+reading are one round trip. Secrets are decrypted through a cache keyed by
 ciphertext, which needs no invalidation: which secrets are active is read fresh every time, and a
 ciphertext always decrypts to the same plaintext.
 """
@@ -12,11 +13,12 @@ from __future__ import annotations
 import functools
 import uuid
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, and_, bindparam, select, update
+from sqlalchemy import Row, Select, TableClause, and_, bindparam, column, select, table, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.database import UTCDateTime, among, utcnow
@@ -27,24 +29,28 @@ from tenants.endpoints.models import Endpoint, EndpointSecret
 # Decrypted secrets kept per process; past this many the cache starts over (rotations leave old ones).
 _CACHE_MAX = 10_000
 _d, _e, _ev, _s = Delivery.__table__, Endpoint.__table__, Event.__table__, EndpointSecret.__table__
-_READ = (
-    select(
-        _d.c.id, _d.c.tenant_id, _d.c.endpoint_id, _d.c.event_id, _d.c.priority,
+# The rows the Postgres claim leases (its ``leased`` CTE, engine.py), read there with their jobs.
+LEASED = table("leased", *(column(name, _d.c[name].type) for name in ("id", "tenant_id", "endpoint_id", "event_id", "priority")))
+
+
+def jobs_of(deliveries: TableClause) -> Select[Any]:
+    """The job rows of ``deliveries`` (the table, or the claim's ``LEASED`` rows): each joined with
+    its event, its endpoint and the endpoint's active secrets (a row per secret)."""
+    d = deliveries.c
+    return select(
+        d.id, d.tenant_id, d.endpoint_id, d.event_id, d.priority,
         _e.c.url, _e.c.rate_limit_per_second, _e.c.enabled, _e.c.deleted_at,
-        _ev.c.body, _ev.c.received_at, _ev.c.trace_context, _s.c.ciphertext,
+        _ev.c.body, _ev.c.received_at, _ev.c.trace_context, _s.c.ciphertext, _s.c.created_at.label("secret_created_at"),
+    ).select_from(
+        deliveries.join(_ev, _ev.c.id == d.event_id)
+        .outerjoin(_e, _e.c.id == d.endpoint_id)
+        .outerjoin(_s, and_(_s.c.endpoint_id == d.endpoint_id, EndpointSecret.active_at(bindparam("now", type_=UTCDateTime()))))
     )
-    .select_from(
-        _d.join(_ev, _ev.c.id == _d.c.event_id)
-        .outerjoin(_e, _e.c.id == _d.c.endpoint_id)
-        .outerjoin(_s, and_(_s.c.endpoint_id == _d.c.endpoint_id, EndpointSecret.active_at(bindparam("now", type_=UTCDateTime()))))
-    )
-    .order_by(_s.c.created_at.desc())  # each delivery's secrets newest first, as active_rows orders them
-)
 
 
 @functools.cache
 def _read(dialect: str) -> Any:
-    return _READ.where(among(dialect, _d.c.id, "ids"), _d.c.status.in_(OPEN_STATUSES))
+    return jobs_of(_d).where(among(dialect, _d.c.id, "ids"), _d.c.status.in_(OPEN_STATUSES))
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,16 +76,17 @@ class JobReader:
         self._plaintexts: dict[bytes, str] = {}
 
     async def read(self, session: AsyncSession, delivery_ids: list[uuid.UUID]) -> list[Job]:
-        """The jobs of the still-open deliveries among ``delivery_ids``, in the caller's transaction.
-
-        Deliveries whose endpoint is gone or disabled are made dead here instead.
-        """
+        """The jobs of the still-open deliveries among ``delivery_ids``, in the caller's transaction."""
         if not delivery_ids:
             return []
+        return await self.jobs(session, await session.execute(_read(session.bind.dialect.name), {"ids": delivery_ids, "now": utcnow()}))
+
+    async def jobs(self, session: AsyncSession, rows: Iterable[Row[Any]]) -> list[Job]:
+        """The jobs of these ``jobs_of`` rows; deliveries whose endpoint is gone or disabled are made dead instead."""
         stopped: dict[str, list[uuid.UUID]] = defaultdict(list)
         live: dict[uuid.UUID, Row[Any]] = {}
-        secrets: dict[uuid.UUID, list[str]] = defaultdict(list)
-        for row in await session.execute(_read(session.bind.dialect.name), {"ids": delivery_ids, "now": utcnow()}):
+        secrets: dict[uuid.UUID, list[tuple[datetime, str]]] = defaultdict(list)
+        for row in rows:
             if row.url is None or row.deleted_at is not None:
                 stopped["endpoint deleted"].append(row.id)
             elif not row.enabled:
@@ -87,7 +94,7 @@ class JobReader:
             else:
                 live.setdefault(row.id, row)
                 if row.ciphertext is not None:
-                    secrets[row.id].append(self._plaintext(row.ciphertext))
+                    secrets[row.id].append((row.secret_created_at, self._plaintext(row.ciphertext)))
         for why, ids in stopped.items():
             await _finish_dead(session, list(dict.fromkeys(ids)), why)
         return [
@@ -97,7 +104,7 @@ class JobReader:
                 endpoint_id=row.endpoint_id,
                 url=row.url,
                 rate=row.rate_limit_per_second,
-                secrets=secrets[row.id],
+                secrets=_newest_first(secrets[row.id]),
                 body=row.body or b"",
                 priority=row.priority,
                 received_at=row.received_at,
@@ -114,6 +121,11 @@ class JobReader:
                 self._plaintexts.clear()
             plaintext = self._plaintexts[ciphertext] = self._box.decrypt(ciphertext)
         return plaintext
+
+
+def _newest_first(secrets: list[tuple[datetime, str]]) -> list[str]:
+    """A delivery's secrets newest first, as ``active_rows`` orders them (two only during a rotation)."""
+    return [plaintext for _, plaintext in sorted(secrets, key=lambda secret: secret[0], reverse=True)]
 
 
 async def _finish_dead(session: AsyncSession, delivery_ids: list[uuid.UUID], why: str) -> None:
