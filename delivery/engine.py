@@ -20,17 +20,17 @@ from typing import Any, ContextManager
 from opentelemetry.trace import Span, SpanKind
 from redis.exceptions import RedisError
 from sqlalchemy import ColumnClause, Integer, TextClause, Uuid, bindparam, column, text, update
-from sqlalchemy.dialects.postgresql.base import PGDialect
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from delivery import gauges
 from delivery.breaker import Breaker
-from delivery.fanout import STRANDED_BATCH, fan_out_rung, fan_out_stranded
+from delivery.fanout import RUNG_FAN_OUT_CTES, STRANDED_BATCH, fan_out_rung, fan_out_stranded, made_cte_sql
 from delivery.jobs import LEASED, Job, JobReader, jobs_of
 from delivery.outcomes import Outcome, OutcomeWriter, Postponements
 from delivery.sender import DeliveryClient, SendResult, send
 from delivery.signing import webhook_headers
-from gateway.database import UTCDateTime, among, utcnow
+from gateway.database import UTCDateTime, among, postgres_sql, utcnow
 from gateway.events.models import OPEN_STATUSES, SUCCEEDED, Delivery
 from gateway.events.repository import unleased
 from gateway.limiter import Limiter, Rate
@@ -76,7 +76,7 @@ due AS (
     WHERE d.tenant_id = open_tenants.tenant_id AND d.priority = p.priority AND d.status IN ('pending', 'failed')
       AND d.next_attempt_at <= :now AND {_UNLEASED}
     ORDER BY d.next_attempt_at LIMIT :limit
-  ) AS oldest
+  ) AS oldest{{also}}
 )"""
 _DUE_SQLITE = f"""
 due AS (
@@ -103,33 +103,56 @@ candidates AS (
 chosen AS (SELECT id FROM candidates WHERE within OR k <= :borrow_to),
 counts AS (SELECT (SELECT count(*) FROM candidates) AS candidates, (SELECT count(*) FROM chosen) AS chosen)"""
 _JOBS = jobs_of(LEASED)
-_LEASE_POSTGRES = f""",
-leased AS (
+_LEASED_COLUMNS = ", ".join(LEASED.c.keys())
+_RELEASE = f"""
   UPDATE deliveries AS d SET locked_until = :lease FROM chosen
   WHERE d.id = chosen.id AND d.status IN ('pending', 'failed') AND {_UNLEASED}
-  RETURNING {", ".join(f"d.{name}" for name in LEASED.c.keys())}
-),
-jobs AS ({_JOBS.compile(dialect=PGDialect(paramstyle="named"))})
+  RETURNING {", ".join(f"d.{name}" for name in LEASED.c.keys())}"""
+_JOBS_AND_COUNTS = f""",
+jobs AS ({postgres_sql(_JOBS)})
 SELECT counts.candidates, counts.chosen, jobs.* FROM counts LEFT JOIN jobs ON true"""
+# The claim alone: the chosen rows leased, with their jobs.
+_CLAIM_POSTGRES = "WITH RECURSIVE" + _DUE_POSTGRES.format(also="") + _BY_LOAD + f""",
+leased AS ({_RELEASE}
+)""" + _JOBS_AND_COUNTS
+# The rung events fanned out and claimed together: their deliveries (``matched``) are ranked with
+# the rows already due and inserted, those chosen already leased (``made``); a data-modifying CTE's
+# rows are not in the statement's snapshot, so the lease of the others cannot see them twice.
+_FAN_OUT_AND_CLAIM_POSTGRES = (
+    "WITH RECURSIVE\n" + RUNG_FAN_OUT_CTES + ","
+    + _DUE_POSTGRES.format(also="\n  UNION ALL SELECT id, tenant_id, priority, next_attempt_at FROM matched")
+    + _BY_LOAD + f""",
+made AS ({made_cte_sql(LEASED.c.keys())}),
+relet AS ({_RELEASE}
+),
+leased AS (
+  SELECT {_LEASED_COLUMNS} FROM relet UNION ALL SELECT {_LEASED_COLUMNS} FROM made WHERE locked_until IS NOT NULL
+)""" + _JOBS_AND_COUNTS
+)
 _CHOSEN_SQLITE = """
 SELECT counts.candidates, counts.chosen, chosen.id FROM counts LEFT JOIN chosen ON true"""
+_PARAMETERS = (
+    bindparam("now", type_=UTCDateTime()),
+    bindparam("lease", type_=UTCDateTime()),
+    bindparam("ids", type_=postgresql.ARRAY(Uuid())),
+)
 
 
 def _claim_statement(sql: str, *columns: ColumnClause[Any]) -> TextClause:
     return (
         text(sql)
-        .bindparams(*(bindparam(name, type_=UTCDateTime()) for name in ("now", "lease") if f":{name}" in sql))
+        .bindparams(*(parameter for parameter in _PARAMETERS if f":{parameter.key}" in sql))
         .columns(column("candidates", Integer()), column("chosen", Integer()), *columns)
     )
 
 
+# Postgres leases the chosen rows and reads their jobs in the same statement: a row per job (and secret).
+_JOB_COLUMNS = [column(c.name, c.type) for c in _JOBS.selected_columns]
 _FAIR_CLAIM = {
-    # Postgres leases the chosen rows and reads their jobs in the same statement: a row per job (and secret).
-    "postgresql": _claim_statement(
-        "WITH RECURSIVE" + _DUE_POSTGRES + _BY_LOAD + _LEASE_POSTGRES, *(column(c.name, c.type) for c in _JOBS.selected_columns)
-    ),
+    "postgresql": _claim_statement(_CLAIM_POSTGRES, *_JOB_COLUMNS),
     "sqlite": _claim_statement("WITH" + _DUE_SQLITE + _BY_LOAD + _CHOSEN_SQLITE, column("id", Uuid())),
 }
+_FAN_OUT_AND_CLAIM = _claim_statement(_FAN_OUT_AND_CLAIM_POSTGRES, *_JOB_COLUMNS)
 _deliveries = Delivery.__table__
 # Outcomes per group commit, and commits in flight at once: one, so a busy worker's outcomes
 # gather into large batches (more in flight made smaller batches and cost CPU, docs/PERFORMANCE.md).
@@ -200,10 +223,11 @@ class DeliveryEngine:
     async def claim(self, limit: int, rung: Sequence[uuid.UUID] = ()) -> Claimed:
         """Fan out the ``rung`` events, then lease up to ``limit`` due deliveries, fairly across
         tenants (see ``_FAIR_CLAIM``), and read their jobs. On Postgres the control sessions run in
-        autocommit (``gateway.wiring``): each of the three statements is atomic on its own (the
-        fan-out takes its events and makes their deliveries in one, the claim leases in one), so a
-        pass that fails half-way loses nothing: its deliveries are due for the next pass, its
-        leases run out. On SQLite it is one transaction.
+        autocommit (``gateway.wiring``) and a pass is one statement, atomic on its own: the claim
+        (leasing and reading), or, with rung events and room to claim, the fan-out and the claim
+        together (``_FAN_OUT_AND_CLAIM``); without room the fan-out runs alone. A pass that fails
+        loses nothing: what it fanned out is due for the next pass, what it leased comes back when
+        the lease runs out. On SQLite it is one transaction.
 
         The candidates are read without row locks (window functions rule out ``FOR UPDATE``); the
         lease is a compare-and-set that re-checks each row, so two workers never lease one row.
@@ -211,8 +235,9 @@ class DeliveryEngine:
         ``more``: the claim was full, or rows over their tenant's share were left.
         """
         async with self._control() as session, session.begin():  # connects only once a statement runs
-            if rung:
+            if rung and (limit <= 0 or self._lease is not None):  # no room, or SQLite: the fan-out on its own
                 await fan_out_rung(session, rung)
+                rung = ()
             if limit <= 0:
                 return Claimed([], [], more=True)
             now = utcnow()  # after the fan-out: its deliveries are due from the time it made them
@@ -220,7 +245,9 @@ class DeliveryEngine:
             params = {"now": now, "limit": limit, "default_cap": self._default_cap, "borrow_to": limit - self._reserve}
             if self._lease is None:
                 params["lease"] = lease
-            rows = (await session.execute(self._claim_sql, params)).all()
+            if rung:
+                params["ids"] = list(rung)
+            rows = (await session.execute(_FAN_OUT_AND_CLAIM if rung else self._claim_sql, params)).all()
             more = rows[0].candidates == limit or rows[0].chosen < rows[0].candidates
             rows = [row for row in rows if row.id is not None]
             if self._lease is None:  # Postgres: leased, and read with their jobs

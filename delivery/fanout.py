@@ -15,10 +15,29 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import ColumnElement, Row, Select, Update, and_, bindparam, exists, func, literal, not_, or_, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    Row,
+    Select,
+    Update,
+    Uuid,
+    and_,
+    bindparam,
+    case,
+    column,
+    exists,
+    func,
+    literal,
+    not_,
+    or_,
+    select,
+    table,
+    text,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.database import UTCDateTime, among, dialect_insert, new_id, utcnow
+from gateway.database import UTCDateTime, among, dialect_insert, new_id, postgres_sql, utcnow
 from gateway.events.models import PENDING, Delivery, Event
 from gateway.events.priority import matches
 from tenants.endpoints.models import Endpoint
@@ -86,6 +105,8 @@ def _original(id: Any, tenant_id: Any, event_id: Any, endpoint_id: Any, priority
         "created_at": now,
     }
 
+
+_ORIGINAL = tuple(_original(*(None,) * 6))  # an original delivery's columns
 
 Subscriber = Row[tuple[uuid.UUID, uuid.UUID, list[str]]]  # an endpoint's id, tenant_id, event_types
 _SUBSCRIBING = and_(_endpoint.c.enabled.is_(True), _endpoint.c.deleted_at.is_(None))  # endpoints that get deliveries
@@ -171,15 +192,24 @@ def _fan_out_in_one(take: Update) -> Select[Any]:
     round trips fewer per pass). SQLite, which has no data-modifying CTE, runs ``take`` and matches
     in Python (``subscribed``); a test holds the two alike."""
     taken = take.cte("taken")
+    made = _insert("postgresql").from_select(list(_ORIGINAL), _matching(taken)).cte("made")
+    return select(func.count().label("events")).select_from(taken).add_cte(made)
+
+
+def _matching(taken: Any) -> Select[Any]:
+    """The original deliveries of the ``taken`` events, with new ids: one per enabled endpoint of
+    their tenant whose filter takes the event's type."""
     endpoint = _endpoint.c
     row = _original(func.gen_random_uuid(), taken.c.tenant_id, taken.c.id, endpoint.id, taken.c.priority, _NOW)
-    matched = (
-        select(*(value if isinstance(value, ColumnElement) else literal(value, _delivery.c[name].type) for name, value in row.items()))
+    return (
+        select(*(_sql(value, _delivery.c[name].type).label(name) for name, value in row.items()))
         .select_from(taken.join(_endpoint, endpoint.tenant_id == taken.c.tenant_id))
         .where(_SUBSCRIBING, _subscribes(endpoint.event_types, taken.c.type))
     )
-    made = _insert("postgresql").from_select(list(row), matched).cte("made")
-    return select(func.count().label("events")).select_from(taken).add_cte(made)
+
+
+def _sql(value: Any, type_: Any) -> ColumnElement[Any]:
+    return value if isinstance(value, ColumnElement) else literal(value, type_)
 
 
 def _subscribes(event_types: Any, event_type: Any) -> ColumnElement[bool]:
@@ -193,6 +223,26 @@ def _subscribes(event_types: Any, event_type: Any) -> ColumnElement[bool]:
 
 _FAN_OUT_RUNG = _fan_out_in_one(_rung("postgresql"))
 _FAN_OUT_STRANDED = _fan_out_in_one(_TAKE_STRANDED)
+
+# The rung fan-out as CTEs of a Postgres statement written as text: the dispatcher's claim
+# (delivery/engine.py), which then fans out and claims in one round trip. ``taken``: the rung
+# events (``ids``) locked, marked and read; ``matched``: their deliveries, not inserted yet, so
+# that the claim can rank them with the rows already due.
+_TAKEN = table("taken", *(column(name, _event.c[name].type) for name in ("id", "tenant_id", "type", "priority")))
+RUNG_FAN_OUT_CTES = f"""taken AS ({postgres_sql(_rung("postgresql"))}),
+matched AS MATERIALIZED ({postgres_sql(_matching(_TAKEN))})"""
+
+
+def made_cte_sql(returning: Sequence[str]) -> str:
+    """The body of the CTE that inserts ``matched``, the rows the claim's ``chosen`` CTE took
+    already leased until ``:lease``; it returns ``returning`` and ``locked_until``."""
+    matched = table("matched", *(column(name, _delivery.c[name].type) for name in _ORIGINAL))
+    chosen = table("chosen", column("id", Uuid()))
+    leased = case((chosen.c.id.is_not(None), bindparam("lease", type_=UTCDateTime())))
+    made = _insert("postgresql").from_select(
+        [*_ORIGINAL, "locked_until"], select(*matched.c, leased).select_from(matched.outerjoin(chosen, chosen.c.id == matched.c.id))
+    )
+    return postgres_sql(made.returning(*(_delivery.c[name] for name in (*returning, "locked_until"))))
 
 
 async def _fan_out_taken(session: AsyncSession, take: Update, in_one: Select[Any], params: dict[str, Any]) -> int:

@@ -9,8 +9,20 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, DateTime, MetaData, Select, Table, any_, bindparam, event, false, update
+from sqlalchemy import (
+    ColumnElement,
+    DateTime,
+    MetaData,
+    Select,
+    Table,
+    any_,
+    bindparam,
+    event,
+    false,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql.base import PGCompiler, PGDialect
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -117,6 +129,27 @@ def among(dialect_name: str, column: Any, key: str) -> ColumnElement[bool]:
     if dialect_name == "postgresql":
         return column == any_(bindparam(key, type_=postgresql.ARRAY(column.type)))
     return column.in_(bindparam(key, expanding=True))  # type: ignore[no-any-return]
+
+
+def postgres_sql(statement: Any) -> str:
+    """A Core statement as Postgres SQL to splice into a statement written as text: its constants
+    inline, its other parameters named and cast to their types (``CAST(:name AS type)``). Hot statements are text because a text
+    statement's cache key is its string, where a Core statement's is rebuilt on every execution."""
+    return str(statement.compile(dialect=_TextDialect(paramstyle="named")))
+
+
+class _TextCompiler(PGCompiler):
+    def visit_bindparam(self, bindparam: Any, **kw: Any) -> str:
+        if bindparam.value is not None:  # a constant of the statement, not a parameter of its execution
+            return str(self.render_literal_bindparam(bindparam, **kw))
+        # Typed where it stands: Postgres cannot tell the type of a parameter in a select list or a CASE.
+        return f"CAST({super().visit_bindparam(bindparam, **kw)} AS {self.dialect.type_compiler_instance.process(bindparam.type)})"
+
+
+class _TextDialect(PGDialect):
+    """The plain Postgres dialect (no driver's casts on the parameters) that renders constants inline."""
+
+    statement_compiler = _TextCompiler
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

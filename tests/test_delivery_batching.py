@@ -293,16 +293,18 @@ async def _unfanned(worker: _Worker, tenant_id: uuid.UUID, count: int) -> list[u
 
 
 @pytest.mark.parametrize("backend", ["postgres"])  # row locks: SQLite has one writer at a time
-async def test_a_pass_fans_out_the_rung_events_no_one_holds_and_the_sweeper_the_rest(worker: _Worker) -> None:
+@pytest.mark.parametrize("room", [0, 50])  # the fan-out alone, or with the claim in its statement
+async def test_a_pass_fans_out_the_rung_events_no_one_holds_and_the_sweeper_the_rest(worker: _Worker, room: int) -> None:
     """Fan-out locks, marks and reads its events in one statement: an event another transaction holds
     is skipped, not waited for, and not marked; once released, the sweeper finds it. Two workers rung
-    with the same events make each delivery once."""
+    with the same events make each delivery once, and lease it once."""
     tenant_id, endpoint_id = await worker.endpoint("https://example.com/hook")
     held, *free = await _unfanned(worker, tenant_id, 4)
     async with worker.runtime.sessions() as other, other.begin():
         await other.execute(select(Event.id).where(Event.id == held).with_for_update())
-        claims = await asyncio.wait_for(asyncio.gather(*(worker.engine.claim(0, [held, *free]) for _ in range(2))), timeout=10)
-    assert all(claim.ids == [] for claim in claims)
+        claims = await asyncio.wait_for(asyncio.gather(*(worker.engine.claim(room, [held, *free]) for _ in range(2))), timeout=10)
+    leased = [delivery_id for claim in claims for delivery_id in claim.ids]
+    assert len(leased) == (len(free) if room else 0) and len(set(leased)) == len(leased)
     async with worker.runtime.sessions() as session:
         made = (await session.execute(select(Delivery.event_id, func.count()).group_by(Delivery.event_id))).all()
         marked = set(await session.scalars(select(Event.id).where(Event.fanned_out_at.is_not(None))))
@@ -340,7 +342,8 @@ async def test_a_pass_fans_out_to_each_enabled_subscribed_endpoint_and_marks_eve
         assert await session.scalar(select(func.count()).where(Delivery.event_id == stranded)) == 2
 
 
-async def test_fan_out_matches_event_types_as_subscribed_does(worker: _Worker) -> None:
+@pytest.mark.parametrize("room", [0, 100])  # the fan-out alone, or with the claim in its statement
+async def test_fan_out_matches_event_types_as_subscribed_does(worker: _Worker, room: int) -> None:
     """On Postgres the pass matches endpoint filters in SQL; ``subscribed`` is the rule (exact names,
     trailing-``*`` prefixes, and Hookgate's own events never through ``*``)."""
     tenant_id, everything = await worker.endpoint("https://example.com/all")
@@ -355,31 +358,38 @@ async def test_fan_out_matches_event_types_as_subscribed_does(worker: _Worker) -
         events = [Event(tenant_id=tenant_id, external_id=f"evt_types_{n}", type=event_type, priority="normal", body=b"{}",
                         headers={}, received_at=utcnow()) for n, event_type in enumerate(types)]
         session.add_all(events)
-    await worker.engine.claim(0, [e.id for e in events])
+    claimed = await worker.engine.claim(room, [e.id for e in events])
     async with worker.runtime.sessions() as session:
         made = set((await session.execute(select(Delivery.event_id, Delivery.endpoint_id))).all())
     subscribers = [(everything, ["*"]), *((e.id, patterns) for e, patterns in zip(endpoints, filters, strict=True))]
     expected = {(e.id, endpoint_id) for e in events for endpoint_id, patterns in subscribers if subscribed(patterns, e.type)}
     assert made == expected and len(expected) > len(types)
+    assert {(job.event_id, job.endpoint_id) for job in claimed.jobs} == (expected if room else set())
 
 
 @pytest.mark.parametrize("backend", ["postgres"])
-async def test_a_pass_is_two_round_trips_whatever_it_fans_out_and_claims(worker: _Worker) -> None:
-    """The live path's budget: the fan-out (take the events, make their deliveries), then the fair
-    claim, which leases and reads the jobs with their secrets; each statement atomic on its own, on
-    a connection in autocommit (the driver sends no BEGIN and no COMMIT). Each round trip more is a
-    wait for a CPU on a busy box, before every event's delivery."""
+async def test_a_pass_is_one_round_trip_whatever_it_fans_out_and_claims(worker: _Worker) -> None:
+    """The live path's budget: one statement per pass, atomic on its own, on a connection in
+    autocommit (the driver sends no BEGIN and no COMMIT): the rung events fanned out and claimed
+    together, the fan-out alone when there is no room to claim, the claim with its jobs alone.
+    Each round trip more is a wait for a CPU on a busy box, before every event's delivery."""
     tenant_id, _endpoint_id = await worker.endpoint("https://example.com/hook")
-    rung = await _unfanned(worker, tenant_id, 20)
-    sent: list[tuple[str, bool]] = []
+    together_rung, no_room_rung = await _unfanned(worker, tenant_id, 20), await _unfanned(worker, tenant_id, 5)
+    passes: list[list[tuple[str, bool]]] = []
 
     def _statement(connection: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        sent.append((statement.split()[0], connection.connection.dbapi_connection.autocommit))
+        passes[-1].append((statement.split()[0], connection.connection.dbapi_connection.autocommit))
 
     event.listen(Engine, "before_cursor_execute", _statement)
     try:
-        claimed = await worker.engine.claim(50, rung)
+        passes.append([])
+        together = await worker.engine.claim(50, together_rung)
+        passes.append([])
+        no_room = await worker.engine.claim(0, no_room_rung)
+        passes.append([])
+        alone = await worker.engine.claim(50)
     finally:
         event.remove(Engine, "before_cursor_execute", _statement)
-    assert len(claimed.jobs) == 20 and len(claimed.ids) == 20
-    assert sent == [("WITH", True), ("WITH", True)]
+    assert passes == [[("WITH", True)]] * 3
+    assert len(together.jobs) == 20 and len(set(together.ids)) == 20
+    assert no_room.ids == [] and len(alone.jobs) == 5  # the fan-out alone made the five due
