@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -40,7 +39,7 @@ import uvloop
 from bench import procstats
 from bench.poster import Poster
 from bench.servers import granian_argv, hookgate_env, unthrottled_tenant, wait_port
-from gateway.database import create_engine
+from bench.stages import percentiles, stages
 from tests.support.backlog import add_backlog, add_history
 from tests.support.processes import HOOKGATE, Process, serve
 from tests.support.services import free_port, fresh_services
@@ -101,46 +100,6 @@ async def _open_loop(base_url: str, source: dict[str, Any], rate: float, seconds
     return acked, failures
 
 
-# Each acknowledged event's way through the system, from the database: stored (the gateway's
-# receipt time), fanned out (its delivery row made, by a ring's pass or the sweeper), first attempt
-# started. Wall-clock times, which ``_stages`` puts on the monotonic clock of the ack and arrival.
-_TIMELINE = """
-SELECT e.external_id, e.received_at, e.fanned_out_at, min(a.started_at) AS attempted
-FROM events e JOIN deliveries d ON d.event_id = e.id JOIN attempts a ON a.delivery_id = d.id
-WHERE e.external_id = ANY($1::text[]) GROUP BY e.external_id, e.received_at, e.fanned_out_at
-"""
-_STAGES = ("stored_to_ack", "ack_to_fanned_out", "fanned_out_to_attempt", "attempt_to_arrival")
-
-
-async def _stages(database_url: str, acked: dict[str, float], arrivals: dict[str, float]) -> dict[str, Any]:
-    """Where the end-to-end latency went: each stage's percentiles, and the slowest events' stages.
-
-    A stall shows which side it was on: a late ring or pass (ack → fanned out), a late claim
-    (fanned out → attempt) or the HTTP request (attempt → arrival).
-    """
-    to_monotonic = time.time() - time.monotonic()  # one system clock: wall minus this is monotonic
-    engine = create_engine(database_url, pool_size=1)
-    try:
-        async with engine.connect() as connection:
-            raw = (await connection.get_raw_connection()).driver_connection
-            rows = await raw.fetch(_TIMELINE, list(acked))
-    finally:
-        await engine.dispose()
-    timelines = {}
-    for row in rows:
-        stored, fanned, attempted = (t.timestamp() - to_monotonic for t in (row["received_at"], row["fanned_out_at"], row["attempted"]))
-        ack, arrival = acked[row["external_id"]], arrivals[row["external_id"]]
-        timelines[row["external_id"]] = dict(zip(_STAGES, (ack - stored, fanned - ack, attempted - fanned, arrival - attempted), strict=True))
-    slowest = sorted(acked, key=lambda event_id: arrivals[event_id] - acked[event_id])[-5:]
-    return {
-        **{stage: _percentiles([t[stage] for t in timelines.values()]) for stage in _STAGES},
-        "slowest_ms": [
-            {"end_to_end": round(1000 * (arrivals[i] - acked[i]), 1), **{k: round(1000 * v, 1) for k, v in timelines[i].items()}}
-            for i in reversed(slowest) if i in timelines
-        ],
-    }
-
-
 def _cpu_seconds(processes: list[Process]) -> float:
     """CPU spent so far by these processes and their children (a gateway's server workers)."""
     return sum(stat.cpu_seconds for p in processes if p.proc is not None for stat in procstats.tree(p.proc.pid))
@@ -156,13 +115,6 @@ def _cpu_by_role(roles: dict[str, list[Process]]) -> dict[str, float]:
         "redis": sum(stat.cpu_seconds for stat in procstats.named("redis-server")),
         "load_generator": sum(stat.cpu_seconds for stat in procstats.tree(os.getpid())) - sum(spent.values()),
     }
-
-
-def _percentiles(values: list[float]) -> dict[str, float]:
-    values = sorted(values)
-    pick = lambda q: values[min(len(values) - 1, int(q * len(values)))]  # noqa: E731
-    return {"p50_ms": round(statistics.median(values) * 1000, 1), "p90_ms": round(pick(0.9) * 1000, 1),
-            "p99_ms": round(pick(0.99) * 1000, 1), "max_ms": round(values[-1] * 1000, 1)}
 
 
 async def run(rate: float, seconds: float, backlog: int, workers: int, history: int) -> dict[str, Any]:
@@ -201,8 +153,8 @@ async def run(rate: float, seconds: float, backlog: int, workers: int, history: 
                     arrivals = _arrivals(received)
                     result["open_loop"] = {
                         "acknowledged": len(acked), "ingest_failures": failures,
-                        "latency": _percentiles([arrivals[i] - at for i, at in acked.items()]),
-                        "stages": await _stages(url, acked, arrivals),
+                        "latency": percentiles([arrivals[i] - at for i, at in acked.items()]),
+                        "stages": await stages(url, acked, arrivals),
                         "machine_cpu_percent": open_loop_cpu,
                         "cpu_ms_per_event": {
                             role: round(1000 * (seconds - processes_before[role]) / max(1, len(acked)), 3)

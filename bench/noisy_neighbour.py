@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import dataclasses
 import json
-import statistics
 import tempfile
 import time
 import uuid
@@ -26,6 +25,7 @@ from typing import Any
 
 import httpx
 
+from bench.stages import percentiles, stages
 from tests.support.backlog import add_backlog, add_history, open_deliveries
 from tests.support.processes import HOOKGATE, Process, serve
 from tests.support.receiver import Script, Server, wait_until
@@ -44,8 +44,10 @@ async def _tenant(http: httpx.AsyncClient, name: str, endpoint_url: str) -> tupl
     return tenant, source, endpoint
 
 
-async def _quiet_latencies(http: httpx.AsyncClient, source: dict[str, Any], receiver: Server, events: int, rate: float) -> list[float]:
-    """Post events at a steady rate; the latency of each is its arrival minus its 2xx."""
+async def _quiet_latencies(
+    http: httpx.AsyncClient, source: dict[str, Any], receiver: Server, events: int, rate: float
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Post events at a steady rate; returns each event's 2xx time and its arrival (its latency is the difference)."""
     acknowledged: dict[str, float] = {}
 
     async def post_one() -> None:
@@ -60,8 +62,7 @@ async def _quiet_latencies(http: httpx.AsyncClient, source: dict[str, Any], rece
         await asyncio.sleep(1 / rate)
     await asyncio.gather(*posts)
     await wait_until(lambda: len(receiver.requests) >= events, timeout=120, what="the quiet tenant's deliveries")
-    arrivals = {json.loads(r.body)["id"]: r.at for r in receiver.requests}
-    return sorted((arrivals[event_id] - acked) * 1000 for event_id, acked in acknowledged.items())
+    return acknowledged, {json.loads(r.body)["id"]: r.at for r in receiver.requests}
 
 
 @dataclass(frozen=True)
@@ -102,25 +103,22 @@ async def _run(
                     await add_history(url, uuid.UUID(quiet["id"]), uuid.UUID(quiet_source["id"]), uuid.UUID(quiet_endpoint["id"]), history, body)
                 await _quiet_latencies(http, quiet_source, quiet_receiver, 5, rate)  # warm-up: the worker is up
                 quiet_receiver.requests.clear()
-                result["alone"] = _summary(await _quiet_latencies(http, quiet_source, quiet_receiver, events, rate))
+                result["alone"] = await _summary(url, *await _quiet_latencies(http, quiet_source, quiet_receiver, events, rate))
                 flooder, _, flood_endpoint = await _tenant(http, "Flooder", slow_receiver.url)
                 quiet_receiver.requests.clear()
                 flooder_id = uuid.UUID(flooder["id"])
                 await add_backlog(url, flooder_id, uuid.UUID(flood_endpoint["id"]), backlog)
                 await wait_until(lambda: len(slow_receiver.requests) >= concurrency, timeout=30, what="the flood")
-                result["with_flood"] = _summary(await _quiet_latencies(http, quiet_source, quiet_receiver, events, rate))
+                result["with_flood"] = await _summary(url, *await _quiet_latencies(http, quiet_source, quiet_receiver, events, rate))
                 result["flood_left_open"] = await open_deliveries(url, flooder_id)
     result["p50_ratio"] = round(result["with_flood"]["p50_ms"] / result["alone"]["p50_ms"], 2)
     result["p99_ratio"] = round(result["with_flood"]["p99_ms"] / result["alone"]["p99_ms"], 2)
     return result
 
 
-def _summary(latencies: list[float]) -> dict[str, float]:
-    return {
-        "p50_ms": round(statistics.median(latencies), 1),
-        "p99_ms": round(latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 1),
-        "max_ms": round(latencies[-1], 1),
-    }
+async def _summary(database_url: str, acked: dict[str, float], arrivals: dict[str, float]) -> dict[str, Any]:
+    """The quiet tenant's latency, and where it went (``bench.stages``)."""
+    return {**percentiles([arrivals[i] - at for i, at in acked.items()]), "stages": await stages(database_url, acked, arrivals)}
 
 
 def main() -> None:

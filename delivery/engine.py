@@ -55,7 +55,10 @@ _log = logging.getLogger("hookgate.delivery")
 # Postgres reads at most ``limit`` rows per tenant and priority, so a claim costs the same
 # whatever one tenant's backlog: a loose index scan (the recursive CTE hops from one tenant_id
 # to the next on ix_deliveries_open) finds the tenants with open deliveries, and a LATERAL
-# join takes each (tenant, priority)'s oldest due rows from the same index. SQLite (embedded
+# join takes each (tenant, priority)'s oldest due rows from the same index: "due" is written as a
+# row comparison on that index's columns, which no other index can serve (``next_attempt_at <=
+# :now`` alone let the planner read ix_deliveries_due and filter every due row of every tenant,
+# for each of the four priorities), and the loose scan's closing NULL is left out. SQLite (embedded
 # mode: one process, small backlogs) has no LATERAL and reads every due row.
 # Plain SQL because it is static: compiled once, prepared once (SQLAlchemy recompiled the
 # equivalent Core statement on every call, ~10 ms, fifty times the query's own cost).
@@ -74,9 +77,10 @@ due AS (
   CROSS JOIN LATERAL (
     SELECT d.id, d.tenant_id, d.priority, d.next_attempt_at FROM deliveries d
     WHERE d.tenant_id = open_tenants.tenant_id AND d.priority = p.priority AND d.status IN ('pending', 'failed')
-      AND d.next_attempt_at <= :now AND {_UNLEASED}
+      AND (d.tenant_id, d.priority, d.next_attempt_at) <= (open_tenants.tenant_id, p.priority, :now) AND {_UNLEASED}
     ORDER BY d.next_attempt_at LIMIT :limit
-  ) AS oldest{{also}}
+  ) AS oldest
+  WHERE open_tenants.tenant_id IS NOT NULL{{also}}
 )"""
 _DUE_SQLITE = f"""
 due AS (
@@ -104,9 +108,13 @@ chosen AS (SELECT id FROM candidates WHERE within OR k <= :borrow_to),
 counts AS (SELECT (SELECT count(*) FROM candidates) AS candidates, (SELECT count(*) FROM chosen) AS chosen)"""
 _JOBS = jobs_of(LEASED)
 _LEASED_COLUMNS = ", ".join(LEASED.c.keys())
+# The chosen ids as an array: a primary-key lookup whatever the planner guesses of ``chosen``'s size
+# (joined, a misestimate of one row made it walk every open delivery once per chosen row). The
+# status test is wrapped in IS TRUE so that a generic plan does not AND the lookup with a read of
+# the whole partial index whose predicate it repeats (``ix_deliveries_open``).
 _RELEASE = f"""
-  UPDATE deliveries AS d SET locked_until = :lease FROM chosen
-  WHERE d.id = chosen.id AND d.status IN ('pending', 'failed') AND {_UNLEASED}
+  UPDATE deliveries AS d SET locked_until = :lease
+  WHERE d.id = ANY(ARRAY(SELECT id FROM chosen)) AND (d.status IN ('pending', 'failed')) IS TRUE AND {_UNLEASED}
   RETURNING {", ".join(f"d.{name}" for name in LEASED.c.keys())}"""
 _JOBS_AND_COUNTS = f""",
 jobs AS ({postgres_sql(_JOBS)})

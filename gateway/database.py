@@ -71,12 +71,14 @@ def new_id() -> uuid.UUID:
     return uuid.uuid4()
 
 
-def create_engine(url: str, *, pool_size: int = 10, pre_ping: bool = True) -> AsyncEngine:
+def create_engine(url: str, *, pool_size: int = 10, pre_ping: bool = True, generic_plans: bool = False) -> AsyncEngine:
     """An engine tuned per backend: pooled asyncpg, or SQLite in WAL mode with a busy timeout.
 
     Statement parameters (event bodies, encrypted secrets) are kept out of error messages and logs.
     ``pre_ping=False`` saves a round trip per checkout, for a caller that retries a statement once
-    when its connection turns out to be dead (``exc.connection_invalidated``).
+    when its connection turns out to be dead (``exc.connection_invalidated``). ``generic_plans``:
+    Postgres plans each prepared statement once per connection instead of on every execution
+    (``plan_cache_mode``), for hot statements whose plan the parameters do not change.
     """
     if url.startswith("sqlite"):
         engine = create_async_engine(url, connect_args={"timeout": 5}, hide_parameters=True)
@@ -91,8 +93,10 @@ def create_engine(url: str, *, pool_size: int = 10, pre_ping: bool = True) -> As
 
         event.listen(engine.sync_engine, "before_execute", _write_lock_for_select_for_update)
         return engine
+    connect_args = {"server_settings": {"plan_cache_mode": "force_generic_plan"}} if generic_plans else {}
     return create_async_engine(
-        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=pre_ping, pool_timeout=5, hide_parameters=True
+        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=pre_ping, pool_timeout=5, hide_parameters=True,
+        connect_args=connect_args,
     )
 
 

@@ -73,7 +73,7 @@ class Runtime:
         )
         control = None
         if not settings.is_embedded:  # SQLite has one writer anyway: a second pool would only contend
-            self._control_engine = create_engine(settings.database_url, pool_size=2, pre_ping=self.pre_ping)
+            self._control_engine = create_engine(settings.database_url, pool_size=2, pre_ping=self.pre_ping, generic_plans=True)
             # Autocommit: every statement of a pass is atomic on its own (DeliveryEngine.claim), so
             # BEGIN and COMMIT would only be two more round trips before each delivery.
             control = session_factory(self._control_engine.execution_options(isolation_level="AUTOCOMMIT"))

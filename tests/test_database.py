@@ -1,15 +1,16 @@
 """``among``: the rows of ``column IN :values``, as one SQL text on Postgres whatever the number of
 values (so asyncpg prepares it once per connection rather than once per length), from a statement
-built once."""
+built once; engines that ask for generic plans; Core rendered into statements written as text."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import String, Uuid, any_, bindparam, event, literal, select, text
+from sqlalchemy.dialects import postgresql
 
-from gateway.database import among, create_engine, session_factory
+from gateway.database import UTCDateTime, among, create_engine, postgres_sql, session_factory
 from tenants.models import Tenant
 
 
@@ -52,3 +53,29 @@ async def test_among_sends_one_statement_text_whatever_the_length(database_url: 
         assert len(set(sent)) == 1
     finally:
         await engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+async def test_generic_plans_are_asked_for_per_engine(database_url: str) -> None:
+    """The pass's pool plans each prepared statement once (``generic_plans``); other pools keep
+    Postgres's own choice between a plan per execution and a generic one."""
+    for generic, expected in ((True, "force_generic_plan"), (False, "auto")):
+        engine = create_engine(database_url, pool_size=1, generic_plans=generic)
+        try:
+            async with engine.connect() as connection:
+                assert await connection.scalar(text("SHOW plan_cache_mode")) == expected
+        finally:
+            await engine.dispose()
+
+
+async def test_postgres_sql_inlines_constants_and_casts_parameters() -> None:
+    """Core rendered for a statement written as text: constants as SQL literals (a text statement
+    would drop their values), parameters named and cast (Postgres cannot type a bare parameter in a
+    select list or a CASE)."""
+    statement = select(literal("it's", String()).label("name"), bindparam("when", type_=UTCDateTime()).label("at")).where(
+        Tenant.id == any_(bindparam("ids", type_=postgresql.ARRAY(Uuid())))
+    )
+    sql = postgres_sql(statement)
+    assert "'it''s' AS name" in sql
+    assert "CAST(:when AS TIMESTAMP WITH TIME ZONE) AS at" in sql
+    assert "= ANY (CAST(:ids AS UUID[]))" in sql
