@@ -190,8 +190,10 @@ class DeliveryEngine:
         control_sessions: async_sessionmaker[AsyncSession] | None = None,
     ) -> None:
         self._sessions = sessions
-        # Fan-out and claims on connections of their own: the dispatcher must not queue for a
-        # connection behind dozens of attempts, or every newly due delivery waits for them.
+        # The pass (fan-out and claim) on connections of their own: the dispatcher must not queue
+        # for a connection behind dozens of attempts, or every newly due delivery waits for them.
+        # They plan each statement once (generic plans, ``gateway.wiring``), which only the pass's
+        # statements are written for: the sweep and the gauges use the shared pool.
         self._control = control_sessions or sessions
         self._settings = settings
         self._breaker = breaker
@@ -218,14 +220,14 @@ class DeliveryEngine:
         """The sweeper's half for events: fan out whatever was stored but not fanned out; returns how many events."""
         total = 0
         while True:
-            async with self._control() as session, session.begin():
+            async with self._sessions() as session, session.begin():
                 events = await fan_out_stranded(session, utcnow() - timedelta(seconds=older_than))
             total += events
             if events < STRANDED_BATCH:
                 return total
 
     async def refresh_gauges(self) -> None:
-        async with self._control() as session:
+        async with self._sessions() as session:
             await gauges.refresh(session, self._breaker)
 
     async def claim(self, limit: int, rung: Sequence[uuid.UUID] = ()) -> Claimed:
