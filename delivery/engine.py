@@ -112,7 +112,7 @@ _LEASED_COLUMNS = ", ".join(LEASED.c.keys())
 # (joined, a misestimate of one row made it walk every open delivery once per chosen row). The
 # status test is wrapped in IS TRUE so that a generic plan does not AND the lookup with a read of
 # the whole partial index whose predicate it repeats (``ix_deliveries_open``).
-_RELEASE = f"""
+_LEASE_CHOSEN = f"""
   UPDATE deliveries AS d SET locked_until = :lease
   WHERE d.id = ANY(ARRAY(SELECT id FROM chosen)) AND (d.status IN ('pending', 'failed')) IS TRUE AND {_UNLEASED}
   RETURNING {", ".join(f"d.{name}" for name in LEASED.c.keys())}"""
@@ -121,7 +121,7 @@ jobs AS ({postgres_sql(_JOBS)})
 SELECT counts.candidates, counts.chosen, jobs.* FROM counts LEFT JOIN jobs ON true"""
 # The claim alone: the chosen rows leased, with their jobs.
 _CLAIM_POSTGRES = "WITH RECURSIVE" + _DUE_POSTGRES.format(also="") + _BY_LOAD + f""",
-leased AS ({_RELEASE}
+leased AS ({_LEASE_CHOSEN}
 )""" + _JOBS_AND_COUNTS
 # The rung events fanned out and claimed together: their deliveries (``matched``) are ranked with
 # the rows already due and inserted, those chosen already leased (``made``); a data-modifying CTE's
@@ -131,7 +131,7 @@ _FAN_OUT_AND_CLAIM_POSTGRES = (
     + _DUE_POSTGRES.format(also="\n  UNION ALL SELECT id, tenant_id, priority, next_attempt_at FROM matched")
     + _BY_LOAD + f""",
 made AS ({made_cte_sql(LEASED.c.keys())}),
-relet AS ({_RELEASE}
+relet AS ({_LEASE_CHOSEN}
 ),
 leased AS (
   SELECT {_LEASED_COLUMNS} FROM relet UNION ALL SELECT {_LEASED_COLUMNS} FROM made WHERE locked_until IS NOT NULL
