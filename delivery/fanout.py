@@ -141,6 +141,10 @@ async def fan_out(session: AsyncSession, events: Sequence[FannedEvent], *, exclu
     return await _create_deliveries(session, events, exclude)
 
 
+# What a take reads of each event (``FannedEvent``), and the name its CTE has in the claim's text.
+_TAKEN = table("taken", *(column(name, _event.c[name].type) for name in ("id", "tenant_id", "type", "priority")))
+
+
 def _take(held: Select[Any]) -> Update:
     """Lock, mark and read the ``held`` events that are not fanned out yet and that no other
     transaction holds."""
@@ -148,7 +152,7 @@ def _take(held: Select[Any]) -> Update:
         update(_event)
         .where(_event.c.id.in_(held.where(_event.c.fanned_out_at.is_(None)).with_for_update(skip_locked=True)))
         .values(fanned_out_at=_NOW)
-        .returning(_event.c.id, _event.c.tenant_id, _event.c.type, _event.c.priority)
+        .returning(*(_event.c[name] for name in _TAKEN.c.keys()))
     )
 
 
@@ -228,7 +232,6 @@ _FAN_OUT_STRANDED = _fan_out_in_one(_TAKE_STRANDED)
 # (delivery/engine.py), which then fans out and claims in one round trip. ``taken``: the rung
 # events (``ids``) locked, marked and read; ``matched``: their deliveries, not inserted yet, so
 # that the claim can rank them with the rows already due.
-_TAKEN = table("taken", *(column(name, _event.c[name].type) for name in ("id", "tenant_id", "type", "priority")))
 RUNG_FAN_OUT_CTES = f"""taken AS ({postgres_sql(_rung("postgresql"))}),
 matched AS MATERIALIZED ({postgres_sql(_matching(_TAKEN))})"""
 

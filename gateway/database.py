@@ -9,18 +9,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import (
-    ColumnElement,
-    DateTime,
-    MetaData,
-    Select,
-    Table,
-    any_,
-    bindparam,
-    event,
-    false,
-    update,
-)
+from sqlalchemy import ColumnElement, DateTime, MetaData, Select, Table, any_, bindparam, event, false, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql.base import PGCompiler, PGDialect
 from sqlalchemy.engine import Dialect
@@ -137,8 +126,9 @@ def among(dialect_name: str, column: Any, key: str) -> ColumnElement[bool]:
 
 def postgres_sql(statement: Any) -> str:
     """A Core statement as Postgres SQL to splice into a statement written as text: its constants
-    inline, its other parameters named and cast to their types (``CAST(:name AS type)``). Hot statements are text because a text
-    statement's cache key is its string, where a Core statement's is rebuilt on every execution."""
+    inline, its other parameters named and cast to their types (``CAST(:name AS type)``). Hot
+    statements are text because a text statement's cache key is its string, where a Core
+    statement's is rebuilt on every execution."""
     return str(statement.compile(dialect=_TextDialect(paramstyle="named")))
 
 
