@@ -34,7 +34,7 @@ from gateway.database import UTCDateTime, among, postgres_sql, utcnow
 from gateway.events.models import OPEN_STATUSES, SUCCEEDED, Delivery
 from gateway.events.repository import unleased
 from gateway.limiter import Limiter, Rate
-from gateway.metrics import ATTEMPT_LATENCY, ATTEMPTS, DELIVERIES, DELIVERY_LAG
+from gateway.metrics import ATTEMPT_LATENCY, ATTEMPTS, DELIVERIES, DELIVERY_LAG, labelled
 from gateway.settings import Settings
 from gateway.tracing import context_of, current_span, trace_id_hex, tracing
 from tenants.crypto import SecretBox
@@ -327,16 +327,16 @@ class DeliveryEngine:
         self, job: Job, started: datetime, result: SendResult, transition: str | None, trace_id: str | None
     ) -> None:
         status_class = f"{result.status_code // 100}xx" if result.status_code else "error"
-        ATTEMPTS.labels(tenant=str(job.tenant_id), outcome="success" if result.ok else "failure", status_class=status_class).inc()
-        ATTEMPT_LATENCY.labels(status_class=status_class).observe(result.duration_ms / 1000)
+        labelled(ATTEMPTS, str(job.tenant_id), "success" if result.ok else "failure", status_class).inc()
+        labelled(ATTEMPT_LATENCY, status_class).observe(result.duration_ms / 1000)
         written = await self._outcomes.write(
             Outcome(job.delivery_id, job.tenant_id, job.endpoint_id, started, result, transition, trace_id)
         )
         if written.finished:
-            DELIVERIES.labels(tenant=str(job.tenant_id), outcome=written.status).inc()
+            labelled(DELIVERIES, str(job.tenant_id), written.status).inc()
             if written.status == SUCCEEDED and written.live:
                 # Received → delivered, for live traffic only: a replay or redrive of yesterday's event is not lag.
-                DELIVERY_LAG.labels(priority=job.priority).observe((utcnow() - job.received_at).total_seconds())
+                labelled(DELIVERY_LAG, job.priority).observe((utcnow() - job.received_at).total_seconds())
         # A success is in the attempts table already: its line is for debugging (one per delivery under load).
         _log.log(
             logging.DEBUG if result.ok else logging.INFO,

@@ -9,6 +9,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 from sqlalchemy import ColumnElement, DateTime, MetaData, Select, Table, any_, bindparam, event, false, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql.base import PGCompiler, PGDialect
@@ -70,7 +71,7 @@ def create_engine(url: str, *, pool_size: int = 10, pre_ping: bool = True, gener
     (``plan_cache_mode``), for hot statements whose plan the parameters do not change.
     """
     if url.startswith("sqlite"):
-        engine = create_async_engine(url, connect_args={"timeout": 5}, hide_parameters=True)
+        engine = create_async_engine(url, connect_args={"timeout": 5}, **_COMMON)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
@@ -84,9 +85,17 @@ def create_engine(url: str, *, pool_size: int = 10, pre_ping: bool = True, gener
         return engine
     connect_args = {"server_settings": {"plan_cache_mode": "force_generic_plan"}} if generic_plans else {}
     return create_async_engine(
-        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=pre_ping, pool_timeout=5, hide_parameters=True,
-        connect_args=connect_args,
+        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=pre_ping, pool_timeout=5, connect_args=connect_args,
+        **_COMMON,
     )
+
+
+def _json_text(value: object) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+# JSON columns through msgspec: the stdlib's encoder was ~1 % of ingest's CPU (each event's headers).
+_COMMON: dict[str, Any] = {"hide_parameters": True, "json_serializer": _json_text, "json_deserializer": msgspec.json.decode}
 
 
 def _write_lock_for_select_for_update(connection, statement, *_args) -> None:  # type: ignore[no-untyped-def]

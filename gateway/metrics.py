@@ -9,9 +9,14 @@ middleware (``hookgate_requests_total``, ``hookgate_request_duration_seconds``).
 
 from __future__ import annotations
 
+import functools
 import os
+from typing import TypeVar
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client.metrics import MetricWrapperBase
+
+_Metric = TypeVar("_Metric", bound=MetricWrapperBase)
 
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _LAG = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0, 21600.0, 86400.0)
@@ -84,6 +89,16 @@ ANOMALIES = Counter(
     "Anomalies opened, by detector and severity.",
     ["detector", "severity"],
 )
+
+
+@functools.cache
+def labelled(metric: _Metric, *values: str) -> _Metric:
+    """``metric.labels(*values)`` (in the metric's label order), looked up once per label set.
+
+    ``labels`` validates and takes a lock on every call, ~3 µs: on the per-request and per-attempt
+    paths that was ~2 % of ingest's CPU. Only for metrics whose children are never removed (the
+    cache would keep a removed one): not ``CIRCUIT_OPEN``, which the gauge refresh clears."""
+    return metric.labels(*values)
 
 
 def exposition() -> bytes:

@@ -8,6 +8,9 @@ import asyncio
 import io
 import json
 import logging
+import os
+import subprocess
+import sys
 import time
 import uuid
 from typing import Any
@@ -20,12 +23,13 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
 
+import gateway.tracing
 from gateway.app import create_app
 from gateway.ingest.service import observe
 from gateway.logs import JsonFormatter
 from gateway.migrate import upgrade_async
 from gateway.probes import serve_probes
-from gateway.tracing import current_span, current_traceparent, start_spans
+from gateway.tracing import current_span, current_traceparent, install, start_spans
 from tenants.sources.directory import SourceKey
 from tests.conftest import OPERATOR_KEY, Stack, ingest_path, make_settings, new_source, new_tenant
 from tests.support.client import AppClient
@@ -191,7 +195,7 @@ def spans() -> InMemorySpanExporter:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    trace.set_tracer_provider(provider)
+    install(provider)
     return exporter
 
 
@@ -235,11 +239,21 @@ def test_stored_events_log_at_debug_and_refusals_at_info(caplog: pytest.LogCaptu
 def test_no_span_is_built_while_no_tracer_provider_is_installed(monkeypatch: pytest.MonkeyPatch) -> None:
     """The API's proxy would build a non-recording span per call; the helpers build nothing, and
     what they hand back records nothing and carries no trace."""
-    monkeypatch.setattr(trace, "get_tracer_provider", lambda: trace.ProxyTracerProvider())
+    monkeypatch.setattr(gateway.tracing, "_installed", False)
     with current_span("ingest", kind=trace.SpanKind.SERVER) as span:
         assert span is trace.INVALID_SPAN and not span.is_recording()
         assert current_traceparent() is None
     assert start_spans("enqueue", ["00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"]) == []
+
+
+@pytest.mark.parametrize(("env", "expected"), [({"OTEL_PYTHON_TRACER_PROVIDER": "sdk_tracer_provider"}, "True"), ({}, "False")])
+def test_a_provider_set_before_hookgate_is_imported_is_traced_to(env: dict[str, str], expected: str) -> None:
+    """``opentelemetry-instrument`` and ``OTEL_PYTHON_TRACER_PROVIDER`` install theirs before the app
+    is imported; ``tracing()`` holds its answer, so it must have asked at import."""
+    environment = {k: v for k, v in os.environ.items() if k != "OTEL_PYTHON_TRACER_PROVIDER"} | env
+    code = "from gateway.tracing import tracing; print(tracing())"
+    done = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == expected
 
 
 def test_spans_are_recorded_once_a_tracer_provider_is_installed(spans: InMemorySpanExporter) -> None:

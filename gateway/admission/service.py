@@ -50,9 +50,9 @@ class Admission:
             self._limiter_down(tenant_id, priority)
             return
         if decision.allowed:
-            metrics.ADMISSION.labels(priority, "admitted").inc()
+            metrics.labelled(metrics.ADMISSION, priority, "admitted").inc()
             return
-        metrics.ADMISSION.labels(priority, "refused").inc()
+        metrics.labelled(metrics.ADMISSION, priority, "refused").inc()
         retry_after = max(1, math.ceil(decision.retry_after))
         raise Problem(
             429,
@@ -76,10 +76,10 @@ class Admission:
 
     def _limiter_down(self, tenant_id: uuid.UUID, priority: Priority) -> None:
         if priority in _FAIL_OPEN:
-            metrics.ADMISSION.labels(priority, "failed_open").inc()
+            metrics.labelled(metrics.ADMISSION, priority, "failed_open").inc()
             _log.warning("limiter unreachable: %s event admitted without a limit", priority, extra={"tenant_id": str(tenant_id)})
             return
-        metrics.ADMISSION.labels(priority, "failed_closed").inc()
+        metrics.labelled(metrics.ADMISSION, priority, "failed_closed").inc()
         raise Problem(
             503,
             "limiter-unavailable",

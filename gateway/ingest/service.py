@@ -25,7 +25,7 @@ from gateway.ingest import providers
 from gateway.ingest.group_commit import GroupCommit, Stored
 from gateway.ingest.tallies import BAD_SIGNATURES, bump
 from gateway.limiter import Rate
-from gateway.metrics import INGEST, INGEST_LATENCY
+from gateway.metrics import INGEST, INGEST_LATENCY, labelled
 from gateway.problems import Problem
 from gateway.tracing import current_span, current_traceparent, trace_id_hex
 from tenants.limits import rate_for
@@ -158,8 +158,8 @@ def observe(
     """Count one ingest request and its latency, and log it: refusals and errors at INFO, stored
     events (accepted, duplicate) at DEBUG."""
     tenant, provider = (str(source.tenant_id), source.provider) if source is not None else ("", "")
-    INGEST.labels(tenant=tenant, provider=provider, outcome=outcome).inc()
-    INGEST_LATENCY.labels(outcome=outcome).observe(time.perf_counter() - started)
+    labelled(INGEST, tenant, provider, outcome).inc()
+    labelled(INGEST_LATENCY, outcome).observe(time.perf_counter() - started)
     level = logging.DEBUG if outcome in _STORED else logging.INFO
     if not _log.isEnabledFor(level):
         return
