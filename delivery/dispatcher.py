@@ -12,7 +12,8 @@ import logging
 import time
 import uuid
 
-from delivery.engine import Claimed, DeliveryEngine
+from delivery.claim import Claimed
+from delivery.engine import DeliveryEngine
 from delivery.jobs import Job
 from gateway.background import BackgroundLoop
 from gateway.metrics import SWEEPER

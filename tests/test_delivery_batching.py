@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, event, func, select, text, update
 
+from delivery.claim import Claimed
 from delivery.dispatcher import Dispatcher
-from delivery.engine import Claimed, DeliveryEngine
+from delivery.engine import DeliveryEngine
 from delivery.fanout import subscribed
 from delivery.outcomes import Outcome, OutcomeWriter
 from delivery.sender import SendResult
