@@ -13,6 +13,7 @@ from gateway.database import create_engine, new_id, utcnow
 from gateway.events.models import OPEN_STATUSES, Delivery, Event
 
 _CHUNK = 1000
+BACKLOG_PREFIX = "evt_backlog_"  # the external ids of add_backlog's events
 
 
 async def add_backlog(database_url: str, tenant_id: uuid.UUID, endpoint_id: uuid.UUID, count: int, priority: str = "critical") -> None:
@@ -23,7 +24,7 @@ async def add_backlog(database_url: str, tenant_id: uuid.UUID, endpoint_id: uuid
         for start in range(0, count, _CHUNK):
             events, deliveries = [], []
             for _ in range(min(_CHUNK, count - start)):
-                event_id, external = new_id(), f"evt_backlog_{uuid.uuid4().hex}"
+                event_id, external = new_id(), f"{BACKLOG_PREFIX}{uuid.uuid4().hex}"
                 body = json.dumps({"id": external, "type": "charge.succeeded", "data": {"object": {"amount": 100}}})
                 events.append(
                     {"id": event_id, "tenant_id": tenant_id, "external_id": external, "type": "charge.succeeded",
