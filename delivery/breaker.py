@@ -27,11 +27,12 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, cast, runtime_checkable
+from typing import Any, Literal, Protocol, cast, runtime_checkable
 
 import redis.asyncio as aioredis
 
-from gateway.scripts import PipelinedScript
+from gateway.batching import Batcher
+from gateway.scripts import MAX_PIPELINE, PipelinedScript, Script
 
 State = Literal["closed", "open", "half_open"]
 Transition = Literal["opened", "closed"]
@@ -200,10 +201,12 @@ return false
 """
 
 _RECORD_LUA = """
--- ARGV: success (1|0), failure_threshold, failure_ratio, min_volume, bucket_seconds, buckets,
---       cooldown, max_cooldown, ttl. Returns 'opened', 'closed' or nil.
+-- ARGV: successes (how many, in a row; 0: one failure), failure_threshold, failure_ratio,
+--       min_volume, bucket_seconds, buckets, cooldown, max_cooldown, ttl.
+-- Returns 'opened', 'closed' or nil.
 local key = KEYS[1]
-local success = ARGV[1] == '1'
+local successes = tonumber(ARGV[1])
+local success = successes > 0
 local time = redis.call('TIME')
 local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
 local state = redis.call('HGET', key, 'state')
@@ -216,6 +219,10 @@ end
 if state == 'half_open' then
   if success then
     redis.call('DEL', key)  -- closed: fresh window and count, first cool-down again
+    if successes > 1 then  -- the rest of the run counts in the fresh window
+      redis.call('HSET', key, 'consecutive', 0, 'n:' .. math.floor(now / tonumber(ARGV[5])), successes - 1)
+      redis.call('EXPIRE', key, ARGV[9])
+    end
     return 'closed'
   end
   local cooldown = math.min(tonumber(redis.call('HGET', key, 'cooldown')) * 2, tonumber(ARGV[8]))
@@ -233,7 +240,7 @@ else
   consecutive = redis.call('HINCRBY', key, 'consecutive', 1)
 end
 local current = math.floor(now / tonumber(ARGV[5]))
-redis.call('HINCRBY', key, 'n:' .. current, 1)
+redis.call('HINCRBY', key, 'n:' .. current, math.max(successes, 1))
 if not success then
   redis.call('HINCRBY', key, 'f:' .. current, 1)
 end
@@ -293,7 +300,8 @@ class RedisBreaker:
         # never expire an open breaker before its probe is due
         self._ttl = math.ceil(max(_IDLE_TTL, config.window_seconds, config.max_cooldown + config.probe_timeout))
         self._acquire = PipelinedScript(redis, _ACQUIRE_LUA)
-        self._record = PipelinedScript(redis, _RECORD_LUA)
+        self._record = Script(redis, _RECORD_LUA)
+        self._results: Batcher[tuple[str, bool], Any] = Batcher(self._record_many, max_items=MAX_PIPELINE, concurrency=1)
 
     async def acquire(self, endpoint_id: str) -> float | None:
         config = self._config
@@ -320,25 +328,42 @@ class RedisBreaker:
         self._trusted[endpoint_id] = now + self._config.closed_trust
 
     async def record(self, endpoint_id: str, success: bool) -> Transition | None:
-        config = self._config
         if not success:  # failing here: ask Redis before every attempt again
             self._trusted.pop(endpoint_id, None)
             self._failed_at[endpoint_id] = self._clock()
-        transition = await self._record(
-            [self._prefix + endpoint_id],
-            [
-                int(success),
-                config.failure_threshold,
-                config.failure_ratio,
-                config.min_volume,
-                config.bucket_seconds,
-                _BUCKETS,
-                config.cooldown,
-                config.max_cooldown,
-                self._ttl,
-            ],
-        )
+        transition = await self._results.submit((endpoint_id, success))
+        if isinstance(transition, Exception):
+            raise transition
         return None if transition is None else cast(Transition, _text(transition))
+
+    async def _record_many(self, results: list[tuple[str, bool]]) -> list[Any]:
+        """The results that arrived together, in one pipeline: a run of successes of one endpoint
+        (no failure of it between them) is one script call that counts them all, at the place of
+        the first, so each endpoint's results still reach Redis in the order they came. The run's
+        reply (a transition: only ``closed``, from half-open) goes to its first caller; an error
+        to every caller in it."""
+        config = self._config
+        calls: list[tuple[list[str], list[Any]]] = []
+        callers: list[list[int]] = []  # per call, the results it carries
+        runs: dict[str, int] = {}  # endpoint -> its call counting the current run of successes
+        for i, (endpoint_id, success) in enumerate(results):
+            if not success:
+                runs.pop(endpoint_id, None)  # a failure ends the endpoint's run
+            elif (run := runs.get(endpoint_id)) is not None:
+                calls[run][1][0] += 1
+                callers[run].append(i)
+                continue
+            else:
+                runs[endpoint_id] = len(calls)
+            args = [int(success), config.failure_threshold, config.failure_ratio, config.min_volume,
+                    config.bucket_seconds, _BUCKETS, config.cooldown, config.max_cooldown, self._ttl]
+            calls.append(([self._prefix + endpoint_id], args))
+            callers.append([i])
+        answers: list[Any] = [None] * len(results)
+        for reply, members in zip(await self._record.run_many(calls), callers, strict=True):
+            for member in members if isinstance(reply, Exception) else members[:1]:
+                answers[member] = reply
+        return answers
 
     async def view(self, endpoint_id: str) -> BreakerView:
         state, consecutive, retry_at, cooldown = await self._redis.hmget(
