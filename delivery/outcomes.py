@@ -119,7 +119,9 @@ class OutcomeWriter:
     async def _write(self, session: AsyncSession, outcomes: list[Outcome]) -> list[Written]:
         connection = await session.connection()
         ids = sorted({outcome.delivery_id for outcome in outcomes})
-        rows = {row.id: dict(row._mapping) for row in await connection.execute(_lock(connection.dialect.name), {"ids": ids})}
+        locked = await connection.execute(_lock(connection.dialect.name), {"ids": ids})
+        names = list(locked.keys())
+        rows = {row.id: dict(zip(names, row, strict=True)) for row in locked}  # a quarter of dict(row._mapping)
         attempts: list[dict[str, Any]] = []
         dead: list[tuple[Outcome, dict[str, Any]]] = []
         gone: list[Outcome] = []
