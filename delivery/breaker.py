@@ -302,6 +302,9 @@ class RedisBreaker:
         self._acquire = PipelinedScript(redis, _ACQUIRE_LUA)
         self._record = Script(redis, _RECORD_LUA)
         self._results: Batcher[tuple[str, bool], Any] = Batcher(self._record_many, max_items=MAX_PIPELINE, concurrency=1)
+        # The record script's arguments after the first (the result): the same for every call.
+        self._record_config = (config.failure_threshold, config.failure_ratio, config.min_volume, config.bucket_seconds,
+                               _BUCKETS, config.cooldown, config.max_cooldown, self._ttl)
 
     async def acquire(self, endpoint_id: str) -> float | None:
         config = self._config
@@ -342,7 +345,6 @@ class RedisBreaker:
         the first, so each endpoint's results still reach Redis in the order they came. The run's
         reply (a transition: only ``closed``, from half-open) goes to its first caller; an error
         to every caller in it."""
-        config = self._config
         calls: list[tuple[list[str], list[Any]]] = []
         callers: list[list[int]] = []  # per call, the results it carries
         runs: dict[str, int] = {}  # endpoint -> its call counting the current run of successes
@@ -355,9 +357,7 @@ class RedisBreaker:
                 continue
             else:
                 runs[endpoint_id] = len(calls)
-            args = [int(success), config.failure_threshold, config.failure_ratio, config.min_volume,
-                    config.bucket_seconds, _BUCKETS, config.cooldown, config.max_cooldown, self._ttl]
-            calls.append(([self._prefix + endpoint_id], args))
+            calls.append(([self._prefix + endpoint_id], [int(success), *self._record_config]))
             callers.append([i])
         answers: list[Any] = [None] * len(results)
         for reply, members in zip(await self._record.run_many(calls), callers, strict=True):

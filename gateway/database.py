@@ -61,6 +61,14 @@ def new_id() -> uuid.UUID:
     return uuid.uuid4()
 
 
+def _json_text(value: object) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+# JSON columns through msgspec: the stdlib's encoder was ~1 % of ingest's CPU (each event's headers).
+_COMMON: dict[str, Any] = {"hide_parameters": True, "json_serializer": _json_text, "json_deserializer": msgspec.json.decode}
+
+
 def create_engine(url: str, *, pool_size: int = 10, pre_ping: bool = True, generic_plans: bool = False) -> AsyncEngine:
     """An engine tuned per backend: pooled asyncpg, or SQLite in WAL mode with a busy timeout.
 
@@ -88,14 +96,6 @@ def create_engine(url: str, *, pool_size: int = 10, pre_ping: bool = True, gener
         url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=pre_ping, pool_timeout=5, connect_args=connect_args,
         **_COMMON,
     )
-
-
-def _json_text(value: object) -> str:
-    return msgspec.json.encode(value).decode()
-
-
-# JSON columns through msgspec: the stdlib's encoder was ~1 % of ingest's CPU (each event's headers).
-_COMMON: dict[str, Any] = {"hide_parameters": True, "json_serializer": _json_text, "json_deserializer": msgspec.json.decode}
 
 
 def _write_lock_for_select_for_update(connection, statement, *_args) -> None:  # type: ignore[no-untyped-def]

@@ -27,7 +27,11 @@ _NO_SPAN = contextlib.nullcontext(trace.INVALID_SPAN)
 # Whether a tracer provider is installed: one set before this import (``opentelemetry-instrument``,
 # ``OTEL_PYTHON_TRACER_PROVIDER``) or through ``install``. Held here because asking the API costs an
 # environment lookup per call while none is set (~2 % of the ingest path's CPU under load).
-_installed = not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+def _provider_set() -> bool:
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
+_installed = _provider_set()
 
 
 def configure(settings: Settings, service: str) -> None:
@@ -44,7 +48,7 @@ def install(provider: TracerProvider) -> None:
     """Make ``provider`` the process's tracer provider (the API allows one per process)."""
     global _installed
     trace.set_tracer_provider(provider)
-    _installed = not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    _installed = _provider_set()
 
 
 def _exporter(settings: Settings) -> SpanExporter | None:
