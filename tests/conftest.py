@@ -90,6 +90,15 @@ def throwaway_redis() -> Iterator[ThrowawayRedis]:
         yield server
 
 
+@pytest.fixture
+async def private_redis_client(throwaway_redis: ThrowawayRedis) -> AsyncIterator[aioredis.Redis]:
+    """A client on a private server, for tests that count the server's calls (``INFO commandstats``):
+    nobody else's calls are counted."""
+    client = aioredis.from_url(throwaway_redis.url)
+    yield client
+    await client.aclose()
+
+
 @pytest.fixture(scope="session")
 async def postgres_database_url() -> AsyncIterator[str]:
     """A fresh database for this test session, migrated to head."""

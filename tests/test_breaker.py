@@ -14,7 +14,6 @@ import pytest
 import redis.asyncio as aioredis
 
 from delivery.breaker import Breaker, BreakerConfig, BreakerView, MemoryBreaker, RedisBreaker
-from tests.support.services import ThrowawayRedis
 
 CONFIG = BreakerConfig(
     failure_threshold=3,
@@ -231,23 +230,18 @@ async def test_a_run_of_successes_closes_a_half_open_circuit_once(env: _Env) -> 
     assert (await env.breaker.view(EP)).state == "closed"
 
 
-async def test_concurrent_successes_are_one_script_call_and_each_is_counted(throwaway_redis: ThrowawayRedis) -> None:
+async def test_concurrent_successes_are_one_script_call_and_each_is_counted(private_redis_client: aioredis.Redis) -> None:
     """A busy endpoint's successes cost Redis one call per batch, not one each, and the window
-    still holds every one: 41 successes keep 40 failures under the ratio, the 41st opens it.
-    On a private server, so that nobody else's script calls are counted."""
+    still holds every one: 41 successes keep 40 failures under the ratio, the 41st opens it."""
     config = BreakerConfig(failure_threshold=1000, failure_ratio=0.5, min_volume=10, window_seconds=60)
-    redis_client = aioredis.from_url(throwaway_redis.url)
-    try:
-        breaker = RedisBreaker(redis_client, config)
-        await breaker.record(EP, True)  # the script is loaded: the count below is of calls alone
-        calls = (await redis_client.info("commandstats"))["cmdstat_evalsha"]["calls"]
-        assert await asyncio.gather(*(breaker.record(EP, True) for _ in range(40))) == [None] * 40
-        assert (await redis_client.info("commandstats"))["cmdstat_evalsha"]["calls"] - calls <= 2  # one batch (two, if the first left alone)
-        for _ in range(40):
-            assert await breaker.record(EP, False) is None
-        assert await breaker.record(EP, False) == "opened"  # 41 of 82
-    finally:
-        await redis_client.aclose()
+    breaker = RedisBreaker(private_redis_client, config)
+    await breaker.record(EP, True)  # the script is loaded: the count below is of calls alone
+    calls = (await private_redis_client.info("commandstats"))["cmdstat_evalsha"]["calls"]
+    assert await asyncio.gather(*(breaker.record(EP, True) for _ in range(40))) == [None] * 40
+    assert (await private_redis_client.info("commandstats"))["cmdstat_evalsha"]["calls"] - calls <= 2  # one batch (two, if the first left alone)
+    for _ in range(40):
+        assert await breaker.record(EP, False) is None
+    assert await breaker.record(EP, False) == "opened"  # 41 of 82
 
 
 async def test_reset_closes(env: _Env) -> None:

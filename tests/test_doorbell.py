@@ -149,16 +149,16 @@ async def test_a_listener_told_to_stop_ends_even_while_redis_is_gone(throwaway_r
         await redis.aclose()
 
 
-async def test_rings_waiting_together_reach_the_worker_in_one_pop(redis_client: aioredis.Redis) -> None:
+async def test_rings_waiting_together_reach_the_worker_in_one_pop(private_redis_client: aioredis.Redis) -> None:
     """One blocking pop takes the first ring and those behind it: one round trip, one pass."""
     batches = [[uuid.uuid4(), uuid.uuid4()] for _ in range(40)]
     for ids in batches:  # separate list entries, as separate gateway processes push them
-        await redis_client.rpush(RINGS_KEY, b"".join(event_id.bytes for event_id in ids))
-    before = await _pops(redis_client)
-    async with _workers(redis_client, 1) as [worker]:
+        await private_redis_client.rpush(RINGS_KEY, b"".join(event_id.bytes for event_id in ids))
+    before = await _pops(private_redis_client)
+    async with _workers(private_redis_client, 1) as [worker]:
         await wait_until(lambda: worker.rings, timeout=5, what="the waiting rings")
     assert worker.rings == [[event_id for ids in batches for event_id in ids]]
-    after = await _pops(redis_client)
+    after = await _pops(private_redis_client)
     assert after["cmdstat_blmpop"] > before["cmdstat_blmpop"] and after["cmdstat_lpop"] == before["cmdstat_lpop"]
 
 

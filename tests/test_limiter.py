@@ -125,7 +125,8 @@ async def test_redis_limiters_share_one_budget(redis_client: aioredis.Redis, red
 
 async def test_concurrent_redis_hits_on_one_key_are_one_script_call_and_each_is_counted(throwaway_redis: ThrowawayRedis) -> None:
     """A burst at one key is decided by one script call per batch, in order, each hit counted once;
-    no pipeline asks SCRIPT EXISTS first. On a private server, so that nobody else's calls are counted."""
+    no pipeline asks SCRIPT EXISTS first. On a private server (it counts pool checkouts, so it
+    makes its own client there): nobody else's calls are counted."""
     pool = _CountingPool.from_url(throwaway_redis.url)
     client = aioredis.Redis(connection_pool=pool)
     try:
