@@ -60,7 +60,7 @@ class Thresholds:
     lag_min_share: float = 0.05  # ...and at least this fraction of the events expected over the streak
     large_refund_min: float = 50_000.0  # minor units, only while the tenant has no amount history
     negative_amount_min: float = 50_000.0
-    amount_multiplier: float = 5.0  # x the tenant's own p99 once it has one
+    amount_multiplier: float = 10.0  # x the tenant's own p90 once it has one (about 5x an ordinary p99)
     drop_ratio: float = 0.25  # observed at most this fraction of expected events
     drop_surprise: float = 14.0
     bad_signature_min: float = 5.0
@@ -267,15 +267,19 @@ def webhook_lag(recent: Sequence[Window], baseline: Baseline, t: Thresholds) -> 
 def negative_invoice(recent: Sequence[Window], baseline: Baseline, t: Thresholds) -> Finding | None:
     """A refund or negative amount (credit, negative invoice) far beyond anything the tenant usually issues.
 
-    The limit is `amount_multiplier` x the tenant's own p99 as soon as it has one (10 windows with
-    amounts): an absolute floor above it hid a cheap product's incidents. Five times, not three,
-    because that p99 is now the only guard and a short history's p99 is low. The floor stands only
-    for a tenant without amount history.
+    Each of three amounts has its limit: the largest refund, the largest credit (a negative amount
+    that is not a refund), and the window's sum of negative amounts. At a busy tenant the sum holds
+    tens of ordinary refunds, so one credit note 60x the typical charge stayed under the limit;
+    against the tenant's single credits it stands out. The limit is `amount_multiplier` x the
+    tenant's own p90 (``Baseline``: an earlier incident does not raise it) as soon as it has one
+    (10 windows with such amounts): an absolute floor above it hid a cheap product's incidents. The
+    floor stands only for a tenant without that history.
     """
     window = recent[-1]
-    refund_limit = _amount_limit(baseline.refund_p99, t.large_refund_min, t)
-    negative_limit = _amount_limit(baseline.negative_p99, t.negative_amount_min, t)
-    ratio = max(window.max_refund / refund_limit, window.negative_amount / negative_limit)
+    refund_limit = _amount_limit(baseline.refund_p90, t.large_refund_min, t)
+    credit_limit = _amount_limit(baseline.credit_p90, t.negative_amount_min, t)
+    negative_limit = _amount_limit(baseline.negative_p90, t.negative_amount_min, t)
+    ratio = max(window.max_refund / refund_limit, window.max_credit / credit_limit, window.negative_amount / negative_limit)
     if ratio < 1:
         return None
     return Finding(
@@ -285,9 +289,10 @@ def negative_invoice(recent: Sequence[Window], baseline: Baseline, t: Thresholds
         score=ratio / (ratio + 1),
         explanation=[
             f"largest refund {window.max_refund / 100:,.2f} vs limit {refund_limit / 100:,.2f}",
+            f"largest credit {window.max_credit / 100:,.2f} vs limit {credit_limit / 100:,.2f}",
             f"negative amounts {window.negative_amount / 100:,.2f} vs limit {negative_limit / 100:,.2f}",
         ],
-        features={"max_refund": window.max_refund, "negative_amount": window.negative_amount},
+        features={"max_refund": window.max_refund, "max_credit": window.max_credit, "negative_amount": window.negative_amount},
     )
 
 
@@ -363,8 +368,8 @@ def _better(surprise: float, threshold: float, best: tuple[float, float, *tuple[
     return surprise >= threshold and (best is None or surprise / threshold > best[0] / best[1])
 
 
-def _amount_limit(p99: float | None, floor: float, t: Thresholds) -> float:
-    return floor if p99 is None else t.amount_multiplier * p99
+def _amount_limit(scale: float | None, floor: float, t: Thresholds) -> float:
+    return floor if scale is None else t.amount_multiplier * scale
 
 
 def _count_rule(

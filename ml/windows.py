@@ -124,6 +124,8 @@ class WindowBuilder:
             current.lags.append(max(0.0, now - created))
         if facts.amount is not None and facts.amount < 0:
             window.negative_amount += -facts.amount
+            if event_type not in _REFUNDS:
+                window.max_credit = max(window.max_credit, -facts.amount)
         if event_type == "charge.failed":
             window.charge_failed += 1
             if facts.card_fingerprint:

@@ -120,6 +120,7 @@ def test_amounts_refunds_and_negative_invoices() -> None:
     )
     assert window.refunds == 2
     assert window.max_refund == 4000
+    assert window.max_credit == 2500  # the negative invoice: refunds are not credits
     assert window.negative_amount == 4000 + 700 + 2500 + 1100  # issued once each; updates, failures, voids add nothing
 
 

@@ -100,10 +100,9 @@ def test_card_testing_window_stands_out_and_is_explained(history: list[Window], 
     assert finding.detector == "isolation_forest" and finding.kind == "card_testing" and finding.score == score
 
 
-def test_forest_amount_alarms_yield_to_the_rule_once_the_tenant_has_an_amount_p99(
-    history: list[Window], model: TenantModel
-) -> None:
-    """A refund 4.8x anything seen: outside the forest's range, under the rule's 5x p99 limit."""
+def test_forest_amount_alarms_yield_to_the_rule(history: list[Window], model: TenantModel) -> None:
+    """A refund 4.8x anything seen: outside the forest's range, under the rule's 5x p99 limit and,
+    without amount history, under its floor. The forest alone names it; with the rules, the rule decides."""
     refunds = [replace(w, refunds=1, max_refund=1000, negative_amount=1000) if i % 100 == 0 else w for i, w in enumerate(history)]
     with_p99 = TenantModel.fit(refunds)
     assert with_p99 is not None
@@ -112,8 +111,11 @@ def test_forest_amount_alarms_yield_to_the_rule_once_the_tenant_has_an_amount_p9
     (alone,) = detect(refund, refunds, Thresholds(), with_p99, rules=False)
     assert alone.kind == "negative_invoice"
     assert detect(refund, refunds, Thresholds(), with_p99) == []
-    (no_p99,) = detect(refund, history, Thresholds(), model)  # no amount history: the forest is the only scale
+    (no_p99,) = detect(refund, history, Thresholds(), model, rules=False)
     assert no_p99.detector == "isolation_forest" and no_p99.kind == "negative_invoice"
+    assert detect(refund, history, Thresholds(), model) == []  # no amount history: the rule's floor decides
+    over_the_floor = replace(refund, max_refund=60_000, negative_amount=60_000)
+    assert [f.detector for f in detect(over_the_floor, history, Thresholds(), model)] == ["negative_invoice"]
 
 
 def test_quiet_afternoon_points_to_volume_drop(history: list[Window], model: TenantModel) -> None:
