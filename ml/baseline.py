@@ -182,9 +182,10 @@ def _stat(windows: Sequence[Window], metric: Callable[[Window], float]) -> Stat:
 
 def _p90(values: list[int]) -> float | None:
     """The scale ordinary amounts are judged by. Not the p99: an incident's amount lands in a few
-    windows (the refund, the ``refund.created`` that follows it), and among a slow tenant's few
-    hundred windows with amounts those few are the top 1 %, so a p99 became the incident itself and
-    hid the next one for the rest of the week. Ordinary amounts' p99 is ~1.8-2.1x their p90."""
+    windows (the refund, the ``refund.created`` that follows it), and among the few dozen windows
+    with amounts a slow tenant has after some days those are the top few per cent, so a p99 became
+    the incident itself and hid the next one for the rest of the week. Ordinary amounts' p99 is
+    ~1.5-2.1x their p90."""
     if len(values) < _MIN_AMOUNTS:
         return None
     values.sort()
