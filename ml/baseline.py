@@ -73,6 +73,7 @@ class Baseline:
     refund_p90: float | None = None
     negative_p90: float | None = None
     credit_p90: float | None = None
+    charge_p90: float | None = None  # of the windows' largest charge: the scale while the others have too little history
     seasonal_events: float | None = None  # mean events per window in the same hour one day earlier
 
     @property
@@ -108,6 +109,7 @@ class Baseline:
             refund_p90=_p90([w.max_refund for w in history if w.max_refund]),
             negative_p90=_p90([w.negative_amount for w in history if w.negative_amount]),
             credit_p90=_p90([w.max_credit for w in history if w.max_credit]),
+            charge_p90=_p90([w.max_charge for w in history if w.max_charge]),
             seasonal_events=_seasonal(history, at),
         )
 

@@ -4,11 +4,12 @@ At most one finding per incident kind: when a rule and the forest agree on a kin
 finding stands (its explanation is the more specific one). The forest's findings are for windows
 no rule flagged, labelled with the kind its most deviant feature points to. A forest finding on
 amounts is dropped when the rules ran: the negative-invoice rule judges every amount, against the
-tenant's p90 over its whole history once it has one and against an absolute floor before, where the
-forest knows only the range of the day or week it was fitted on (a slow tenant's handful of
-refunds, which the next ordinary one can leave: on five held-out seeds the forest made 13 amount
-findings that the rules did not, all on a slow tenant's second day, and all false alarms). A volume drop is dropped while the webhook-lag rule
-fires: a backlog delays events, which lowers the received count for a while.
+tenant's p90 over its whole history once it has one, against its charges before, and against an
+absolute floor before that, where the forest knows only the range of the day or week it was fitted
+on (a slow tenant's handful of refunds, which the next ordinary one can leave: on five held-out
+seeds the forest made 13 amount findings that the rules did not, all on a slow tenant's second
+day, and all false alarms). A volume drop is dropped while the webhook-lag rule fires: a backlog
+delays events, which lowers the received count for a while.
 """
 
 from __future__ import annotations

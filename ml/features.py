@@ -43,6 +43,7 @@ class Window:
     negative_amount: int = 0  # sum of |amount| over events with a negative amount (minor units)
     max_refund: int = 0  # largest single refund (minor units)
     max_credit: int = 0  # largest single negative amount that is not a refund: a credit note, a negative invoice (minor units)
+    max_charge: int = 0  # largest single charge.succeeded amount (minor units): what the tenant sells, the scale before refunds
     lapses: int = 0  # customer.subscription.deleted of a customer with invoice.payment_failed in the lookback
     duplicates: int = 0  # provider retries of events already stored (ingest dedupe hits)
     bad_signatures: int = 0  # requests to the tenant's ingest URLs whose signature failed

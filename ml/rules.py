@@ -272,13 +272,14 @@ def negative_invoice(recent: Sequence[Window], baseline: Baseline, t: Thresholds
     tens of ordinary refunds, so one credit note 60x the typical charge stayed under the limit;
     against the tenant's single credits it stands out. The limit is `amount_multiplier` x the
     tenant's own p90 (``Baseline``: an earlier incident does not raise it) as soon as it has one
-    (10 windows with such amounts): an absolute floor above it hid a cheap product's incidents. The
-    floor stands only for a tenant without that history.
+    (10 windows with such amounts): an absolute floor above it hid a cheap product's incidents.
+    Until then the scale is the p90 of the windows' largest charge (a refund is at most a charge),
+    and the floor stands only for a tenant that has not charged ten times either.
     """
     window = recent[-1]
-    refund_limit = _amount_limit(baseline.refund_p90, t.large_refund_min, t)
-    credit_limit = _amount_limit(baseline.credit_p90, t.negative_amount_min, t)
-    negative_limit = _amount_limit(baseline.negative_p90, t.negative_amount_min, t)
+    refund_limit = _amount_limit(baseline.refund_p90, baseline.charge_p90, t.large_refund_min, t)
+    credit_limit = _amount_limit(baseline.credit_p90, baseline.charge_p90, t.negative_amount_min, t)
+    negative_limit = _amount_limit(baseline.negative_p90, baseline.charge_p90, t.negative_amount_min, t)
     ratio = max(window.max_refund / refund_limit, window.max_credit / credit_limit, window.negative_amount / negative_limit)
     if ratio < 1:
         return None
@@ -368,7 +369,11 @@ def _better(surprise: float, threshold: float, best: tuple[float, float, *tuple[
     return surprise >= threshold and (best is None or surprise / threshold > best[0] / best[1])
 
 
-def _amount_limit(scale: float | None, floor: float, t: Thresholds) -> float:
+def _amount_limit(scale: float | None, charges: float | None, floor: float, t: Thresholds) -> float:
+    """``amount_multiplier`` x the amount's own scale; before it has one, x what the tenant charges
+    (a refund is at most a charge); before that, the floor."""
+    if scale is None:
+        scale = charges
     return floor if scale is None else t.amount_multiplier * scale
 
 

@@ -132,6 +132,8 @@ class WindowBuilder:
                 current.failed_cards.add(facts.card_fingerprint)
         elif event_type == "charge.succeeded":
             window.charge_succeeded += 1
+            if facts.amount is not None and facts.amount > window.max_charge:
+                window.max_charge = facts.amount
         elif event_type == "payment_intent.payment_failed":
             window.payment_failed += 1
         elif event_type == "payment_intent.succeeded":

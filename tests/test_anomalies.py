@@ -107,6 +107,7 @@ async def test_sql_feature_windows_agree_with_the_offline_builder(stack: Stack) 
     # issued once each (the fixtures' refund 1,000 and credit note 1,099); its update, failure and void add nothing
     assert window.max_refund == 70_000 and window.negative_amount == 70_000 + 1000 + 1099
     assert window.max_credit == 1099  # the credit note; refunds are not credits
+    assert window.max_charge == 3000  # the one charge.succeeded; failed charges are not sales
     assert window.lag_max is not None and window.lag_max >= 90
 
 

@@ -124,6 +124,19 @@ def test_amounts_refunds_and_negative_invoices() -> None:
     assert window.negative_amount == 4000 + 700 + 2500 + 1100  # issued once each; updates, failures, voids add nothing
 
 
+def test_the_largest_charge_is_of_successful_charges() -> None:
+    at = T0 + timedelta(seconds=1)
+    (window,) = _windows(
+        [
+            ("a", at, _event("evt_1", "charge.succeeded", at, **_charge(1000)), True),
+            ("a", at, _event("evt_2", "charge.succeeded", at, **_charge(2500)), True),
+            ("a", at, _event("evt_3", "charge.failed", at, **_charge(9000)), True),
+            ("a", at, _event("evt_4", "invoice.paid", at, total=7000, customer="cus_1"), True),
+        ]
+    )
+    assert window.max_charge == 2500
+
+
 @pytest.mark.parametrize(
     ("event_type", "obj", "amount"),
     [

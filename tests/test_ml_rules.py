@@ -435,8 +435,19 @@ def test_one_large_credit_stands_out_at_a_busy_tenant_whose_refunds_fill_every_w
     assert _run(negative_invoice, history, _next(history, events=200, max_credit=ordinary, negative_amount=ordinary + 30_000)) is None
 
 
+def test_before_its_refunds_a_tenants_charges_are_the_scale() -> None:
+    """A cheap product's first large refund: no refund history yet, ten times its usual charge,
+    far under the absolute floor."""
+    history = [replace(w, max_charge=2000 if w.charge_succeeded else 0) for w in _amounts(_history(20), 0)]
+    baseline = Baseline.from_history(history, history[-1].start)
+    assert baseline.refund_p90 is None and baseline.charge_p90 == 2000
+    assert _run(negative_invoice, history, _next(history, events=20, refunds=1, max_refund=19_000, negative_amount=19_000)) is None
+    refund = _run(negative_invoice, history, _next(history, events=20, refunds=1, max_refund=21_000, negative_amount=21_000))
+    assert refund is not None and refund.kind == "negative_invoice"
+
+
 def test_negative_invoice_floor_only_without_amount_history() -> None:
-    history = _amounts(_history(20), 0)  # no refund ever: no p90
+    history = _amounts(_history(20), 0)  # no refund ever and no charge amount: no scale
     assert Baseline.from_history(history, history[-1].start).refund_p90 is None
     assert _run(negative_invoice, history, _next(history, refunds=1, max_refund=40_000, negative_amount=40_000)) is None
     assert _run(negative_invoice, history, _next(history, negative_amount=60_000)) is not None

@@ -100,14 +100,16 @@ async def _billing(session: AsyncSession, stored: ColumnElement[bool], of: _Of) 
             func.sum(case((negative, -Event.amount), else_=0)),
             func.max(case((and_(Event.type.in_(REFUNDS), negative), -Event.amount))),
             func.max(case((and_(Event.type.not_in(REFUNDS), negative), -Event.amount))),
+            func.max(case((and_(Event.type == CHARGE_SUCCEEDED, Event.amount > 0), Event.amount))),
         )
         .where(stored)
         .group_by(Event.tenant_id)
     )
-    for tenant_id, customers, cards, negative_sum, max_refund, max_credit in rows:
+    for tenant_id, customers, cards, negative_sum, max_refund, max_credit, max_charge in rows:
         window = of(tenant_id)
         window.failed_customers, window.failed_cards = int(customers), int(cards)
         window.negative_amount, window.max_refund, window.max_credit = int(negative_sum or 0), int(max_refund or 0), int(max_credit or 0)
+        window.max_charge = int(max_charge or 0)
 
 
 async def _lapses(session: AsyncSession, stored: ColumnElement[bool], since: datetime, end: datetime, of: _Of) -> None:
