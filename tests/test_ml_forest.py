@@ -101,18 +101,18 @@ def test_card_testing_window_stands_out_and_is_explained(history: list[Window], 
 
 
 def test_forest_amount_alarms_yield_to_the_rule(history: list[Window], model: TenantModel) -> None:
-    """A refund 4.8x anything seen: outside the forest's range, under the rule's 5x p99 limit and,
+    """A refund 4.8x anything seen: outside the forest's range, under the rule's 10x p90 limit and,
     without amount history, under its floor. The forest alone names it; with the rules, the rule decides."""
     refunds = [replace(w, refunds=1, max_refund=1000, negative_amount=1000) if i % 100 == 0 else w for i, w in enumerate(history)]
-    with_p99 = TenantModel.fit(refunds)
-    assert with_p99 is not None
+    with_refunds = TenantModel.fit(refunds)
+    assert with_refunds is not None
     ordinary = replace(history[-1440 + 720], start=history[-1].start + timedelta(minutes=1))
     refund = replace(ordinary, refunds=1, max_refund=4800, negative_amount=4800)
-    (alone,) = detect(refund, refunds, Thresholds(), with_p99, rules=False)
+    (alone,) = detect(refund, refunds, Thresholds(), with_refunds, rules=False)
     assert alone.kind == "negative_invoice"
-    assert detect(refund, refunds, Thresholds(), with_p99) == []
-    (no_p99,) = detect(refund, history, Thresholds(), model, rules=False)
-    assert no_p99.detector == "isolation_forest" and no_p99.kind == "negative_invoice"
+    assert detect(refund, refunds, Thresholds(), with_refunds) == []
+    (no_history,) = detect(refund, history, Thresholds(), model, rules=False)
+    assert no_history.detector == "isolation_forest" and no_history.kind == "negative_invoice"
     assert detect(refund, history, Thresholds(), model) == []  # no amount history: the rule's floor decides
     over_the_floor = replace(refund, max_refund=60_000, negative_amount=60_000)
     assert [f.detector for f in detect(over_the_floor, history, Thresholds(), model)] == ["negative_invoice"]

@@ -108,8 +108,8 @@ async def _billing(session: AsyncSession, stored: ColumnElement[bool], of: _Of) 
     for tenant_id, customers, cards, negative_sum, max_refund, max_credit, max_charge in rows:
         window = of(tenant_id)
         window.failed_customers, window.failed_cards = int(customers), int(cards)
-        window.negative_amount, window.max_refund, window.max_credit = int(negative_sum or 0), int(max_refund or 0), int(max_credit or 0)
-        window.max_charge = int(max_charge or 0)
+        window.negative_amount, window.max_refund = int(negative_sum or 0), int(max_refund or 0)
+        window.max_credit, window.max_charge = int(max_credit or 0), int(max_charge or 0)
 
 
 async def _lapses(session: AsyncSession, stored: ColumnElement[bool], since: datetime, end: datetime, of: _Of) -> None:
