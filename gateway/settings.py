@@ -183,8 +183,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         int, msgspec.Meta(ge=60), _doc("How old a tenant's model may get before it is trained again.")
     ] = 21600
     anomaly_quiet_windows: Annotated[
-        int, msgspec.Meta(ge=1), _doc("Windows without a finding after which an open anomaly closes.")
-    ] = 3
+        int,
+        msgspec.Meta(ge=1),
+        _doc("Windows without a finding after which an open anomaly closes and anomaly.resolved is sent."),
+    ] = 10
     anomaly_lapse_lookback_days: Annotated[
         int, msgspec.Meta(ge=1), _doc("How far back a payment failure makes a subscription deletion a silent lapse.")
     ] = 30

@@ -12,6 +12,13 @@ from ml.features import Window
 from ml.findings import Finding
 
 _SEVERITY = {"warning": 0, "critical": 1}
+# Windows without a finding before an incident closes (``HOOKGATE_ANOMALY_QUIET_WINDOWS``). A slow
+# tenant's evidence comes and goes as its few payments arrive: with 3, an outage's long horizons
+# flickered off and on after it ended and each return was a new anomaly (two of the five false
+# alarms on held-out seed 1299709); with 10, over four seeds, 12 % fewer anomalies, 5 fewer false
+# alarms, the same recall and windows-to-detect. The cost: ``anomaly.resolved`` comes 10 minutes
+# after the last finding rather than 3.
+QUIET_WINDOWS = 10
 
 
 @dataclass
@@ -29,7 +36,7 @@ class Incident:
 
 
 def fold(
-    current: Incident | None, finding: Finding | None, window: Window, *, quiet_windows: int = 3
+    current: Incident | None, finding: Finding | None, window: Window, *, quiet_windows: int = QUIET_WINDOWS
 ) -> tuple[Incident | None, str]:
     """Advance the (tenant, kind) incident by one window; change is "opened" | "updated" | "closed" | "unchanged".
 

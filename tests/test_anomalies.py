@@ -147,7 +147,7 @@ async def test_a_card_testing_burst_opens_one_anomaly_delivered_then_resolved(st
         await monitor.score_window(start + timedelta(minutes=1))
         [still] = await _anomalies(stack, tenant)
         assert still["id"] == anomaly["id"]
-        for minute in range(2, 15):  # quiet windows close it (once the burst is out of the rules' horizon)
+        for minute in range(2, 30):  # quiet windows close it (once the burst is out of the rules' horizon)
             await monitor.score_window(start + timedelta(minutes=minute))
             if await _anomalies(stack, tenant, status="closed"):
                 break
