@@ -14,6 +14,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from delivery.breaker import Breaker, BreakerConfig, BreakerView, MemoryBreaker, RedisBreaker
+from tests.support.clock import ManualClock, sleep_past
 
 CONFIG = BreakerConfig(
     failure_threshold=3,
@@ -30,21 +31,6 @@ EP = "ep_1"
 # Real time that passes on Redis between a transition and the assertion: a loaded CI box can stall
 # for tens of ms, so the times above are long enough that a 0.1 s slack still tells them apart.
 SLACK = 0.1
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-async def _sleep(seconds: float) -> None:
-    await asyncio.sleep(seconds + 0.02)  # never wake before Redis TIME has moved on far enough
 
 
 @dataclass
@@ -78,7 +64,7 @@ async def peer_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 @pytest.fixture(params=["memory", "redis"])
 def make(request: pytest.FixtureRequest) -> Make:
     if request.param == "memory":
-        clock = _Clock()
+        clock = ManualClock()
 
         def memory(config: BreakerConfig) -> _Env:
             breaker = MemoryBreaker(config, clock=clock)
@@ -88,7 +74,7 @@ def make(request: pytest.FixtureRequest) -> Make:
     client, peer = request.getfixturevalue("redis_client"), request.getfixturevalue("peer_client")
 
     def redis(config: BreakerConfig) -> _Env:
-        return _Env(RedisBreaker(client, config), RedisBreaker(peer, config), time.time, _sleep)
+        return _Env(RedisBreaker(client, config), RedisBreaker(peer, config), time.time, sleep_past)
 
     return redis
 
@@ -271,7 +257,7 @@ async def test_a_worker_trusts_closed_for_a_moment_and_not_past_its_own_failure(
 ) -> None:
     """While trusted, "closed" is answered here without Redis (which would say open): another worker's
     circuit reaches this one at its own first failure, or when the trust runs out."""
-    clock = _Clock()
+    clock = ManualClock()
     breaker, peer = RedisBreaker(redis_client, CONFIG, clock=clock), RedisBreaker(peer_client, CONFIG)
     assert await breaker.acquire(EP) is None  # Redis: closed
     for _ in range(CONFIG.failure_threshold):

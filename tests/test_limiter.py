@@ -14,25 +14,11 @@ from redis.exceptions import ResponseError
 
 from gateway.limiter import Limiter, MemoryLimiter, Rate, RedisLimiter, Tally
 from gateway.scripts import PipelinedScript
+from tests.support.clock import ManualClock, sleep_past
 from tests.support.services import ThrowawayRedis
 
 RATE = Rate(per_second=5, burst=3)  # one every 0.2 s: slow enough that test overhead does not count
 INTERVAL = 1 / RATE.per_second
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-async def _sleep(seconds: float) -> None:
-    await asyncio.sleep(seconds + 0.01)  # never wake before Redis TIME has moved on far enough
 
 
 @dataclass
@@ -44,9 +30,9 @@ class _Env:
 @pytest.fixture(params=["memory", "redis"])
 def env(request: pytest.FixtureRequest) -> _Env:
     if request.param == "memory":
-        clock = _Clock()
+        clock = ManualClock()
         return _Env(MemoryLimiter(clock=clock), clock.advance)
-    return _Env(RedisLimiter(request.getfixturevalue("redis_client")), _sleep)
+    return _Env(RedisLimiter(request.getfixturevalue("redis_client")), sleep_past)
 
 
 async def _hits(env: _Env, key: str, n: int) -> list[bool]:
@@ -87,7 +73,7 @@ def test_rate_rejects_nonsense() -> None:
 
 
 async def test_memory_limiter_forgets_idle_keys() -> None:
-    clock = _Clock()
+    clock = ManualClock()
     limiter = MemoryLimiter(clock=clock)
     rate = Rate(per_second=1, burst=1)
     for i in range(3000):
