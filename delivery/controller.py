@@ -8,7 +8,6 @@ from typing import Annotated, Literal
 
 import msgspec
 from litestar import Controller, delete, get, post
-from litestar.di import Provide
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -20,7 +19,7 @@ from gateway.events.repository import DeliveryRepository
 from gateway.events.schemas import AttemptOut, DeliveryOut
 from gateway.pagination import Page, page_of, paginate
 from gateway.repository import where_equal, within
-from tenants.auth import authenticate_tenant
+from tenants.auth import tenant_scoped
 
 
 class TestSent(msgspec.Struct):
@@ -37,14 +36,10 @@ class ReplayOut(msgspec.Struct):
     deliveries: list[DeliveryOut]
 
 
-def _repo(db_session: AsyncSession, tenant_id: uuid.UUID) -> DeliveryRepository:
-    return DeliveryRepository(db_session, tenant_id)
-
-
 class DeliveryController(Controller):
     path = "/api/v1"
     tags = ["deliveries"]
-    dependencies = {"tenant_id": Provide(authenticate_tenant), "repo": Provide(_repo, sync_to_thread=False)}
+    dependencies = tenant_scoped("repo", DeliveryRepository)
 
     @get("/deliveries", operation_id="listDeliveries", summary="Deliveries, newest first; status=dead is the dead-letter queue")
     async def list_deliveries(

@@ -7,8 +7,11 @@ The lookup is by a non-secret prefix; the digest comparison is constant-time.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 from litestar.connection import ASGIConnection
+from litestar.di import Provide
 from litestar.handlers import BaseRouteHandler
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -65,3 +68,13 @@ def require_operator(connection: ASGIConnection, _handler: BaseRouteHandler) -> 
     settings: Settings = connection.app.state.settings
     if not settings.operator_key or not same(key, settings.operator_key):
         raise Problem(401, "unauthorized", "this route needs the operator key")
+
+
+def tenant_scoped(name: str, factory: Callable[[AsyncSession, uuid.UUID], Any]) -> dict[str, Provide]:
+    """A tenant API controller's dependencies: the authenticated tenant, and ``name``, built by
+    ``factory`` (a repository or service class) for that tenant and the request's session."""
+
+    def provide(db_session: AsyncSession, tenant_id: uuid.UUID) -> Any:
+        return factory(db_session, tenant_id)
+
+    return {"tenant_id": Provide(authenticate_tenant), name: Provide(provide, sync_to_thread=False)}

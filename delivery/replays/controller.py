@@ -6,24 +6,18 @@ from __future__ import annotations
 import uuid
 
 from litestar import Controller, get, post
-from litestar.di import Provide
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from delivery.replays.models import ReplayJob
 from delivery.replays.schemas import BackfillCreate, RedriveCreate, ReplayCreate, ReplayJobOut
 from delivery.replays.service import ReplayService
 from gateway.pagination import Page, page_of, paginate
-from tenants.auth import authenticate_tenant
-
-
-def _service(db_session: AsyncSession, tenant_id: uuid.UUID) -> ReplayService:
-    return ReplayService(db_session, tenant_id)
+from tenants.auth import tenant_scoped
 
 
 class ReplayController(Controller):
     path = "/api/v1"
     tags = ["replays"]
-    dependencies = {"tenant_id": Provide(authenticate_tenant), "service": Provide(_service, sync_to_thread=False)}
+    dependencies = tenant_scoped("service", ReplayService)
 
     @post("/replays", operation_id="createReplay", status_code=202, summary="Replay every event of a time window")
     async def create(self, service: ReplayService, data: ReplayCreate) -> ReplayJobOut:

@@ -7,26 +7,20 @@ from datetime import datetime
 
 import msgspec
 from litestar import Controller, get
-from litestar.di import Provide
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.events.models import Delivery, Event
 from gateway.events.repository import EventRepository
 from gateway.events.schemas import DeliveryOut, EventOut
 from gateway.pagination import Page, page_of, paginate
 from gateway.repository import where_equal, within
-from tenants.auth import authenticate_tenant
-
-
-def _repo(db_session: AsyncSession, tenant_id: uuid.UUID) -> EventRepository:
-    return EventRepository(db_session, tenant_id)
+from tenants.auth import tenant_scoped
 
 
 class EventController(Controller):
     path = "/api/v1/events"
     tags = ["events"]
-    dependencies = {"tenant_id": Provide(authenticate_tenant), "repo": Provide(_repo, sync_to_thread=False)}
+    dependencies = tenant_scoped("repo", EventRepository)
 
     @get(operation_id="listEvents", summary="List events, newest first")
     async def list_events(

@@ -9,7 +9,6 @@ from datetime import datetime
 from typing import Literal
 
 from litestar import Controller, get, patch, post
-from litestar.di import Provide
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -22,7 +21,7 @@ from ml.forest import MIN_WINDOWS
 from ml.online.models import Anomaly, FeatureWindowRow, TenantModelRow
 from ml.online.schemas import AnomalyOut, DetectionOut, ThresholdsUpdate
 from ml.rules import Thresholds
-from tenants.auth import authenticate_tenant
+from tenants.auth import tenant_scoped
 from tenants.models import Tenant
 
 
@@ -38,14 +37,10 @@ class AnomalyRepository(TenantRepository[Anomaly]):
         return anomaly
 
 
-def _repo(db_session: AsyncSession, tenant_id: uuid.UUID) -> AnomalyRepository:
-    return AnomalyRepository(db_session, tenant_id)
-
-
 class AnomalyController(Controller):
     path = "/api/v1/anomalies"
     tags = ["anomalies"]
-    dependencies = {"tenant_id": Provide(authenticate_tenant), "repo": Provide(_repo, sync_to_thread=False)}
+    dependencies = tenant_scoped("repo", AnomalyRepository)
 
     @get(operation_id="listAnomalies", summary="Anomalies, newest first")
     async def list_anomalies(
