@@ -58,7 +58,9 @@ class Thresholds:
     lag_multiplier: float = 10.0
     lag_min_events: float = 3.0  # lagged events in the current streak of lagged windows
     lag_min_share: float = 0.05  # ...and at least this fraction of the events expected over the streak
-    large_refund_min: float = 50_000.0  # minor units, only while the tenant has no amount history
+    # Floors (minor units) for a refund, and for a credit or the window's negative sum, used only
+    # while the tenant has neither ten windows of that amount nor ten of charges (`_amount_limit`).
+    large_refund_min: float = 50_000.0
     negative_amount_min: float = 50_000.0
     amount_multiplier: float = 10.0  # x the tenant's own p90 once it has one (about 5x an ordinary p99)
     drop_ratio: float = 0.25  # observed at most this fraction of expected events
@@ -372,8 +374,7 @@ def _better(surprise: float, threshold: float, best: tuple[float, float, *tuple[
 def _amount_limit(scale: float | None, charges: float | None, floor: float, t: Thresholds) -> float:
     """``amount_multiplier`` x the amount's own scale; before it has one, x what the tenant charges
     (a refund is at most a charge); before that, the floor."""
-    if scale is None:
-        scale = charges
+    scale = charges if scale is None else scale
     return floor if scale is None else t.amount_multiplier * scale
 
 
