@@ -42,23 +42,26 @@ from gateway.events.models import PENDING, Delivery, Event
 from gateway.events.priority import matches
 from tenants.endpoints.models import Endpoint
 
-# Hookgate's own events reach only endpoints that name them (exactly or by prefix), never "*":
-# a Stripe consumer subscribed to everything should not start receiving gateway internals.
-OPERATIONAL_PREFIXES = ("delivery.", "endpoint.", "anomaly.", "hookgate.")
 
+def subscribed(event_types: Sequence[str], event_type: str, *, operational: bool) -> bool:
+    """Whether an endpoint with these filters takes an event of this type.
 
-def subscribed(event_types: Sequence[str], event_type: str) -> bool:
-    operational = event_type.startswith(OPERATIONAL_PREFIXES)
+    Hookgate's own (``operational``: events with no source, such as ``delivery.dead``) reach only
+    endpoints that name them, exactly or by prefix, never ``*``: a Stripe consumer subscribed to
+    everything should not start receiving gateway internals. What a tenant's sources send goes
+    through ``*`` whatever its name (a shipping provider's ``delivery.completed`` included)."""
     return any(matches(p, event_type) for p in event_types if not (operational and p == "*"))
 
 
 class FannedEvent(Protocol):
-    """What fan-out reads of an event: an `Event`, or a row of its id, tenant_id, type and priority."""
+    """What fan-out reads of an event: an `Event`, or a row of its id, tenant_id, source_id, type and priority."""
 
     @property
     def id(self) -> uuid.UUID: ...
     @property
     def tenant_id(self) -> uuid.UUID: ...
+    @property
+    def source_id(self) -> uuid.UUID | None: ...
     @property
     def type(self) -> str: ...
     @property
@@ -142,7 +145,7 @@ async def fan_out(session: AsyncSession, events: Sequence[FannedEvent], *, exclu
 
 
 # What a take reads of each event (``FannedEvent``), and the name its CTE has in the claim's text.
-_TAKEN = table("taken", *(column(name, _event.c[name].type) for name in ("id", "tenant_id", "type", "priority")))
+_TAKEN = table("taken", *(column(name, _event.c[name].type) for name in ("id", "tenant_id", "source_id", "type", "priority")))
 
 
 def _take(held: Select[Any]) -> Update:
@@ -208,7 +211,7 @@ def _matching(taken: Any) -> Select[Any]:
     return (
         select(*(_sql(value, _delivery.c[name].type).label(name) for name, value in row.items()))
         .select_from(taken.join(_endpoint, endpoint.tenant_id == taken.c.tenant_id))
-        .where(_SUBSCRIBING, _subscribes(endpoint.event_types, taken.c.type))
+        .where(_SUBSCRIBING, _subscribes(endpoint.event_types, taken.c.type, taken.c.source_id))
     )
 
 
@@ -216,11 +219,11 @@ def _sql(value: Any, type_: Any) -> ColumnElement[Any]:
     return value if isinstance(value, ColumnElement) else literal(value, type_)
 
 
-def _subscribes(event_types: Any, event_type: Any) -> ColumnElement[bool]:
+def _subscribes(event_types: Any, event_type: Any, source_id: Any) -> ColumnElement[bool]:
     """``subscribed`` in SQL: one of the endpoint's patterns matches, and ``*`` never takes an
-    operational event."""
+    operational event (one with no source)."""
     pattern = func.json_array_elements_text(event_types).table_valued("value").render_derived(name="p").c.value
-    operational = or_(*(func.starts_with(event_type, prefix) for prefix in OPERATIONAL_PREFIXES))
+    operational = source_id.is_(None)
     prefix = and_(func.right(pattern, 1) == "*", func.starts_with(event_type, func.left(pattern, -1)))
     return exists().where(not_(and_(pattern == "*", operational)), or_(pattern == event_type, prefix))
 
@@ -264,7 +267,7 @@ async def _create_deliveries(session: AsyncSession, events: Sequence[FannedEvent
         delivery_row(event, endpoint.id)
         for event in events
         for endpoint in endpoints.get(event.tenant_id, ())
-        if endpoint.id != exclude and subscribed(endpoint.event_types, event.type)
+        if endpoint.id != exclude and subscribed(endpoint.event_types, event.type, operational=event.source_id is None)
     ]
     await insert_deliveries(session, rows)
     return len(rows)

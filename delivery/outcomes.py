@@ -25,7 +25,7 @@ from delivery.schedule import next_delay
 from delivery.sender import SendResult
 from gateway.batching import Batcher
 from gateway.database import among, utcnow
-from gateway.events.models import DEAD, FAILED, OPEN_STATUSES, SUCCEEDED, Attempt, Delivery
+from gateway.events.models import DEAD, FAILED, OPEN_STATUSES, SUCCEEDED, Attempt, Delivery, Event
 from gateway.metrics import ATTEMPT_BATCH_ROWS
 from gateway.settings import Settings
 from tenants.endpoints.models import Endpoint
@@ -201,7 +201,10 @@ async def _announce(
             session, outcome.tenant_id, operational.ENDPOINT_DISABLED,
             {"endpoint_id": str(outcome.endpoint_id), "reason": "410 Gone"}, exclude=outcome.endpoint_id,
         )
+    notices = await _dead_notices(session, [row["event_id"] for _, row in dead]) if dead else set()
     for outcome, row in dead:
+        if row["event_id"] in notices:
+            continue  # a notice about a dead notice would go to the other subscribers, and so on without end
         await operational.emit(
             session, outcome.tenant_id, operational.DELIVERY_DEAD,
             {"delivery_id": str(outcome.delivery_id), "event_id": str(row["event_id"]), "endpoint_id": str(outcome.endpoint_id),
@@ -212,6 +215,14 @@ async def _announce(
         if outcome.transition is not None:
             kind = operational.CIRCUIT_OPENED if outcome.transition == "opened" else operational.CIRCUIT_CLOSED
             await operational.emit(session, outcome.tenant_id, kind, {"endpoint_id": str(outcome.endpoint_id)}, exclude=outcome.endpoint_id)
+
+
+async def _dead_notices(session: AsyncSession, event_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    """Those of ``event_ids`` that are Hookgate's own ``delivery.dead`` notices (no source)."""
+    found = await session.scalars(
+        select(Event.id).where(Event.id.in_(event_ids), Event.source_id.is_(None), Event.type == operational.DELIVERY_DEAD)
+    )
+    return set(found)
 
 
 def _attempt_row(outcome: Outcome, number: int) -> dict[str, Any]:

@@ -14,6 +14,8 @@ import socket
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from urllib.parse import urlsplit
 
+from yarl import URL
+
 MAX_URL_LENGTH = 2048
 
 # Not global yet not flagged by every Python's ipaddress tables.
@@ -51,13 +53,24 @@ def check_url(url: str, *, allow_private: bool) -> None:
         raise UnsafeURL("URL has no host")
     if port == 0:
         raise UnsafeURL("URL port must be between 1 and 65535")
-    ip = _ip_literal(host)
+    ip = _ip_literal(_as_sent(url, host))
     if "[" in parts.netloc and not isinstance(ip, IPv6Address):
         raise UnsafeURL("URL is malformed")
     if ip is None:
         _check_hostname(host, allow_private=allow_private)
     elif not allow_private and is_forbidden(ip):
         raise _refusal(host, ip, resolved=False)
+
+
+def _as_sent(url: str, host: str) -> str:
+    """The host as the sender's URL parser (yarl) spells it: ``１２７.０.０.１`` and ``127。0。0。1`` become
+    ``127.0.0.1``, which aiohttp then connects to as a literal, past the guarded resolver."""
+    if host.isascii():
+        return host
+    try:
+        return URL(url).raw_host or ""
+    except ValueError:  # yarl refuses what IDNA cannot encode; the domain-name check says so
+        return host
 
 
 def is_forbidden(ip: IPv4Address | IPv6Address) -> bool:

@@ -142,7 +142,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         },
         middleware=[
             _HTTP_METRICS.middleware,
-            DefineMiddleware(IdempotencyMiddleware, sessions=sessions, box=box, max_body=settings.max_body_bytes),
+            DefineMiddleware(
+                IdempotencyMiddleware, sessions=sessions, box=box, max_body=settings.max_body_bytes, operator_key=settings.operator_key
+            ),
         ],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         template_config=template_config(),

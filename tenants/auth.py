@@ -36,30 +36,39 @@ def _lookup(key: str) -> str:
     return key[len(_KEY_PREFIX) : len(_KEY_PREFIX) + _LOOKUP_CHARS]
 
 
+def bearer_token(authorization: str) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header's value, else None."""
+    scheme, _, token = authorization.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
 def _bearer(connection: ASGIConnection) -> str:  # type: ignore[type-arg]
-    scheme, _, token = connection.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = bearer_token(connection.headers.get("authorization", ""))
+    if token is None:
         raise Problem(
             401,
             "unauthorized",
             "send the API key as 'Authorization: Bearer <key>'",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    return token.strip()
+    return token
 
 
 async def authenticate_tenant(request: ASGIConnection, db_session: AsyncSession) -> uuid.UUID:  # type: ignore[type-arg]
     """Dependency: the tenant whose key authorised this request, or 401."""
-    key = _bearer(request)
-    if key.startswith(_KEY_PREFIX):
-        digest = sha256_hex(key)
-        rows = await db_session.scalars(
-            select(ApiKey).where(ApiKey.prefix == _lookup(key), ApiKey.revoked_at.is_(None))
-        )
-        for row in rows:
-            if same(row.key_hash, digest):
-                return row.tenant_id
-    raise Problem(401, "unauthorized", "the API key is not valid", headers={"WWW-Authenticate": "Bearer"})
+    row = await active_key(db_session, _bearer(request))
+    if row is None:
+        raise Problem(401, "unauthorized", "the API key is not valid", headers={"WWW-Authenticate": "Bearer"})
+    return row.tenant_id
+
+
+async def active_key(session: AsyncSession, key: str) -> ApiKey | None:
+    """The unrevoked key row whose plaintext is ``key``, else None."""
+    if not key.startswith(_KEY_PREFIX):
+        return None
+    digest = sha256_hex(key)
+    rows = await session.scalars(select(ApiKey).where(ApiKey.prefix == _lookup(key), ApiKey.revoked_at.is_(None)))
+    return next((row for row in rows if same(row.key_hash, digest)), None)
 
 
 def require_operator(connection: ASGIConnection, _handler: BaseRouteHandler) -> None:  # type: ignore[type-arg]

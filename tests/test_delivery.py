@@ -81,6 +81,23 @@ async def test_always_failing_goes_dead_and_delivery_dead_is_announced(stack: St
         assert len(broken.requests) == 3  # never to the endpoint that caused it
 
 
+async def test_a_dead_notice_that_dies_is_not_announced_again(stack: Stack) -> None:
+    """Two failing endpoints that both take ``delivery.dead``: each death would otherwise announce
+    itself to the other, one notice after another without end."""
+    tenant = await new_tenant(stack.client)
+    source = await new_source(stack.client, tenant)
+    async with Server(Script([(500, {}, 0)])) as first, Server(Script([(500, {}, 0)])) as second:
+        await stack.endpoint(tenant, first.url, event_types=["*", "delivery.dead"])
+        await stack.endpoint(tenant, second.url, event_types=["delivery.*"])
+        event_id = await stack.ingest(source)
+        dead = await stack.settled(tenant, 2, status="dead")
+        notice = json.loads(second.requests[0].body)
+        assert notice["type"] == "delivery.dead" and notice["data"]["event_id"] == event_id
+        await asyncio.sleep(1.0)  # a third notice would be due at once: it is made in the death's own transaction
+        assert len(await stack.deliveries(tenant)) == len(dead) == 2
+        assert len(first.requests) == len(second.requests) == 3
+
+
 async def test_410_disables_the_endpoint(stack: Stack) -> None:
     tenant = await new_tenant(stack.client)
     source = await new_source(stack.client, tenant)

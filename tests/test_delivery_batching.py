@@ -29,6 +29,7 @@ from gateway.wiring import Runtime
 from tenants.endpoints.models import Endpoint, EndpointSecret
 from tenants.models import Tenant
 from tenants.secrets import rotate
+from tenants.sources.models import Source
 from tests.conftest import make_settings
 from tests.support.backlog import add_backlog, open_deliveries
 from tests.support.receiver import Script, Server, wait_until
@@ -50,12 +51,17 @@ class _Worker:
         self.engine = runtime.delivery_engine()  # as the worker process wires it (autocommit passes on Postgres)
         # Outcomes written directly, as the engine writes them after each request.
         self.outcomes = OutcomeWriter(runtime.sessions, settings, max_items=200, concurrency=2)
+        self.sources: dict[uuid.UUID, uuid.UUID] = {}  # each tenant's one source, by tenant
 
     async def endpoint(self, url: str) -> tuple[uuid.UUID, uuid.UUID]:
         async with self.runtime.sessions() as session, session.begin():
             tenant = Tenant(name="t")
             session.add(tenant)
             await session.flush()
+            source = Source(tenant_id=tenant.id, name="s", provider="stripe", ingest_token=f"tok_{tenant.id.hex}")
+            session.add(source)  # events with no source would be Hookgate's own, which "*" does not take
+            await session.flush()
+            self.sources[tenant.id] = source.id
             endpoint = Endpoint(tenant_id=tenant.id, url=url)
             rotate(self.runtime.box, endpoint.secrets, EndpointSecret, "whsec_" + "A" * 32, grace_seconds=0)
             session.add(endpoint)
@@ -274,7 +280,7 @@ async def test_a_rung_event_is_claimed_in_the_pass_that_fans_it_out(worker: _Wor
         try:
             await asyncio.sleep(0.2)  # its first pass, with the sweeper's, is over: the next is the ring's
             async with worker.runtime.sessions() as session, session.begin():
-                event = Event(tenant_id=tenant_id, external_id="evt_rung", type="charge.succeeded", priority="normal",
+                event = Event(tenant_id=tenant_id, source_id=worker.sources[tenant_id], external_id="evt_rung", type="charge.succeeded", priority="normal",
                               body=b'{"id": "evt_rung"}', headers={}, received_at=utcnow())
                 session.add(event)
             await dispatcher.ring([event.id])
@@ -286,9 +292,9 @@ async def test_a_rung_event_is_claimed_in_the_pass_that_fans_it_out(worker: _Wor
 async def _unfanned(worker: _Worker, tenant_id: uuid.UUID, count: int) -> list[uuid.UUID]:
     async with worker.runtime.sessions() as session, session.begin():
         events = [
-            Event(tenant_id=tenant_id, external_id=f"evt_unfanned_{n}", type="charge.succeeded", priority="normal",
-                  body=b"{}", headers={}, received_at=utcnow())
-            for n in range(count)
+            Event(tenant_id=tenant_id, source_id=worker.sources.get(tenant_id), external_id=f"evt_unfanned_{uuid.uuid4().hex}",
+                  type="charge.succeeded", priority="normal", body=b"{}", headers={}, received_at=utcnow())
+            for _ in range(count)
         ]
         session.add_all(events)
     return [event.id for event in events]
@@ -347,7 +353,8 @@ async def test_a_pass_fans_out_to_each_enabled_subscribed_endpoint_and_marks_eve
 @pytest.mark.parametrize("room", [0, 100])  # the fan-out alone, or with the claim in its statement
 async def test_fan_out_matches_event_types_as_subscribed_does(worker: _Worker, room: int) -> None:
     """On Postgres the pass matches endpoint filters in SQL; ``subscribed`` is the rule (exact names,
-    trailing-``*`` prefixes, and Hookgate's own events never through ``*``)."""
+    trailing-``*`` prefixes, and Hookgate's own events, the ones with no source, never through ``*``:
+    a source's ``delivery.dead`` does go through it)."""
     tenant_id, everything = await worker.endpoint("https://example.com/all")
     filters = [["charge.*"], ["invoice.paid"], ["delivery.*"], ["*", "delivery.dead"], ["charge.fail*", "anomaly.detected"],
                ["ch%rge.*"], ["charge_failed"], []]
@@ -357,15 +364,19 @@ async def test_fan_out_matches_event_types_as_subscribed_does(worker: _Worker, r
     types = ["charge.failed", "charge.succeeded", "invoice.paid", "invoice.paid.extra", "delivery.dead", "delivery.recovered",
              "anomaly.detected", "endpoint.disabled", "chXrge.failed", "chargeXfailed", "charge"]
     async with worker.runtime.sessions() as session, session.begin():
-        events = [Event(tenant_id=tenant_id, external_id=f"evt_types_{n}", type=event_type, priority="normal", body=b"{}",
-                        headers={}, received_at=utcnow()) for n, event_type in enumerate(types)]
+        events = [Event(tenant_id=tenant_id, source_id=source_id, external_id=f"evt_types_{n}", type=event_type, priority="normal",
+                        body=b"{}", headers={}, received_at=utcnow())
+                  for source_id in (worker.sources[tenant_id], None) for n, event_type in enumerate(types)]
         session.add_all(events)
     claimed = await worker.engine.claim(room, [e.id for e in events])
     async with worker.runtime.sessions() as session:
         made = set((await session.execute(select(Delivery.event_id, Delivery.endpoint_id))).all())
     subscribers = [(everything, ["*"]), *((e.id, patterns) for e, patterns in zip(endpoints, filters, strict=True))]
-    expected = {(e.id, endpoint_id) for e in events for endpoint_id, patterns in subscribers if subscribed(patterns, e.type)}
+    expected = {(e.id, endpoint_id) for e in events for endpoint_id, patterns in subscribers
+                if subscribed(patterns, e.type, operational=e.source_id is None)}
     assert made == expected and len(expected) > len(types)
+    through_star = {event_id for event_id, endpoint_id in made if endpoint_id == everything}
+    assert through_star == {e.id for e in events if e.source_id is not None}
     assert {(job.event_id, job.endpoint_id) for job in claimed.jobs} == (expected if room else set())
 
 

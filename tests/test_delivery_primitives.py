@@ -119,6 +119,10 @@ REFUSED = [
     ("http://0x7f.0.0.1/", "0x7f.0.0.1 is a loopback address 127.0.0.1"),
     ("http://127.1/", "127.1 is a loopback address 127.0.0.1"),
     ("http://127.0.0.1./", "127.0.0.1. is a loopback address 127.0.0.1"),
+    # Full-width digits and ideographic dots: the sender's URL parser turns them into an IP literal.
+    ("http://１２７.０.０.１:8000/", "１２７.０.０.１ is a loopback address 127.0.0.1"),
+    ("http://127。0。0。1/", "127。0。0。1 is a loopback address 127.0.0.1"),
+    ("http://169.254.169.２５４/latest/meta-data/", "169.254.169.２５４ is a link-local address 169.254.169.254"),
     ("http://[::1]:8080/", "::1 is a loopback address"),
     ("http://[fc00::1]/", "fc00::1 is a private address"),
     ("http://[fd12:3456::1]/", "fd12:3456::1 is a private address"),
@@ -176,6 +180,7 @@ def test_check_url_refuses(url: str, message: str) -> None:
         "https://hooks.example.com./in",
         "https://a_b.example.com/",
         "https://bücher.example/hook",
+        "http://９３.１８４.２１６.３４/",  # full-width, public
     ],
 )
 def test_check_url_allows_public_targets(url: str) -> None:

@@ -13,7 +13,7 @@ from sqlalchemy import func, select, update
 
 from gateway.database import create_engine, utcnow
 from gateway.idempotency.models import IdempotentRequest
-from tenants.models import Tenant
+from tenants.models import ApiKey, Tenant
 from tests.conftest import OPERATOR_KEY, Stack, TenantHandle, new_source, new_tenant
 from tests.support.database import connect
 from tests.support.receiver import Script, Server
@@ -118,3 +118,22 @@ async def test_a_key_whose_first_request_died_unanswered_is_released(client: Cli
     retried = await client.post("/api/v1/tenants", json={"name": "Orphan"}, headers=headers)
     assert retried.status_code == 201 and "idempotent-replayed" not in retried.headers
     assert retried.json()["id"] != first.json()["id"]  # acted again: the first answer was never kept
+
+
+async def test_a_revoked_key_gets_no_kept_answer_and_strangers_keep_nothing(
+    client: Client, tenant: TenantHandle, database_url: str
+) -> None:
+    """Keys are checked before a kept answer is replayed: one shown once may hold a secret."""
+    headers = {**tenant.auth, "idempotency-key": "k-secret"}
+    created = await client.post("/api/v1/endpoints", json={"url": "http://127.0.0.1:9/"}, headers=headers)
+    assert created.status_code == 201 and created.json()["secret"]
+    await _execute(database_url, update(ApiKey).values(revoked_at=utcnow()))
+    again = await client.post("/api/v1/endpoints", json={"url": "http://127.0.0.1:9/"}, headers=headers)
+    assert again.status_code == 401 and "idempotent-replayed" not in again.headers
+    assert "secret" not in again.json() and again.headers["content-type"].startswith("application/problem+json")
+
+    kept = await _count(database_url, select(func.count()).select_from(IdempotentRequest))
+    for credential in ({}, {"authorization": "Bearer hgk_not-a-key"}, {"authorization": "Basic x"}):
+        stranger = await client.post("/api/v1/tenants", json={"name": "X"}, headers={**credential, "idempotency-key": "s"})
+        assert stranger.status_code == 401, stranger.text
+    assert await _count(database_url, select(func.count()).select_from(IdempotentRequest)) == kept

@@ -21,6 +21,7 @@ from sqlalchemy import select
 from standardwebhooks.webhooks import Webhook
 
 from gateway.database import create_engine
+from gateway.idempotency.middleware import IdempotencyMiddleware
 from gateway.ingest import providers
 from tenants import auth, crypto
 from tenants.models import ApiKey
@@ -186,7 +187,8 @@ def _calls(function: Any) -> set[str]:
 
 def test_the_checks_that_compare_secrets_are_constant_time() -> None:
     assert "compare_digest" in _calls(crypto.same)
-    assert "same" in _calls(auth.authenticate_tenant) and "same" in _calls(auth.require_operator)
+    assert "same" in _calls(auth.active_key) and "same" in _calls(auth.require_operator)
+    assert "active_key" in _calls(auth.authenticate_tenant) and "same" in _calls(IdempotencyMiddleware._principal)
     assert "compare_digest" in _calls(providers._verify_standard)
     assert "compare_digest" in _calls(providers._body_hmac)
     # Stripe's own library does the Stripe compare, with hmac.compare_digest.

@@ -78,6 +78,7 @@ async def test_private_targets_are_refused_at_send_and_recorded_as_attempt_error
             f"http://{name}:{receiver.port}/hook",  # resolves to a private address only at send time
             f"http://127.0.0.1:{receiver.port}/hook",
             f"http://0x7f000001:{receiver.port}/hook",
+            f"http://１２７.０.０.１:{receiver.port}/hook",  # aiohttp connects to it as a literal, past the resolver
             f"http://[::ffff:127.0.0.1]:{receiver.port}/hook",
             f"http://localhost:{receiver.port}/hook",
         ]

@@ -51,4 +51,4 @@ async def _chosen(session: AsyncSession, event: Event, endpoint_ids: list[uuid.U
 
 async def _subscribed(session: AsyncSession, event: Event) -> list[Subscriber]:
     endpoints = (await endpoints_for(session, [event.tenant_id])).get(event.tenant_id, [])
-    return [endpoint for endpoint in endpoints if subscribed(endpoint.event_types, event.type)]
+    return [endpoint for endpoint in endpoints if subscribed(endpoint.event_types, event.type, operational=event.source_id is None)]

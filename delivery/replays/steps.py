@@ -93,7 +93,7 @@ async def replay_batch(session: AsyncSession, job: ReplayJob, limit: int) -> Non
     if not events:
         _complete(job)
         return
-    pairs = [(event, endpoint.id) for event in events for endpoint in targets if subscribed(endpoint.event_types, event.type)]
+    pairs = [(event, endpoint.id) for event in events for endpoint in targets if subscribed(endpoint.event_types, event.type, operational=False)]  # replay_events: sourced events only
     if job.only_failed:
         pairs = await _still_dead(session, pairs)
     rows = [

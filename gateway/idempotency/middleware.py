@@ -1,7 +1,8 @@
 """``Idempotency-Key`` on every POST of the management API: the same key and request within 24 h
 answers the first response again instead of acting twice (Stripe's contract).
 
-Keys are scoped to the credential that sent them. The same key with another method, path or body
+Keys are scoped to the credential that sent them, checked first: a request without a valid one
+(a revoked key included) goes on to its route's 401, and nothing is kept or replayed. The same key with another method, path or body
 is a 422; a key whose first request is still running is a 409. Answers of 5xx are not kept, so
 a retry after a server error acts again. The key row is claimed before the handler runs, so two
 concurrent requests with one key cannot both act; a claim whose process died unanswered is
@@ -24,7 +25,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from gateway.database import utcnow
 from gateway.idempotency.models import IdempotentRequest
 from gateway.problems import PROBLEM_JSON, problem_body
-from tenants.crypto import SecretBox
+from tenants.auth import active_key, bearer_token
+from tenants.crypto import SecretBox, same
 
 KEY_HEADER = b"idempotency-key"
 REPLAYED_HEADER = "idempotent-replayed"
@@ -36,9 +38,16 @@ _MAX_KEY = 255
 
 class IdempotencyMiddleware:
     def __init__(
-        self, app: ASGIApp, sessions: async_sessionmaker[AsyncSession], box: SecretBox, max_body: int, prefix: str = "/api/"
+        self,
+        app: ASGIApp,
+        sessions: async_sessionmaker[AsyncSession],
+        box: SecretBox,
+        max_body: int,
+        operator_key: str,
+        prefix: str = "/api/",
     ) -> None:
         self._app = app
+        self._operator_key = operator_key
         self._sessions = sessions
         self._box = box
         self._max_body = max_body
@@ -56,8 +65,11 @@ class IdempotencyMiddleware:
         if body is None:
             await _problem(send, scope, 413, "body-too-large", f"the body is larger than the limit of {self._max_body} bytes")
             return
-        credential = dict(scope["headers"]).get(b"authorization", b"")
-        row_key = (hashlib.sha256(credential).hexdigest(), key)
+        principal = await self._principal(scope)
+        if principal is None:
+            await self._app(scope, _replay(body), send)
+            return
+        row_key = (principal, key)
         fingerprint = hashlib.sha256(b"\n".join([scope["method"].encode(), scope["path"].encode(), body])).hexdigest()
         stored = await self._claim(row_key, fingerprint)
         if stored is None:
@@ -69,6 +81,17 @@ class IdempotencyMiddleware:
         else:
             body = self._box.decrypt(stored.body).encode() if stored.body else b""
             await _answer(send, stored.status_code, stored.content_type, body, replayed=True)
+
+    async def _principal(self, scope: Scope) -> str | None:
+        """``operator``, or ``key:<id>`` of the live API key the request carries; None for anything else."""
+        token = bearer_token(dict(scope["headers"]).get(b"authorization", b"").decode("latin-1"))
+        if token is None:
+            return None
+        if self._operator_key and same(token, self._operator_key):
+            return "operator"
+        async with self._sessions() as session:
+            row = await active_key(session, token)
+        return None if row is None else f"key:{row.id}"
 
     async def _claim(self, row_key: tuple[str, str], fingerprint: str) -> IdempotentRequest | None:
         """None when this request now owns the key; else the row of the request that does (or did)."""
@@ -92,9 +115,6 @@ class IdempotencyMiddleware:
     async def _act(self, scope: Scope, body: bytes, send: Send, row_key: tuple[str, str]) -> None:
         captured: dict[str, Any] = {"body": b""}
 
-        async def replay_body() -> Message:
-            return {"type": "http.request", "body": body, "more_body": False}
-
         async def capture(message: Message) -> None:
             if message["type"] == "http.response.start":
                 captured["status"] = message["status"]
@@ -104,7 +124,7 @@ class IdempotencyMiddleware:
             await send(message)
 
         try:
-            await self._app(scope, replay_body, capture)
+            await self._app(scope, _replay(body), capture)
         finally:
             await self._settle(row_key, captured)
 
@@ -132,6 +152,15 @@ def _key(scope: Scope) -> str | None:
         if name == KEY_HEADER:
             return value.decode("latin-1").strip()
     return None
+
+
+def _replay(body: bytes) -> Receive:
+    """A ``receive`` that hands the route the body this middleware already read."""
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes | None:

@@ -13,7 +13,7 @@ from gateway.database import Base, UTCDateTime, utcnow
 class IdempotentRequest(Base):
     __tablename__ = "idempotent_requests"
 
-    # SHA-256 of the caller's credential: keys are scoped to the API key (or operator key) that sent them.
+    # Who sent it (``operator`` or ``key:<api key id>``): keys are scoped to the live credential that sent them.
     scope: Mapped[str] = mapped_column(String(64), primary_key=True)
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     # SHA-256 of method, path and body: the same key with another request is refused.
