@@ -201,7 +201,15 @@ class RedisLimiter:
         together: dict[_Hit, list[int]] = {}
         for position, hit in enumerate(hits):
             together.setdefault(hit, []).append(position)
-        replies = await self._script.run_many([self._call(hit, len(positions)) for hit, positions in together.items()])
+        calls: dict[_Hit, tuple[list[str], list[Any]] | Exception] = {}
+        for hit, positions in together.items():
+            try:
+                calls[hit] = self._call(hit, len(positions))
+            except (ValueError, OverflowError) as exc:  # a rate no interval fits fails its own hits, not the batch's
+                calls[hit] = exc
+        sent = [call for call in calls.values() if not isinstance(call, Exception)]
+        answers = iter(await self._script.run_many(sent) if sent else [])
+        replies = [call if isinstance(call, Exception) else next(answers) for call in calls.values()]
         decisions: list[Decision | Exception] = [_ALLOWED] * len(hits)
         for positions, reply in zip(together.values(), replies, strict=True):
             for rank, position in enumerate(positions):

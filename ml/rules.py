@@ -69,11 +69,35 @@ class Thresholds:
 
     @classmethod
     def with_overrides(cls, overrides: Mapping[str, float] | None) -> Thresholds:
+        """The defaults with a tenant's overrides; ValueError names an unknown or out-of-range one."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(overrides or {}) - known)
         if unknown:
             raise ValueError(f"unknown threshold(s): {', '.join(unknown)}")
-        return replace(cls(), **{name: float(value) for name, value in (overrides or {}).items()})
+        values = {name: float(value) for name, value in (overrides or {}).items()}
+        if wrong := [f"{name} {_RANGES.get(name, _POSITIVE)[1]}" for name, value in values.items() if not _in_range(name, value)]:
+            raise ValueError(f"out of range: {', '.join(wrong)}")
+        return replace(cls(), **values)
+
+
+# What each threshold may be; any other is a positive number. A zero horizon or a negative minimum
+# count would divide by zero, or alert on every window.
+_Range = tuple[Callable[[float], bool], str]
+_POSITIVE: _Range = (lambda v: v > 0, "must be a positive number")
+_COUNT: _Range = (lambda v: v >= 1, "must be at least 1")
+_FRACTION: _Range = (lambda v: 0 < v <= 1, "must be above 0 and at most 1")
+_RANGES: dict[str, _Range] = {
+    **dict.fromkeys(
+        ("card_testing_min_cards", "failure_min_failures", "lapse_min", "duplicate_min", "lag_min_events", "bad_signature_min"), _COUNT
+    ),
+    **dict.fromkeys(("failure_min_ratio", "failure_floor_rate", "lag_min_share", "drop_ratio"), _FRACTION),
+    "critical_factor": _COUNT,
+    "lapse_horizon_windows": (lambda v: v >= 1 and v.is_integer(), "must be a whole number of windows, at least 1"),
+}
+
+
+def _in_range(name: str, value: float) -> bool:
+    return math.isfinite(value) and _RANGES.get(name, _POSITIVE)[0](value)
 
 
 Rule = Callable[[Sequence[Window], Baseline, Thresholds], "Finding | None"]

@@ -16,7 +16,7 @@ class TenantCreate(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class LimitIn(msgspec.Struct, forbid_unknown_fields=True):
-    rate_per_second: Annotated[float, msgspec.Meta(gt=0, le=1_000_000)] | msgspec.UnsetType = msgspec.UNSET
+    rate_per_second: Annotated[float, msgspec.Meta(ge=0.001, le=1_000_000)] | msgspec.UnsetType = msgspec.UNSET
     burst: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | msgspec.UnsetType = msgspec.UNSET
 
 

@@ -79,6 +79,7 @@ async def test_operator_sets_limits_partially_and_sees_the_effective_ones(client
     [
         {"limits": {"urgent": {"burst": 1}}},
         {"limits": {"low": {"rate_per_second": 0}}},
+        {"limits": {"low": {"rate_per_second": 1e-320}}},
         {"limits": {"low": {"burst": 0}}},
         {"limits": {"low": {"per_minute": 5}}},
         {"limits": {"low": "fast"}},

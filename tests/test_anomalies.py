@@ -175,6 +175,12 @@ async def test_thresholds_are_per_tenant_and_validated(stack: Stack) -> None:
     assert patched.status_code == 200 and patched.json()["thresholds"]["duplicate_min"] == default * 5
     unknown = await stack.client.patch("/api/v1/anomalies/detection", json={"thresholds": {"no_such_rule": 1}}, headers=tenant.auth)
     assert unknown.status_code == 422 and "no_such_rule" in unknown.json()["detail"]
+    for bad in ({"lapse_horizon_windows": 0, "lapse_min": -1}, {"duplicate_min": -5}):
+        refused = await stack.client.patch("/api/v1/anomalies/detection", json={"thresholds": bad}, headers=tenant.auth)
+        assert refused.status_code == 422 and refused.json()["type"].endswith("/invalid-thresholds"), refused.text
+        assert all(name in refused.json()["detail"] for name in bad)
+    kept = (await stack.client.get("/api/v1/anomalies/detection", headers=tenant.auth)).json()
+    assert kept["overrides"] == {"duplicate_min": default * 5}
     restored = await stack.client.patch("/api/v1/anomalies/detection", json={"thresholds": {"duplicate_min": None}}, headers=tenant.auth)
     assert restored.json()["thresholds"]["duplicate_min"] == default and restored.json()["overrides"] == {}
 

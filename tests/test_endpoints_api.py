@@ -101,6 +101,8 @@ async def test_create_defaults(client: Client, tenant: TenantHandle) -> None:
         {"url": 5},
         {"url": URL, "enabled": "yes"},
         {"url": URL, "rate_limit_per_second": 0},
+        {"url": URL, "rate_limit_per_second": 1e-320},  # overflowed the limiter's interval
+        {"url": URL, "rate_limit_per_second": 0.0009},
         {"url": URL, "rate_limit_per_second": 10_001},
         {"url": URL, "description": "x" * 1001},
         {"url": URL, "event_types": "*"},
@@ -282,7 +284,7 @@ async def test_private_urls_allowed_when_the_operator_allows_them(client: Client
         _is_problem(await client.post("/api/v1/endpoints", json={"url": url}, headers=tenant.auth), 422, "unsafe-url")
 
 
-INVALID_EVENT_TYPES = [[], [""], ["*.paid"], ["inv*ice.paid"], ["invoice.**"], ["**"], ["x" * 256], ["a"] * 101]
+INVALID_EVENT_TYPES = [[], [""], ["x\u0000"], ["y\u0000.*"], ["a\nb"], ["*.paid"], ["inv*ice.paid"], ["invoice.**"], ["**"], ["x" * 256], ["a"] * 101]
 VALID_EVENT_TYPES = [["*"], ["invoice.*"], ["invoice*"], ["charge.succeeded", "customer.subscription.*"], ["x" * 255], ["a"] * 100]
 
 

@@ -19,6 +19,7 @@ from litestar.testing import AsyncTestClient
 from standardwebhooks.webhooks import Webhook
 
 from gateway.app import create_app
+from gateway.events.facts import stripe_facts
 from gateway.events.priority import classify
 from gateway.migrate import upgrade_async
 from tests.conftest import TenantHandle, ingest_path, make_settings, new_source, new_tenant
@@ -202,9 +203,22 @@ async def test_a_nul_character_in_a_stored_field_is_400_and_spoils_no_neighbour(
     assert len(await _events(client, tenant)) == 1
 
 
+async def test_an_amount_beyond_64_bits_is_left_out_and_spoils_no_neighbour(client: Client, tenant: TenantHandle) -> None:
+    """The amount is a fact for anomaly detection, not the event: one the column cannot hold is
+    absent, as any malformed fact is, instead of failing the group commit it joined."""
+    source = await new_source(client, tenant)
+    huge = stripe_event(type="charge.succeeded", data={"object": {"amount": 10**20, "customer": "cus_big"}})
+    sent = [signed_stripe(event, source["secret"]) for event in (stripe_event(), huge, stripe_event())]
+    responses = await asyncio.gather(*(client.post(ingest_path(source), content=b, headers=h) for b, h in sent))
+    assert [r.status_code for r in responses] == [200, 200, 200], [r.text for r in responses]
+    assert len(await _events(client, tenant)) == 3
+    assert stripe_facts("charge.succeeded", huge).amount is None and stripe_facts("charge.succeeded", huge).customer == "cus_big"
+
+
 async def test_unknown_token_is_404(client: Client) -> None:
-    response = await client.post("/ingest/" + "A" * 32, content=b"{}")
-    assert response.status_code == 404 and response.json()["type"].endswith("unknown-source")
+    for token in ("A" * 32, "abc%00def", "abc%0Adef"):  # NUL cannot be looked up in Postgres at all
+        response = await client.post("/ingest/" + token, content=b"{}")
+        assert response.status_code == 404 and response.json()["type"].endswith("unknown-source"), (token, response.text)
 
 
 async def test_every_real_stripe_fixture_is_stored_with_its_priority(client: Client, tenant: TenantHandle) -> None:

@@ -86,6 +86,11 @@ async def test_list_get_patch_delete_sources(client: Client, tenant: TenantHandl
     assert patched.status_code == 200 and patched.json()["name"] == "renamed"
     assert patched.json()["priorities"] == {"invoice.*": "critical"}
     _is_problem(await client.patch(f"/api/v1/sources/{sid}", json={"priorities": {"x": "urgent"}}, headers=tenant.auth), 400)
+    for bad in ({"a*b": "critical"}, {"": "low"}, {"x\u0000": "low"}, {f"t{n}.*": "low" for n in range(101)}):
+        refused = await client.patch(f"/api/v1/sources/{sid}", json={"priorities": bad}, headers=tenant.auth)
+        _is_problem(refused, 422)
+        assert refused.json()["type"].endswith("/invalid-priorities"), refused.text
+    assert (await client.get(f"/api/v1/sources/{sid}", headers=tenant.auth)).json()["priorities"] == {"invoice.*": "critical"}
 
     assert (await client.delete(f"/api/v1/sources/{sid}", headers=tenant.auth)).status_code == 204
     _is_problem(await client.get(f"/api/v1/sources/{sid}", headers=tenant.auth), 404)

@@ -9,7 +9,7 @@ import uuid
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from gateway.database import Base, create_engine
 from gateway.migrate import alembic_config, upgrade_async
@@ -65,3 +65,27 @@ def test_models_and_migrations_agree() -> None:
                 await engine.dispose()
 
         assert asyncio.run(diff()) == []
+
+
+async def test_0007_raises_endpoint_rates_below_the_floor(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Rates the API accepted before its 0.001/s floor overflowed the limiter: raised to the floor."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'r.db'}"
+    await asyncio.to_thread(command.upgrade, alembic_config(url), "0006")
+    tenant = uuid.uuid4().hex
+    rates = {uuid.uuid4().hex: rate for rate in (1e-320, 0.0005, 0.001, 2.5, None)}
+    engine = create_engine(url, pool_size=1)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(text("INSERT INTO tenants (id, name, created_at) VALUES (:id, 't', '2026-12-07 00:00:00.000000')"), {"id": tenant})
+            for endpoint, rate in rates.items():
+                await connection.execute(
+                    text("INSERT INTO endpoints (id, tenant_id, url, description, event_types, rate_limit_per_second, enabled, created_at) "
+                         "VALUES (:id, :tenant, 'https://example.com/', '', '[\"*\"]', :rate, 1, '2026-12-07 00:00:00.000000')"),
+                    {"id": endpoint, "tenant": tenant, "rate": rate},
+                )
+        await upgrade_async(url)
+        async with engine.connect() as connection:
+            stored = dict((await connection.execute(text("SELECT id, rate_limit_per_second FROM endpoints"))).all())
+    finally:
+        await engine.dispose()
+    assert stored == {endpoint: 0.001 if rate is not None and rate < 0.001 else rate for endpoint, rate in rates.items()}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+import math
+import uuid
+from dataclasses import asdict, replace
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
@@ -12,6 +14,7 @@ from ml.baseline import Baseline
 from ml.detection import detect
 from ml.features import Window
 from ml.findings import Finding
+from ml.online.monitor import _tenant_thresholds
 from ml.rules import (
     RECENT_WINDOWS,
     Rule,
@@ -81,6 +84,26 @@ def test_thresholds_overrides() -> None:
     assert Thresholds.with_overrides(None) == DEFAULTS
     with pytest.raises(ValueError, match="no_such_threshold"):
         Thresholds.with_overrides({"no_such_threshold": 1})
+    assert Thresholds.with_overrides(asdict(DEFAULTS)) == DEFAULTS  # every default is in its own range
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"lapse_horizon_windows": 0}, {"lapse_horizon_windows": 2.5}, {"lapse_min": -1}, {"duplicate_min": 0.5},
+     {"surprise": 0}, {"surprise": math.inf}, {"lag_seconds": math.nan}, {"drop_ratio": 1.5}, {"failure_floor_rate": 0},
+     {"critical_factor": 0.9}],
+)
+def test_thresholds_out_of_range_are_refused_by_name(overrides: dict[str, float]) -> None:
+    """A zero horizon divided by zero and stopped every tenant's scoring; a negative minimum alerts on anything."""
+    [name] = overrides
+    with pytest.raises(ValueError, match=f"out of range: {name} "):
+        Thresholds.with_overrides(overrides)
+
+
+def test_stored_thresholds_no_longer_valid_fall_back_to_the_defaults() -> None:
+    tenant_id = uuid.uuid4()
+    assert _tenant_thresholds(tenant_id, {"lapse_horizon_windows": 0}) == DEFAULTS
+    assert _tenant_thresholds(tenant_id, {"duplicate_min": 9}).duplicate_min == 9
 
 
 @pytest.mark.parametrize(

@@ -285,7 +285,7 @@ def test_standard_webhooks_signature_entries() -> None:
     for header in ("v2,abc", "v1", "v1,not base64!", valid.replace("v1,", "v1a,")):
         signed = {**good, "webhook-signature": header}
         assert _reason("standard_webhooks", body, signed, [SW_SECRET], now=NOW) == "malformed_signature"
-    for stamp in ("abc", f"{NOW}.5", f"-{NOW}"):
+    for stamp in ("abc", f"{NOW}.5", f"-{NOW}", "9" * 5000):  # 5,000 digits: more than int() parses
         stamped = {**good, "webhook-timestamp": stamp}
         assert _reason("standard_webhooks", body, stamped, [SW_SECRET], now=NOW) == "malformed_signature"
 
@@ -374,8 +374,8 @@ def test_shopify_identity() -> None:
     )
     no_webhook_id = {k: v for k, v in headers.items() if k != "x-shopify-webhook-id"}
     assert identify("shopify", BODY, {}, no_webhook_id).external_id == "98880550-7158-44d4-b7cd-2c97c8a091b5"
-    bare = {"x-shopify-triggered-at": "last tuesday"}
-    assert identify("shopify", BODY, {}, bare) == Identity(_body_hash(BODY), "unknown", None)
+    for when in ("last tuesday", "0001-01-01T00:00:00+14:00"):  # the second is before year 1 in UTC
+        assert identify("shopify", BODY, {}, {"x-shopify-triggered-at": when}) == Identity(_body_hash(BODY), "unknown", None)
     offset = identify("shopify", BODY, {}, {"x-shopify-triggered-at": "2023-03-29T20:00:27+02:00"})
     assert offset.created_at == datetime(2023, 3, 29, 18, 0, 27, tzinfo=UTC)
     assert offset.created_at.tzinfo is UTC

@@ -192,6 +192,9 @@ async def test_replay_jobs_refuse_bad_requests_and_other_tenants(stack: Stack) -
         assert backwards.status_code == 422 and backwards.json()["type"].endswith("/invalid-window")
         assert (await stack.client.post("/api/v1/replays", json={"until": since}, headers=alice.auth)).status_code == 400
         assert (await stack.client.post("/api/v1/replays", json={"since": "yesterday"}, headers=alice.auth)).status_code == 400
+        for types in (["a*b"], ["x\u0000"]):
+            refused = await stack.client.post("/api/v1/replays", json={"since": since, "types": types}, headers=alice.auth)
+            assert refused.status_code == 422 and refused.json()["type"].endswith("/invalid-types"), refused.text
 
         job = (await stack.client.post("/api/v1/replays", json={"since": since}, headers=alice.auth)).json()
         assert job["status"] == "completed" and job["total"] == 0  # nothing in the window: done at once

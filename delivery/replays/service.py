@@ -13,6 +13,7 @@ from delivery.replays.models import ACTIVE, BACKFILL, CANCELLED, COMPLETED, REDR
 from delivery.replays.schemas import BackfillCreate, RedriveCreate, ReplayCreate
 from gateway.database import utcnow
 from gateway.events.models import Delivery
+from gateway.events.priority import patterns_error
 from gateway.problems import Problem, not_found
 from gateway.repository import TenantRepository
 from tenants.endpoints.models import Endpoint
@@ -33,6 +34,8 @@ class ReplayService:
 
     async def replay(self, data: ReplayCreate) -> ReplayJob:
         since, until = _window(data.since, data.until)
+        if data.types and (error := patterns_error(data.types)):
+            raise Problem(422, "invalid-types", f"types: {error}")
         if data.source_id is not None:
             await SourceRepository(self.session, self.tenant_id).get(data.source_id)
         await self._check_endpoints(data.endpoint_id)

@@ -59,5 +59,9 @@ def _amount(event_type: str, obj: dict[str, Any]) -> int | None:
     return _int(obj.get("total" if event_type.startswith("invoice.") else "amount"))
 
 
+_INT64 = 2**63 - 1  # the amount column's range; its negation too
+
+
 def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    """An integer the column can hold: a larger one is malformed, and would fail the whole group commit."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and -_INT64 <= value <= _INT64 else None

@@ -25,6 +25,26 @@ DEFAULT_RULES: tuple[tuple[str, Priority], ...] = (
 )
 
 
+MAX_PATTERNS = 100  # per endpoint filter, source's priority overrides or replay
+MAX_PATTERN_LENGTH = 255
+
+
+def patterns_error(patterns: Sequence[str]) -> str | None:
+    """What is wrong with a list of type patterns (``*``, exact types, prefixes such as ``invoice.*``:
+    the only ones ``matches`` and ``matching`` know), or None. Control characters are refused: one
+    NUL reaches the SQL that matches every tenant's filters in one statement, and fails it."""
+    if not 1 <= len(patterns) <= MAX_PATTERNS:
+        return f"1 to {MAX_PATTERNS} patterns are allowed"
+    for pattern in patterns:
+        if not 1 <= len(pattern) <= MAX_PATTERN_LENGTH:
+            return f"each event type must be 1 to {MAX_PATTERN_LENGTH} characters long"
+        if not pattern.isprintable():
+            return f"{pattern!r}: event types must not contain control characters"
+        if "*" in pattern[:-1]:
+            return f"{pattern!r}: '*' may only end an entry, as in '*' or 'invoice.*'"
+    return None
+
+
 def matches(pattern: str, event_type: str) -> bool:
     """``*`` matches all, a trailing ``*`` matches a prefix, anything else must be equal."""
     if pattern.endswith("*"):

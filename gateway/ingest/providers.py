@@ -86,9 +86,9 @@ def _from_iso(value: str | None) -> datetime | None:
         return None
     try:
         parsed = datetime.fromisoformat(value)
-    except ValueError:
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: 0001-01-01T00:00:00+14:00 is before year 1 in UTC
         return None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 def _required(headers: Mapping[str, str], name: str) -> str:
@@ -185,13 +185,16 @@ def _standard_key(secret: str) -> bytes:
     return base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
 
 
+_MAX_STAMP_DIGITS = 12  # past year 33,000; Python refuses to parse over 4,300 digits at all
+
+
 def _verify_standard(
     body: bytes, headers: Mapping[str, str], secrets: Sequence[str], tolerance: int, now: float
 ) -> None:
     msg_id = _required(headers, "webhook-id")
     stamp = _required(headers, "webhook-timestamp")
     header = _required(headers, "webhook-signature")
-    if not (stamp.isascii() and stamp.isdigit()):
+    if not (stamp.isascii() and stamp.isdigit()) or len(stamp) > _MAX_STAMP_DIGITS:
         raise _malformed("The webhook-timestamp header must be whole unix seconds.")
     _check_timestamp(int(stamp), now, tolerance)
     sent = [

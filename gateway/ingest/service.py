@@ -83,6 +83,8 @@ class IngestService:
         return accepted
 
     async def _find(self, token: str) -> SourceKey:
+        if not token.isprintable():  # a NUL cannot even be looked up in Postgres: no source has it
+            raise Problem(404, "unknown-source", "no source has this ingest token")
         try:
             source = await self._directory.find(token)
         except STORAGE_ERRORS:

@@ -215,7 +215,17 @@ class AnomalyMonitor:
 async def _thresholds(session: AsyncSession, tenant_ids: list[uuid.UUID]) -> dict[uuid.UUID, Thresholds]:
     rows = await session.execute(select(Tenant.id, Tenant.anomaly_thresholds).where(Tenant.id.in_(tenant_ids)))
     overrides = {tenant_id: values for tenant_id, values in rows}
-    return {tenant_id: Thresholds.with_overrides(overrides.get(tenant_id)) for tenant_id in tenant_ids}
+    return {tenant_id: _tenant_thresholds(tenant_id, overrides.get(tenant_id)) for tenant_id in tenant_ids}
+
+
+def _tenant_thresholds(tenant_id: uuid.UUID, overrides: dict[str, float] | None) -> Thresholds:
+    """A tenant's thresholds; the defaults if its stored ones are no longer valid (one tenant's
+    settings must not stop every tenant's window from being scored)."""
+    try:
+        return Thresholds.with_overrides(overrides)
+    except ValueError as exc:
+        _log.warning("tenant %s: stored anomaly thresholds ignored, defaults used: %s", tenant_id, exc)
+        return Thresholds()
 
 
 def _incident(row: Anomaly) -> Incident:

@@ -16,7 +16,8 @@ from delivery.breaker import State
 from tenants.schemas import GraceSeconds
 
 Description = Annotated[str, msgspec.Meta(max_length=1000)]
-RatePerSecond = Annotated[float, msgspec.Meta(gt=0, le=10_000)]
+# At least one request per 1,000 s: a smaller rate overflowed the limiter's interval (gateway/limiter.py).
+RatePerSecond = Annotated[float, msgspec.Meta(ge=0.001, le=10_000)]
 
 
 class EndpointCreate(msgspec.Struct, forbid_unknown_fields=True):

@@ -13,6 +13,7 @@ from delivery.breaker import Breaker, BreakerView
 from delivery.signing import new_endpoint_secret
 from delivery.ssrf import UnsafeURL, check_url
 from gateway.database import utcnow
+from gateway.events.priority import patterns_error
 from gateway.pagination import Page, page_of, paginate
 from gateway.problems import Problem
 from gateway.repository import TenantRepository
@@ -23,9 +24,6 @@ from tenants.endpoints.schemas import BreakerOut, EndpointCreate, EndpointOut, E
 from tenants.schemas import SecretOut
 from tenants.secrets import revealed, rotate
 
-MAX_EVENT_TYPES = 100
-MAX_EVENT_TYPE_LENGTH = 255
-
 
 class EndpointRepository(TenantRepository[Endpoint]):
     model = Endpoint
@@ -34,19 +32,8 @@ class EndpointRepository(TenantRepository[Endpoint]):
 
 def _checked_event_types(event_types: list[str]) -> list[str]:
     """``*``, exact types, or prefixes (``invoice.*``): the only filters fan-out knows how to match."""
-    if not 1 <= len(event_types) <= MAX_EVENT_TYPES:
-        raise Problem(422, "invalid-event-types", f"event_types must hold 1 to {MAX_EVENT_TYPES} entries")
-    for event_type in event_types:
-        if not 1 <= len(event_type) <= MAX_EVENT_TYPE_LENGTH:
-            raise Problem(
-                422, "invalid-event-types", f"each event type must be 1 to {MAX_EVENT_TYPE_LENGTH} characters long"
-            )
-        if "*" in event_type[:-1]:
-            raise Problem(
-                422,
-                "invalid-event-types",
-                f"{event_type!r}: '*' may only end an entry, as in '*' or 'invoice.*'",
-            )
+    if error := patterns_error(event_types):
+        raise Problem(422, "invalid-event-types", f"event_types: {error}")
     return event_types
 
 

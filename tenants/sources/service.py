@@ -8,6 +8,7 @@ import msgspec
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.database import utcnow
+from gateway.events.priority import patterns_error
 from gateway.ingest import providers
 from gateway.problems import Problem
 from gateway.repository import TenantRepository
@@ -86,6 +87,8 @@ class SourceService:
         if data.name is not msgspec.UNSET:
             source.name = data.name
         if data.priorities is not msgspec.UNSET:
+            if data.priorities and (error := patterns_error(list(data.priorities))):
+                raise Problem(422, "invalid-priorities", f"priorities: {error}")
             source.priorities = data.priorities or None
         if data.stripe_api_key is not msgspec.UNSET:
             if source.provider != "stripe":
