@@ -19,12 +19,13 @@ def next_delay(
     """Seconds until attempt ``attempts_made + 1``, or None when the schedule is spent.
 
     ``delays[0]`` is the first attempt (immediate), so after n attempts the next waits
-    ``delays[n]`` ± 20 %. A receiver's ``Retry-After`` (429/503) replaces the scheduled wait,
-    bounded by ``max_retry_after``.
+    ``delays[n]`` ± 20 %. A receiver's ``Retry-After`` (429/503) is the least it waits, bounded by
+    ``max_retry_after``: it can lengthen the wait, never shorten it (``Retry-After: 0``, or a date
+    just past on a receiver's clock, would otherwise spend every attempt in seconds).
     """
     if attempts_made >= len(delays):
         return None
-    if retry_after is not None:
-        return min(max(retry_after, 0.0), max_retry_after)
-    spread = (rng or random).uniform(1 - JITTER, 1 + JITTER)
-    return delays[attempts_made] * spread
+    scheduled = delays[attempts_made] * (rng or random).uniform(1 - JITTER, 1 + JITTER)
+    if retry_after is None:
+        return scheduled
+    return max(scheduled, min(retry_after, max_retry_after))

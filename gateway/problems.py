@@ -82,10 +82,17 @@ def render_problem(exc: Exception, path: str, max_body: int | None) -> tuple[int
         detail = f"the body is larger than the limit of {max_body} bytes"
     body = problem_body(status, _kind_for(exc), detail, path)
     if isinstance(exc, ValidationException) and exc.extra:
-        body["errors"] = exc.extra
+        body["errors"] = [_readable(error) for error in exc.extra] if isinstance(exc.extra, list) else exc.extra
     elif isinstance(exc.extra, dict):
         body.update(exc.extra)
     return status, body, dict(exc.headers or {})
+
+
+def _readable(error: Any) -> Any:
+    """Litestar says a missing body with its parameter's name in quotes (``'data'``, a KeyError's text)."""
+    if isinstance(error, dict) and error.get("source") == "body" and error.get("message") == f"'{error.get('key')}'":
+        return {**error, "message": "this request needs a JSON body"}
+    return error
 
 
 def _loggable(path: str) -> str:

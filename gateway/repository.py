@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any, ClassVar, Generic, TypeVar
 
 from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
-from gateway.database import Base
-from gateway.problems import not_found
+from gateway.database import Base, as_utc
+from gateway.problems import Problem, not_found
 
 M = TypeVar("M", bound=Base)
 
@@ -47,8 +48,11 @@ class TenantRepository(Generic[M]):
         return list(await self.session.scalars(query))
 
 
-def within(query: Select[Any], column: InstrumentedAttribute[Any], since: object | None, until: object | None) -> Select[Any]:
-    """``since <= column < until``, each bound only when given."""
+def within(query: Select[Any], column: InstrumentedAttribute[Any], since: datetime | None, until: datetime | None) -> Select[Any]:
+    """``since <= column < until``, each bound only when given; a window that ends before it starts is
+    the client's mistake (400), as replays say, not an empty page."""
+    if since is not None and until is not None and as_utc(since) >= as_utc(until):
+        raise Problem(400, "invalid-window", "since must be before until")
     if since is not None:
         query = query.where(column >= since)
     if until is not None:

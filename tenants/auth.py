@@ -76,7 +76,7 @@ def require_operator(connection: ASGIConnection, _handler: BaseRouteHandler) -> 
     key = _bearer(connection)
     settings: Settings = connection.app.state.settings
     if not settings.operator_key or not same(key, settings.operator_key):
-        raise Problem(401, "unauthorized", "this route needs the operator key")
+        raise Problem(401, "unauthorized", "this route needs the operator key", headers={"WWW-Authenticate": "Bearer"})
 
 
 def tenant_scoped(name: str, factory: Callable[[AsyncSession, uuid.UUID], Any]) -> dict[str, Provide]:

@@ -14,6 +14,7 @@ import functools
 import gzip
 import ipaddress
 import json
+import random
 import socket
 import ssl
 import time
@@ -30,6 +31,7 @@ from cryptography.x509.oid import NameOID
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from delivery import ssrf
+from delivery.schedule import JITTER, next_delay
 from delivery.sender import EXCERPT_BYTES, DeliveryClient, send
 from delivery.signing import USER_AGENT, new_endpoint_secret, sign, webhook_headers
 from tests.support.receiver import Received, Server, head, reply
@@ -107,6 +109,27 @@ def test_bad_secrets_are_refused_without_echoing_them() -> None:
     with pytest.raises(ValueError) as caught:
         sign([bad], "msg_1", 1, BODY)
     assert "not*base64" not in str(caught.value)
+
+
+# --- schedule ----------------------------------------------------------------------------------
+
+DELAYS = (0.0, 5.0, 300.0)
+
+
+def test_the_schedule_waits_each_delay_within_its_jitter_then_ends() -> None:
+    rng = random.Random(3)
+    for made in (1, 2):
+        waits = [next_delay(made, DELAYS, rng=rng) for _ in range(200)]
+        assert all(DELAYS[made] * (1 - JITTER) <= w <= DELAYS[made] * (1 + JITTER) for w in waits)  # type: ignore[operator]
+    assert next_delay(3, DELAYS) is None  # the schedule is spent: dead
+
+
+@pytest.mark.parametrize(("retry_after", "low", "high"), [(0.0, 240, 360), (-5.0, 240, 360), (1000.0, 1000, 1000), (99999.0, 3600, 3600)])
+def test_retry_after_lengthens_the_wait_up_to_its_bound_and_never_shortens_it(retry_after: float, low: float, high: float) -> None:
+    """``Retry-After: 0`` (or a date just past) once replaced the wait: every attempt went in seconds."""
+    wait = next_delay(2, DELAYS, retry_after=retry_after, max_retry_after=3600)
+    assert wait is not None and low <= wait <= high
+    assert next_delay(3, DELAYS, retry_after=retry_after) is None
 
 
 # --- ssrf --------------------------------------------------------------------------------------

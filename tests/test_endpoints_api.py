@@ -196,7 +196,7 @@ async def test_reveal_returns_the_secret_again(client: Client, tenant: TenantHan
 
 async def test_rotate_keeps_the_old_secret_through_the_grace_period(client: Client, tenant: TenantHandle) -> None:
     created = await _create(client, tenant)
-    response = await client.post(f"/api/v1/endpoints/{created['id']}/rotate-secret", json={}, headers=tenant.auth)
+    response = await client.post(f"/api/v1/endpoints/{created['id']}/rotate-secret", headers=tenant.auth)  # no body: the defaults
     assert response.status_code == 201, response.text
     rotated = response.json()
     assert set(rotated) == {"id", "secret", "created_at", "expires_at"}

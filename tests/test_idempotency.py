@@ -10,11 +10,14 @@ from typing import Any
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from gateway.database import create_engine, utcnow
+from gateway.idempotency.middleware import IdempotencyMiddleware
 from gateway.idempotency.models import IdempotentRequest
+from tenants.crypto import SecretBox
 from tenants.models import ApiKey, Tenant
-from tests.conftest import OPERATOR_KEY, Stack, TenantHandle, new_source, new_tenant
+from tests.conftest import OPERATOR_KEY, SECRET_KEY, Stack, TenantHandle, new_source, new_tenant
 from tests.support.database import connect
 from tests.support.receiver import Script, Server
 from tests.support.stripe_events import stripe_event
@@ -137,3 +140,31 @@ async def test_a_revoked_key_gets_no_kept_answer_and_strangers_keep_nothing(
         stranger = await client.post("/api/v1/tenants", json={"name": "X"}, headers={**credential, "idempotency-key": "s"})
         assert stranger.status_code == 401, stranger.text
     assert await _count(database_url, select(func.count()).select_from(IdempotentRequest)) == kept
+
+
+async def test_an_upload_cut_short_is_not_acted_on_and_leaves_the_key_free(database_url: str) -> None:
+    """The client sent part of the body and went away: acting on the part (a 400 kept for 24 h)
+    would refuse the client's retry with the whole body as another request."""
+    called: list[Any] = []
+
+    async def route(scope: Any, receive: Any, send: Any) -> None:
+        called.append(scope)
+
+    engine = create_engine(database_url, pool_size=1)
+    middleware = IdempotencyMiddleware(route, async_sessionmaker(engine), SecretBox(SECRET_KEY), max_body=1000, operator_key=OPERATOR_KEY)
+    messages = iter([{"type": "http.request", "body": b'{"name": "Cu', "more_body": True}, {"type": "http.disconnect"}])
+    sent: list[Any] = []
+
+    async def receive() -> Any:
+        return next(messages)
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    headers = [(b"authorization", f"Bearer {OPERATOR_KEY}".encode()), (b"idempotency-key", b"cut")]
+    try:
+        await middleware({"type": "http", "method": "POST", "path": "/api/v1/tenants", "headers": headers}, receive, send)
+    finally:
+        await engine.dispose()
+    assert called == [] and sent == []
+    assert await _count(database_url, select(func.count()).select_from(IdempotentRequest)) == 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
@@ -32,7 +34,9 @@ async def test_create_tenant_needs_the_operator_key(client: Client) -> None:
 
 
 async def test_a_tenant_key_is_not_an_operator_key(client: Client, tenant: TenantHandle) -> None:
-    _is_problem(await client.post("/api/v1/tenants", json={"name": "x"}, headers=tenant.auth), 401)
+    refused = await client.post("/api/v1/tenants", json={"name": "x"}, headers=tenant.auth)
+    _is_problem(refused, 401)
+    assert refused.headers["www-authenticate"] == "Bearer"  # RFC 9110: a 401 names its scheme
 
 
 async def test_tenant_routes_need_a_valid_key(client: Client, tenant: TenantHandle) -> None:
@@ -98,6 +102,12 @@ async def test_list_get_patch_delete_sources(client: Client, tenant: TenantHandl
     _is_problem(await client.post(ingest_path(created[0]), content=body, headers=headers), 404)
 
 
+async def test_a_missing_body_is_named_as_such(client: Client) -> None:
+    response = await client.post("/api/v1/tenants", headers={"authorization": f"Bearer {OPERATOR_KEY}"})
+    _is_problem(response, 400)
+    assert response.json()["errors"] == [{"message": "this request needs a JSON body", "key": "data", "source": "body"}]
+
+
 async def test_source_priority_override_applies_at_ingest(client: Client, tenant: TenantHandle) -> None:
     source = await new_source(client, tenant)
     await client.patch(f"/api/v1/sources/{source['id']}", json={"priorities": {"product.*": "critical"}}, headers=tenant.auth)
@@ -109,7 +119,7 @@ async def test_source_priority_override_applies_at_ingest(client: Client, tenant
 
 async def test_add_and_reveal_secrets(client: Client, tenant: TenantHandle) -> None:
     source = await new_source(client, tenant)
-    added = await client.post(f"/api/v1/sources/{source['id']}/secrets", json={}, headers=tenant.auth)
+    added = await client.post(f"/api/v1/sources/{source['id']}/secrets", headers=tenant.auth)  # no body: the defaults
     assert added.status_code == 201 and added.json()["secret"].startswith("whsec_")
     revealed = (await client.get(f"/api/v1/sources/{source['id']}/secrets", headers=tenant.auth)).json()
     assert {s["secret"] for s in revealed} == {source["secret"], added.json()["secret"]}
@@ -136,6 +146,14 @@ async def test_events_list_filters_and_detail(client: Client, tenant: TenantHand
     assert [e["type"] for e in by_source] == ["product.created"]
     assert (await client.get("/api/v1/events?since=2999-01-01T00:00:00Z", headers=tenant.auth)).json()["data"] == []
     assert len((await client.get("/api/v1/events?until=2999-01-01T00:00:00Z", headers=tenant.auth)).json()["data"]) == 3
+    # Offsets that take a bound past year 1 or 9999 in UTC are those ends of time, not a 500.
+    for query in ("since=0001-01-01T00:00:00%2B14:00", "until=9999-12-31T23:59:59-14:00"):
+        for path in ("events", "deliveries", "anomalies"):
+            bounded = await client.get(f"/api/v1/{path}?{query}", headers=tenant.auth)
+            assert bounded.status_code == 200, (path, query, bounded.text)
+        assert len((await client.get(f"/api/v1/events?{query}", headers=tenant.auth)).json()["data"]) == 3
+    far = base64.urlsafe_b64encode(b"0001-01-01T00:00:00+14:00|00000000-0000-0000-0000-000000000000").decode()
+    assert (await client.get(f"/api/v1/events?cursor={far}", headers=tenant.auth)).status_code == 200
     paged = (await client.get("/api/v1/events?limit=1", headers=tenant.auth)).json()
     rest = (await client.get(f"/api/v1/events?limit=5&cursor={paged['next_cursor']}", headers=tenant.auth)).json()
     assert [e["type"] for e in paged["data"] + rest["data"]] == [e["type"] for e in listed]

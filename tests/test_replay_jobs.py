@@ -215,6 +215,10 @@ async def test_replay_jobs_refuse_bad_requests_and_other_tenants(stack: Stack) -
         assert listed["id"] == job["id"]
         finished = await stack.client.post(f"/api/v1/replays/{job['id']}/cancel", headers=alice.auth)
         assert finished.status_code == 409 and finished.json()["type"].endswith("/job-finished")
+        for far in ({"since": "0001-01-01T00:00:00+14:00"}, {"since": since, "until": "9999-12-31T23:59:59-14:00"}):
+            for path in ("/api/v1/replays", "/api/v1/deliveries/redrive"):
+                bounded = await stack.client.post(path, json=far, headers=alice.auth)
+                assert bounded.status_code == 202, (path, far, bounded.text)  # the ends of time, not a 500
 
 
 async def test_an_idempotency_key_makes_one_replay_job(stack: Stack) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from delivery.replays import steps
 from delivery.replays.models import ACTIVE, BACKFILL, CANCELLED, COMPLETED, REDRIVE, REPLAY, ReplayJob
 from delivery.replays.schemas import BackfillCreate, RedriveCreate, ReplayCreate
-from gateway.database import utcnow
+from gateway.database import as_utc, utcnow
 from gateway.events.models import Delivery
 from gateway.events.priority import patterns_error
 from gateway.problems import Problem, not_found
@@ -48,8 +48,8 @@ class ReplayService:
 
     async def redrive(self, data: RedriveCreate) -> ReplayJob:
         """A job over exactly the dead letters that match now (later deaths are not included)."""
-        since = _aware(data.since) if data.since else None
-        until = _aware(data.until) if data.until else None
+        since = as_utc(data.since) if data.since else None
+        until = as_utc(data.until) if data.until else None
         if since and until and since >= until:
             raise Problem(422, "invalid-window", "since must be before until")
         if data.endpoint_id is not None:
@@ -118,15 +118,10 @@ class ReplayService:
             raise Problem(409, "no-endpoints", "the tenant has no enabled endpoint to replay to")
 
 
-def _aware(at: datetime) -> datetime:
-    """ISO-8601 without an offset is read as UTC."""
-    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
-
-
 def _window(since: datetime, until: datetime | None) -> tuple[datetime, datetime]:
     """[since, until) with ``until`` at most now: a job covers what exists when it starts."""
     now = utcnow()
-    since, until = _aware(since), min(_aware(until), now) if until else now
+    since, until = as_utc(since), min(as_utc(until), now) if until else now
     if since >= until:
         raise Problem(422, "invalid-window", "since must be before until (and before now)")
     return since, until

@@ -62,8 +62,10 @@ class IdempotencyMiddleware:
             await _problem(send, scope, 400, "invalid-idempotency-key", f"Idempotency-Key must be 1 to {_MAX_KEY} characters")
             return
         body = await _read_body(receive, self._max_body)
+        if body is _GONE:  # the client went away mid-upload: nothing to act on, nobody to answer
+            return
         if body is None:
-            await _problem(send, scope, 413, "body-too-large", f"the body is larger than the limit of {self._max_body} bytes")
+            await _problem(send, scope, 413, "request-entity-too-large", f"the body is larger than the limit of {self._max_body} bytes")
             return
         principal = await self._principal(scope)
         if principal is None:
@@ -163,11 +165,17 @@ def _replay(body: bytes) -> Receive:
     return receive
 
 
+_GONE = b"\0gone"  # compared by identity: the body of a request whose client disconnected
+
+
 async def _read_body(receive: Receive, limit: int) -> bytes | None:
-    """The whole request body, or None once it exceeds ``limit`` bytes."""
+    """The whole request body, None once it exceeds ``limit`` bytes, ``_GONE`` if the client left
+    before sending it all (a truncated body must not be acted on, nor its answer kept for the key)."""
     chunks, size = [], 0
     while True:
         message = await receive()
+        if message["type"] == "http.disconnect":
+            return _GONE
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:

@@ -61,8 +61,8 @@ class EndpointController(Controller):
         operation_id="rotateEndpointSecret",
         summary="Rotate: a new signing secret; the old ones sign until the grace period ends",
     )
-    async def rotate_secret(self, service: EndpointService, endpoint_id: uuid.UUID, data: SecretRotate) -> SecretOut:
-        return await service.rotate_secret(endpoint_id, data)
+    async def rotate_secret(self, service: EndpointService, endpoint_id: uuid.UUID, data: SecretRotate | None = None) -> SecretOut:
+        return await service.rotate_secret(endpoint_id, data or SecretRotate())
 
     @get("/{endpoint_id:uuid}/secret", operation_id="revealEndpointSecrets", summary="Active secrets, newest first")
     async def reveal(self, service: EndpointService, endpoint_id: uuid.UUID) -> list[SecretOut]:

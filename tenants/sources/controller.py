@@ -57,8 +57,8 @@ class SourceController(Controller):
         await service.delete(source_id)
 
     @post("/{source_id:uuid}/secrets", operation_id="addSourceSecret", summary="Rotate: add a secret")
-    async def add_secret(self, service: SourceService, source_id: uuid.UUID, data: SecretCreate) -> SecretOut:
-        return await service.add_secret(source_id, data)
+    async def add_secret(self, service: SourceService, source_id: uuid.UUID, data: SecretCreate | None = None) -> SecretOut:
+        return await service.add_secret(source_id, data or SecretCreate())
 
     @get("/{source_id:uuid}/secrets", operation_id="revealSourceSecrets", summary="Active secrets, in plaintext")
     async def reveal(self, service: SourceService, source_id: uuid.UUID) -> list[SecretOut]:
