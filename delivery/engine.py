@@ -143,14 +143,18 @@ class DeliveryEngine:
     async def _gate(self, job: Job) -> float | None:
         """When may this endpoint be sent to: None for now, else a unix time (breaker or rate limit).
 
+        The rate limit is asked first: a breaker that hands this caller its probe expects it sent,
+        and a probe the limit then held back would leave the circuit waiting out the probe timeout.
+        (A token spent on a caller the breaker then holds back only slows a sending that is paused.)
         Both live in Redis in production. If it is unreachable the gate opens: a missed limit
         costs less than deliveries that stall until Redis returns.
         """
         try:
-            retry_at = await self._breaker.acquire(str(job.endpoint_id))
-            if retry_at is None and job.rate:
+            if job.rate:
                 decision = await self._limiter.hit(f"ep:{job.endpoint_id}", Rate(job.rate, max(1, int(job.rate))))
-                retry_at = None if decision.allowed else time.time() + decision.retry_after
+                if not decision.allowed:
+                    return time.time() + decision.retry_after
+            retry_at = await self._breaker.acquire(str(job.endpoint_id))
         except _SHARED_STATE_ERRORS:
             _log.warning("breaker/limiter unreachable; sending without them", exc_info=True)
             return None

@@ -11,6 +11,7 @@ ciphertext always decrypts to the same plaintext.
 from __future__ import annotations
 
 import functools
+import logging
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable
@@ -70,6 +71,10 @@ class Job:
     trace_context: str | None
 
 
+_log = logging.getLogger("hookgate.delivery")
+_UNREADABLE = "endpoint secret cannot be decrypted with HOOKGATE_SECRET_KEY (restore its old key, then redrive)"
+
+
 class JobReader:
     def __init__(self, box: SecretBox) -> None:
         self._box = box
@@ -82,10 +87,14 @@ class JobReader:
         return await self.jobs(session, await session.execute(_read(session.bind.dialect.name), {"ids": delivery_ids, "now": utcnow()}))
 
     async def jobs(self, session: AsyncSession, rows: Iterable[Row[Any]]) -> list[Job]:
-        """The jobs of these ``jobs_of`` rows; deliveries whose endpoint is gone or disabled are made dead instead."""
+        """The jobs of these ``jobs_of`` rows; deliveries whose endpoint is gone or disabled are made
+        dead instead, and so are those none of whose secrets decrypts (``HOOKGATE_SECRET_KEY`` lost
+        the key they were stored under): one such endpoint must not fail the claim of every tenant's
+        deliveries beside it. A secret that does not decrypt beside one that does is left out."""
         stopped: dict[str, list[uuid.UUID]] = defaultdict(list)
         live: dict[uuid.UUID, Row[Any]] = {}
         secrets: dict[uuid.UUID, list[tuple[datetime, str]]] = defaultdict(list)
+        unreadable: set[uuid.UUID] = set()
         for row in rows:
             if row.url is None or row.deleted_at is not None:
                 stopped["endpoint deleted"].append(row.id)
@@ -94,7 +103,15 @@ class JobReader:
             else:
                 live.setdefault(row.id, row)
                 if row.ciphertext is not None:
-                    secrets[row.id].append((row.secret_created_at, self._plaintext(row.ciphertext)))
+                    try:
+                        secrets[row.id].append((row.secret_created_at, self._plaintext(row.ciphertext)))
+                    except ValueError:
+                        unreadable.add(row.id)
+        if lost := [delivery_id for delivery_id in unreadable if not secrets[delivery_id]]:
+            _log.error("%d deliveries made dead: no secret of their endpoint decrypts with HOOKGATE_SECRET_KEY", len(lost))
+            stopped[_UNREADABLE].extend(lost)
+            for delivery_id in lost:
+                del live[delivery_id]
         for why, ids in stopped.items():
             await _finish_dead(session, list(dict.fromkeys(ids)), why)
         return [

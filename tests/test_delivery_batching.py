@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
@@ -16,22 +17,27 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, event, func, select, text, update
 
+from delivery.breaker import BreakerConfig, MemoryBreaker
 from delivery.claim import Claimed
 from delivery.dispatcher import Dispatcher
 from delivery.engine import DeliveryEngine
 from delivery.fanout import subscribed
+from delivery.jobs import Job
 from delivery.outcomes import Outcome, OutcomeWriter
-from delivery.sender import SendResult
+from delivery.sender import DeliveryClient, SendResult
 from gateway.database import utcnow
 from gateway.events.models import Attempt, Delivery, Event
+from gateway.limiter import MemoryLimiter, Rate
 from gateway.metrics import ATTEMPT_BATCH_ROWS
 from gateway.wiring import Runtime
+from tenants.crypto import SecretBox
 from tenants.endpoints.models import Endpoint, EndpointSecret
 from tenants.models import Tenant
 from tenants.secrets import rotate
 from tenants.sources.models import Source
 from tests.conftest import make_settings
 from tests.support.backlog import add_backlog, open_deliveries
+from tests.support.clock import ManualClock
 from tests.support.receiver import Script, Server, wait_until
 
 MANY = 150
@@ -287,6 +293,44 @@ async def test_a_rung_event_is_claimed_in_the_pass_that_fans_it_out(worker: _Wor
             await wait_until(lambda: len(receiver.requests) == 1, timeout=10, what="the rung event's delivery")
         finally:
             await dispatcher.stop()
+
+
+async def test_an_endpoint_whose_secret_no_longer_decrypts_fails_alone(worker: _Worker) -> None:
+    """The operator dropped the key a secret was stored under: that endpoint's deliveries are dead
+    with a reason that says so, and the other tenant's, claimed in the same pass, go out."""
+    lost, kept = await worker.endpoint("https://example.com/lost"), await worker.endpoint("https://example.com/kept")
+    async with worker.runtime.sessions() as session, session.begin():
+        unreadable = SecretBox("a key this gateway never had").encrypt("whsec_" + "B" * 32)
+        await session.execute(update(EndpointSecret).where(EndpointSecret.endpoint_id == lost[1]).values(ciphertext=unreadable))
+    await add_backlog(worker.database_url, *lost, 3)
+    await add_backlog(worker.database_url, *kept, 2)
+    claimed = await worker.engine.claim(10)
+    assert {job.endpoint_id for job in claimed.jobs} == {kept[1]} and len(claimed.jobs) == 2
+    async with worker.runtime.sessions() as session:
+        dead = (await session.execute(select(Delivery.status, Delivery.last_error).where(Delivery.endpoint_id == lost[1]))).all()
+    assert [status for status, _ in dead] == ["dead"] * 3 and all("HOOKGATE_SECRET_KEY" in why for _, why in dead)
+
+
+async def test_a_rate_limited_caller_does_not_take_the_breakers_probe(worker: _Worker) -> None:
+    """The probe is the one request a circuit lets through after its cool-down: taken by a caller
+    the rate limit then held back, no request would go and the circuit would wait out the probe
+    timeout (the lease, a minute) before trying again."""
+    clock = ManualClock()
+    breaker, limiter = MemoryBreaker(BreakerConfig(), clock=clock), MemoryLimiter(clock=clock)
+    runtime = worker.runtime
+    engine = DeliveryEngine(runtime.sessions, runtime.settings, runtime.box, breaker, limiter, DeliveryClient(connect_timeout=1.0))
+    endpoint = uuid.uuid4()
+    job = Job(delivery_id=uuid.uuid4(), tenant_id=uuid.uuid4(), endpoint_id=endpoint, url="https://example.com/", rate=1.0,
+              secrets=[], body=b"", priority="normal", received_at=utcnow(), event_id=uuid.uuid4(), trace_context=None)
+    for _ in range(BreakerConfig().failure_threshold):
+        await breaker.record(str(endpoint), False)
+    await clock.advance((await breaker.view(str(endpoint))).cooldown)  # the probe is due
+    assert await engine._gate(job) is None  # the probe goes, and spends the limit's one token
+    await clock.advance(BreakerConfig().probe_timeout)  # that probe never reported: the next caller probes
+    await limiter.hit(f"ep:{endpoint}", Rate(1.0, 1))  # another caller spent the token this second
+    retry_at = await engine._gate(job)
+    assert retry_at is not None and retry_at > time.time()  # held back by the limit...
+    assert await breaker.acquire(str(endpoint)) is None  # ...with the probe still there for the next caller
 
 
 async def _unfanned(worker: _Worker, tenant_id: uuid.UUID, count: int) -> list[uuid.UUID]:

@@ -246,6 +246,29 @@ async def test_breaker_state_is_shown(client: Client, tenant: TenantHandle, app:
     assert listed[0]["breaker"] == shown
 
 
+@pytest.mark.usefixtures("redis_client")
+async def test_a_new_url_or_enabling_again_closes_the_circuit(client: Client, tenant: TenantHandle, app: Litestar) -> None:
+    """The tenant fixed what failed: its deliveries should go at once, not after the cool-down."""
+    created = await _create(client, tenant)
+    path = f"/api/v1/endpoints/{created['id']}"
+
+    async def state() -> str:
+        return (await client.get(path, headers=tenant.auth)).json()["breaker"]["state"]
+
+    await _record_failures(client, app, created["id"], 5)
+    assert (await client.patch(path, json={"description": "still broken"}, headers=tenant.auth)).status_code == 200
+    assert (await client.patch(path, json={"url": created["url"]}, headers=tenant.auth)).status_code == 200  # the same URL
+    assert await state() == "open"
+    assert (await client.patch(path, json={"url": "https://fixed.example.com/hook"}, headers=tenant.auth)).status_code == 200
+    assert await state() == "closed"
+
+    await _record_failures(client, app, created["id"], 5)
+    await client.patch(path, json={"enabled": False}, headers=tenant.auth)
+    assert await state() == "open"
+    await client.patch(path, json={"enabled": True}, headers=tenant.auth)
+    assert await state() == "closed"
+
+
 @pytest.fixture
 async def strict_client(database_url: str, redis_url: str) -> AsyncIterator[Client]:
     """An app as production runs it: private and loopback endpoints refused."""

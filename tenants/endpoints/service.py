@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import UTC, datetime
 
@@ -23,6 +24,8 @@ from tenants.endpoints.models import Endpoint, EndpointSecret
 from tenants.endpoints.schemas import BreakerOut, EndpointCreate, EndpointOut, EndpointUpdate, SecretRotate
 from tenants.schemas import SecretOut
 from tenants.secrets import revealed, rotate
+
+_log = logging.getLogger("hookgate.endpoints")
 
 
 class EndpointRepository(TenantRepository[Endpoint]):
@@ -110,7 +113,10 @@ class EndpointService:
         return endpoint, secret
 
     async def update(self, endpoint_id: uuid.UUID, data: EndpointUpdate) -> Endpoint:
+        """A new URL, or enabling a disabled endpoint, also closes its circuit: what failed was the
+        old target, and the tenant's fix should be tried at once, not after the cool-down."""
         endpoint = await self.repo.get(endpoint_id)
+        fixed = (data.url is not msgspec.UNSET and data.url != endpoint.url) or (data.enabled is True and not endpoint.enabled)
         if data.url is not msgspec.UNSET:
             endpoint.url = self._checked_url(data.url)
         if data.description is not msgspec.UNSET:
@@ -122,7 +128,16 @@ class EndpointService:
         if data.enabled is not msgspec.UNSET:
             endpoint.enabled = data.enabled
         await self.session.commit()
+        if fixed:
+            await self._reset_breaker(endpoint)
         return endpoint
+
+    async def _reset_breaker(self, endpoint: Endpoint) -> None:
+        """Best effort: with the breaker store unreachable the circuit closes after its cool-down."""
+        try:
+            await self.breaker.reset(str(endpoint.id))
+        except (RedisError, OSError):
+            _log.warning("endpoint %s: circuit not reset, breaker store unreachable", endpoint.id)
 
     async def delete(self, endpoint_id: uuid.UUID) -> None:
         """Soft delete: fan-out stops choosing it, its past deliveries stay readable."""
