@@ -45,8 +45,8 @@ PROVIDERS = {
     ),
     "hmac_sha256": (
         "Generic HMAC-SHA256",
-        "Have the sender POST JSON to the ingest URL with an X-Signature header: the hex HMAC-SHA256 of "
-        "the raw body under this source's secret.",
+        "Have the sender POST JSON to the ingest URL with an X-Webhook-Signature header: the hex (or base64) "
+        "HMAC-SHA256 of the raw body under this source's secret.",
     ),
 }
 

@@ -196,7 +196,11 @@ async def _announce(
 ) -> None:
     """Disable endpoints that answered 410 and emit the operational events, in the batch's transaction."""
     for outcome in sorted(gone, key=lambda o: o.endpoint_id):
-        await session.execute(update(Endpoint).where(Endpoint.id == outcome.endpoint_id).values(enabled=False))
+        disabled = await session.scalar(
+            update(Endpoint).where(Endpoint.id == outcome.endpoint_id, Endpoint.enabled.is_(True)).values(enabled=False).returning(Endpoint.id)
+        )
+        if disabled is None:
+            continue  # another 410 of this endpoint disabled it already, and announced it
         await operational.emit(
             session, outcome.tenant_id, operational.ENDPOINT_DISABLED,
             {"endpoint_id": str(outcome.endpoint_id), "reason": "410 Gone"}, exclude=outcome.endpoint_id,

@@ -97,8 +97,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ] = False
     retry_schedule: Annotated[
         str,
-        _doc("Comma-separated delays in seconds between attempts; the first is the first attempt. "
-             "Each gets ±20 % jitter. After the last one a delivery is dead."),
+        _doc("Comma-separated delays in seconds between attempts, one entry per attempt: the first "
+             "attempt always goes at once (its entry only counts the attempt), each later one waits its "
+             "entry ±20 % after the previous. After the last one a delivery is dead."),
     ] = "0,5,300,1800,7200,18000,36000,50400,72000,86400"
     retry_after_max_seconds: Annotated[
         int, _doc("Upper bound on a receiver's `Retry-After` that Hookgate honours.")

@@ -110,6 +110,21 @@ async def test_410_disables_the_endpoint(stack: Stack) -> None:
         assert fetched["enabled"] is False
 
 
+async def test_an_endpoint_is_disabled_and_announced_once_however_many_410s_it_answers(stack: Stack) -> None:
+    tenant = await new_tenant(stack.client)
+    source = await new_source(stack.client, tenant)
+    async with Server(Script([(410, {}, 0.2)])) as gone, Server(Script()) as ops:
+        endpoint = await stack.endpoint(tenant, gone.url, event_types=["charge.*"])
+        await stack.endpoint(tenant, ops.url, event_types=["endpoint.disabled"])
+        await asyncio.gather(*(stack.ingest(source, stripe_event("charge_succeeded")) for _ in range(5)))
+        await stack.settled(tenant, 5, status="dead")
+        await wait_until(lambda: ops.requests, what="endpoint.disabled")
+        await asyncio.sleep(0.5)
+        assert len(gone.requests) >= 2, "the 410s should overlap for this test to mean anything"
+        announced = [json.loads(r.body) for r in ops.requests]
+        assert [(a["type"], a["data"]["endpoint_id"]) for a in announced] == [("endpoint.disabled", endpoint["id"])]
+
+
 async def test_429_retry_after_is_honoured(stack: Stack) -> None:
     tenant = await new_tenant(stack.client)
     source = await new_source(stack.client, tenant)

@@ -12,7 +12,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -36,7 +36,7 @@ class SourceKey:
     provider: str
     priorities: Mapping[str, str] | None
     limits: Mapping[str, Mapping[str, Any]] | None  # the tenant's admission overrides
-    secrets: tuple[tuple[str, datetime | None], ...]  # (plaintext, expires_at), newest first
+    secrets: tuple[tuple[str, datetime | None], ...] = field(repr=False)  # (plaintext, expires_at), newest first: never in a log line
 
     def active_secrets(self, now: datetime) -> list[str]:
         return [secret for secret, expires in self.secrets if expires is None or expires > now]
