@@ -186,7 +186,7 @@ class _PostgresClaim:
         if rung:
             params["ids"] = list(rung)
         more, rows = _counted((await session.execute(_FAN_OUT_AND_CLAIM if rung else _CLAIM, params)).all(), params["limit"])
-        return Claimed(list(dict.fromkeys(row.id for row in rows)), await self._jobs.jobs(session, rows), more)
+        return Claimed(list(dict.fromkeys(row.id for row in rows)), await self._jobs.jobs(session, rows, params["lease"]), more)
 
 
 class _SQLiteClaim:
@@ -201,8 +201,9 @@ class _SQLiteClaim:
         now = utcnow()  # after the fan-out: its deliveries are due from the time it made them
         more, rows = _counted((await session.execute(_CHOOSE_SQLITE, {**params, "now": now})).all(), params["limit"])
         ids = [row.id for row in rows]
-        leased = list(await session.scalars(_LEASE_SQLITE, {"ids": ids, "now": now, "lease": now + lease})) if ids else []
-        return Claimed(leased, await self._jobs.read(session, leased), more)
+        until = now + lease
+        leased = list(await session.scalars(_LEASE_SQLITE, {"ids": ids, "now": now, "lease": until})) if ids else []
+        return Claimed(leased, await self._jobs.read(session, leased, until), more)
 
 
 def _counted(rows: Sequence[Row[Any]], limit: int) -> tuple[bool, list[Row[Any]]]:

@@ -110,7 +110,7 @@ class DeliveryEngine:
         """One attempt of a claimed delivery (or a wait, when its breaker or rate limit says so)."""
         retry_at = await self._gate(job)
         if retry_at is not None:
-            await self._waits.postpone(job.delivery_id, datetime.fromtimestamp(retry_at, UTC))  # spends no attempt
+            await self._waits.postpone(job.delivery_id, datetime.fromtimestamp(retry_at, UTC), job.leased_until)  # spends no attempt
             return
         with self._span(job) as span:
             started = utcnow()
@@ -175,7 +175,7 @@ class DeliveryEngine:
         labelled(ATTEMPTS, str(job.tenant_id), "success" if result.ok else "failure", status_class).inc()
         labelled(ATTEMPT_LATENCY, status_class).observe(result.duration_ms / 1000)
         written = await self._outcomes.write(
-            Outcome(job.delivery_id, job.tenant_id, job.endpoint_id, started, result, transition, trace_id)
+            Outcome(job.delivery_id, job.tenant_id, job.endpoint_id, started, result, transition, trace_id, job.leased_until)
         )
         if written.finished:
             labelled(DELIVERIES, str(job.tenant_id), written.status).inc()

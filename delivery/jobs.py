@@ -69,6 +69,7 @@ class Job:
     received_at: datetime
     event_id: uuid.UUID
     trace_context: str | None
+    leased_until: datetime  # the claim's lease: its outcome changes the row only while that lease holds
 
 
 _log = logging.getLogger("hookgate.delivery")
@@ -80,13 +81,14 @@ class JobReader:
         self._box = box
         self._plaintexts: dict[bytes, str] = {}
 
-    async def read(self, session: AsyncSession, delivery_ids: list[uuid.UUID]) -> list[Job]:
+    async def read(self, session: AsyncSession, delivery_ids: list[uuid.UUID], leased_until: datetime) -> list[Job]:
         """The jobs of the still-open deliveries among ``delivery_ids``, in the caller's transaction."""
         if not delivery_ids:
             return []
-        return await self.jobs(session, await session.execute(_read(session.bind.dialect.name), {"ids": delivery_ids, "now": utcnow()}))
+        rows = await session.execute(_read(session.bind.dialect.name), {"ids": delivery_ids, "now": utcnow()})
+        return await self.jobs(session, rows, leased_until)
 
-    async def jobs(self, session: AsyncSession, rows: Iterable[Row[Any]]) -> list[Job]:
+    async def jobs(self, session: AsyncSession, rows: Iterable[Row[Any]], leased_until: datetime) -> list[Job]:
         """The jobs of these ``jobs_of`` rows; deliveries whose endpoint is gone or disabled are made
         dead instead, and so are those none of whose secrets decrypts (``HOOKGATE_SECRET_KEY`` lost
         the key they were stored under): one such endpoint must not fail the claim of every tenant's
@@ -127,6 +129,7 @@ class JobReader:
                 received_at=row.received_at,
                 event_id=row.event_id,
                 trace_context=row.trace_context,
+                leased_until=leased_until,
             )
             for row in live.values()
         ]

@@ -52,9 +52,13 @@ _UPDATE = (
     .values({name: bindparam(f"b_{name}", type_=_d.c[name].type) for name in _STATE})
 )
 _INSERT = insert(_a)
-_POSTPONE = (
+_POSTPONE = (  # only while the job's lease holds: a lease that ran out may be another claim's now
     update(_d)
-    .where(_d.c.id == bindparam("b_id"), or_(*(_d.c.status == status for status in OPEN_STATUSES)))  # no IN: executemany
+    .where(
+        _d.c.id == bindparam("b_id"),
+        or_(*(_d.c.status == status for status in OPEN_STATUSES)),  # no IN: executemany
+        _d.c.locked_until == bindparam("b_lease", type_=_d.c.locked_until.type),
+    )
     .values(next_attempt_at=bindparam("b_until", type_=_d.c.next_attempt_at.type), locked_until=None)
 )
 
@@ -68,6 +72,7 @@ class Outcome:
     result: SendResult
     transition: str | None  # the breaker's, to announce
     trace_id: str | None
+    leased_until: datetime | None = None  # the job's lease; None: whoever holds the row now
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +139,11 @@ class OutcomeWriter:
             was_open = row["status"] in OPEN_STATUSES
             row["attempt_count"] += 1
             attempts.append(_attempt_row(outcome, row["attempt_count"]))
-            if was_open:  # a duplicate after a lease expiry leaves a finished row as is
+            if was_open and not outcome.result.ok and not _holds(row, outcome):
+                # Its lease ran out and another claim holds the row now: that claim's attempt decides
+                # the schedule and the lease; this one is only on record.
+                _note(row, outcome)
+            elif was_open:  # a duplicate after a lease expiry leaves a finished row as is
                 self._advance(row, outcome)
                 if row["status"] == DEAD:
                     dead.append((outcome, dict(row)))
@@ -151,7 +160,7 @@ class OutcomeWriter:
 
     def _advance(self, row: dict[str, Any], outcome: Outcome) -> None:
         result = outcome.result
-        row["last_status_code"], row["last_error"], row["last_attempt_at"] = result.status_code, result.error, outcome.started
+        _note(row, outcome)
         if result.ok:
             _finish(row, SUCCEEDED, None)
         elif result.status_code == 410:
@@ -179,15 +188,17 @@ class Postponements:
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession], *, max_items: int, concurrency: int) -> None:
         self._sessions = sessions
-        self._batcher: Batcher[tuple[uuid.UUID, datetime], None] = Batcher(self._commit, max_items=max_items, concurrency=concurrency)
+        self._batcher: Batcher[tuple[uuid.UUID, datetime, datetime], None] = Batcher(self._commit, max_items=max_items, concurrency=concurrency)
 
-    async def postpone(self, delivery_id: uuid.UUID, until: datetime) -> None:
-        await self._batcher.submit((delivery_id, until))
+    async def postpone(self, delivery_id: uuid.UUID, until: datetime, leased_until: datetime) -> None:
+        """Due again at ``until``, released from the lease it was claimed under (if that still holds)."""
+        await self._batcher.submit((delivery_id, until, leased_until))
 
-    async def _commit(self, waits: list[tuple[uuid.UUID, datetime]]) -> list[None]:
+    async def _commit(self, waits: list[tuple[uuid.UUID, datetime, datetime]]) -> list[None]:
         async with self._sessions() as session, session.begin():
             connection = await session.connection()
-            await connection.execute(_POSTPONE, [{"b_id": delivery_id, "b_until": until} for delivery_id, until in sorted(waits)])
+            params = [{"b_id": delivery_id, "b_until": until, "b_lease": lease} for delivery_id, until, lease in sorted(waits)]
+            await connection.execute(_POSTPONE, params)
         return [None] * len(waits)
 
 
@@ -242,6 +253,16 @@ def _attempt_row(outcome: Outcome, number: int) -> dict[str, Any]:
         "response_excerpt": result.response_excerpt or None,
         "trace_id": outcome.trace_id,
     }
+
+
+def _holds(row: dict[str, Any], outcome: Outcome) -> bool:
+    """Whether the lease the outcome's job was claimed under still holds the row."""
+    return outcome.leased_until is None or row["locked_until"] == outcome.leased_until
+
+
+def _note(row: dict[str, Any], outcome: Outcome) -> None:
+    result = outcome.result
+    row["last_status_code"], row["last_error"], row["last_attempt_at"] = result.status_code, result.error, outcome.started
 
 
 def _update_params(row: dict[str, Any]) -> dict[str, Any]:

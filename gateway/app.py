@@ -22,6 +22,7 @@ from gateway.admission.controller import usage
 from gateway.admission.service import Admission
 from gateway.doorbell import Doorbell, RedisDoorbell
 from gateway.events.controller import EventController
+from gateway.head import HeadAsGet
 from gateway.health import readiness, ready
 from gateway.idempotency.middleware import IdempotencyMiddleware
 from gateway.ingest.controller import INGEST_STATE, ingest
@@ -155,5 +156,5 @@ def create_app(settings: Settings | None = None) -> Litestar:
         state=State({"settings": settings, INGEST_STATE: ingest_service}),
         lifespan=[lifespan],
     )
-    app.asgi_handler = IngestFastPath(app.asgi_handler, ingest_service, max_body=settings.max_body_bytes)
+    app.asgi_handler = IngestFastPath(HeadAsGet(app.asgi_handler), ingest_service, max_body=settings.max_body_bytes)
     return app

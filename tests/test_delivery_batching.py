@@ -23,7 +23,7 @@ from delivery.dispatcher import Dispatcher
 from delivery.engine import DeliveryEngine
 from delivery.fanout import subscribed
 from delivery.jobs import Job
-from delivery.outcomes import Outcome, OutcomeWriter
+from delivery.outcomes import Outcome, OutcomeWriter, Postponements
 from delivery.sender import DeliveryClient, SendResult
 from gateway.database import utcnow
 from gateway.events.models import Attempt, Delivery, Event
@@ -321,7 +321,8 @@ async def test_a_rate_limited_caller_does_not_take_the_breakers_probe(worker: _W
     engine = DeliveryEngine(runtime.sessions, runtime.settings, runtime.box, breaker, limiter, DeliveryClient(connect_timeout=1.0))
     endpoint = uuid.uuid4()
     job = Job(delivery_id=uuid.uuid4(), tenant_id=uuid.uuid4(), endpoint_id=endpoint, url="https://example.com/", rate=1.0,
-              secrets=[], body=b"", priority="normal", received_at=utcnow(), event_id=uuid.uuid4(), trace_context=None)
+              secrets=[], body=b"", priority="normal", received_at=utcnow(), event_id=uuid.uuid4(), trace_context=None,
+              leased_until=utcnow())
     for _ in range(BreakerConfig().failure_threshold):
         await breaker.record(str(endpoint), False)
     await clock.advance((await breaker.view(str(endpoint))).cooldown)  # the probe is due
@@ -331,6 +332,35 @@ async def test_a_rate_limited_caller_does_not_take_the_breakers_probe(worker: _W
     retry_at = await engine._gate(job)
     assert retry_at is not None and retry_at > time.time()  # held back by the limit...
     assert await breaker.acquire(str(endpoint)) is None  # ...with the probe still there for the next caller
+
+
+async def test_an_attempt_whose_lease_ran_out_leaves_the_new_claim_in_charge(worker: _Worker) -> None:
+    """A stalled attempt comes back after its lease ran out and another claim took the row: its
+    failure (or its wait) is on record but must not release that claim's lease or reschedule the
+    row, or a third worker could send beside the second. Its success still finishes the delivery."""
+    endpoint = await worker.endpoint("https://example.com/hook")
+    [stale] = (await worker.claimed(endpoint, 1)).jobs
+    async with worker.runtime.sessions() as session, session.begin():
+        await session.execute(update(Delivery).values(locked_until=utcnow() - timedelta(seconds=1)))  # the lease ran out
+    [current] = (await worker.engine.claim(1)).jobs
+    assert current.delivery_id == stale.delivery_id and current.leased_until != stale.leased_until
+    failed = SendResult(status_code=500, error="HTTP 500", response_excerpt="", duration_ms=3, retry_after=None)
+
+    def outcome(job: Job, result: SendResult) -> Outcome:
+        return Outcome(job.delivery_id, job.tenant_id, job.endpoint_id, utcnow(), result, None, None, job.leased_until)
+
+    await worker.outcomes.write(outcome(stale, failed))
+    waits = Postponements(worker.runtime.sessions, max_items=10, concurrency=1)
+    await waits.postpone(stale.delivery_id, utcnow() + timedelta(hours=1), stale.leased_until)
+    row = (await worker.deliveries([stale.delivery_id]))[stale.delivery_id]
+    assert (row.locked_until, row.attempt_count, row.last_status_code) == (current.leased_until, 1, 500)
+
+    await worker.outcomes.write(outcome(current, failed))  # the claim in charge reschedules
+    row = (await worker.deliveries([stale.delivery_id]))[stale.delivery_id]
+    assert (row.status, row.locked_until, row.attempt_count) == ("failed", None, 2) and row.next_attempt_at > utcnow()
+    ok = SendResult(status_code=200, error=None, response_excerpt="", duration_ms=3, retry_after=None)
+    await worker.outcomes.write(outcome(stale, ok))  # a late success is still a delivery
+    assert (await worker.deliveries([stale.delivery_id]))[stale.delivery_id].status == "succeeded"
 
 
 async def _unfanned(worker: _Worker, tenant_id: uuid.UUID, count: int) -> list[uuid.UUID]:

@@ -102,6 +102,17 @@ async def test_list_get_patch_delete_sources(client: Client, tenant: TenantHandl
     _is_problem(await client.post(ingest_path(created[0]), content=body, headers=headers), 404)
 
 
+async def test_head_answers_as_get_without_the_body(client: Client, tenant: TenantHandle) -> None:
+    """RFC 9110: HEAD wherever GET works (monitors and link checkers use it); the rest stay 405."""
+    for path, headers in (("/healthz", {}), ("/api/v1/sources", tenant.auth), ("/dashboard/login", {})):
+        got, head = await client.get(path, headers=headers), await client.head(path, headers=headers)
+        assert head.status_code == got.status_code == 200, (path, head.status_code)
+        assert head.content == b"" and head.headers["content-length"] == got.headers["content-length"] == str(len(got.content))
+        assert head.headers["content-type"] == got.headers["content-type"]
+    assert (await client.head("/api/v1/sources")).status_code == 401  # as the GET would be
+    assert (await client.head("/ingest/" + "A" * 32)).status_code == 405  # ingest takes POST only
+
+
 async def test_a_missing_body_is_named_as_such(client: Client) -> None:
     response = await client.post("/api/v1/tenants", headers={"authorization": f"Bearer {OPERATOR_KEY}"})
     _is_problem(response, 400)

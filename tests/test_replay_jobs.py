@@ -64,6 +64,10 @@ async def test_bulk_replay_delivers_exactly_the_window_and_types(stack_factory) 
         assert response.status_code == 202, response.text
         created = response.json()
         assert created["status"] == "queued" and created["total"] == len(wanted) and created["done"] == 0
+        other_case = await stack.client.post(
+            "/api/v1/replays", json={"since": since.isoformat(), "until": until.isoformat(), "types": ["INVOICE.*"]}, headers=tenant.auth
+        )
+        assert other_case.json()["total"] == 0  # types are matched as written, on SQLite too (its LIKE folds case)
 
         job = await _finished(stack, tenant, created["id"])
         assert job["status"] == "completed" and job["done"] == job["total"] == len(wanted) and job["skipped"] == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, or_, true
+from sqlalchemy import ColumnElement, func, or_, true
 
 Priority = Literal["critical", "high", "normal", "low"]
 PRIORITIES: tuple[Priority, ...] = ("critical", "high", "normal", "low")
@@ -53,11 +53,12 @@ def matches(pattern: str, event_type: str) -> bool:
 
 
 def matching(column: Any, patterns: Sequence[str]) -> ColumnElement[bool]:
-    """``matches`` as SQL: the column equals, or (for a trailing ``*``) starts with, a pattern."""
+    """``matches`` as SQL: the column equals, or (for a trailing ``*``) starts with, a pattern.
+    Prefixes are compared as substrings, not with ``LIKE``, which SQLite folds to one case."""
     if "*" in patterns:
         return true()
     exact = [p for p in patterns if not p.endswith("*")]
-    prefixes = [column.startswith(p[:-1], autoescape=True) for p in patterns if p.endswith("*")]
+    prefixes = [func.substr(column, 1, len(p) - 1) == p[:-1] for p in patterns if p.endswith("*")]
     return or_(*([column.in_(exact)] if exact else []), *prefixes)
 
 
