@@ -179,6 +179,7 @@ def _number(label: str) -> int | None:
 def _check_hostname(host: str, *, allow_private: bool) -> None:
     try:
         ascii_host = host.encode("idna").decode("ascii")
+        ascii_host.encode("ascii").decode("idna")  # and back: an "xn--" label that is not punycode is no name
     except UnicodeError:  # empty or over-long labels, unencodable names
         ascii_host = ""
     if not _HOSTNAME.fullmatch(ascii_host):

@@ -179,6 +179,8 @@ REFUSED = [
     ("http://1.2.3.4.5/", "1.2.3.4.5 is not a valid IPv4 address"),
     ("http://256.0.0.1/", "256.0.0.1 is not a valid IPv4 address"),
     ("http://127.0.0.1\\evil.com/", "127.0.0.1\\evil.com is not a valid domain name"),
+    ("http://xn--/", "xn-- is not a valid domain name"),
+    ("http://xn--zz.example.com/", "xn--zz.example.com is not a valid domain name"),
     ("https://example.com/" + "a" * 2048, "URL is longer than 2048 characters"),
 ]
 
