@@ -192,7 +192,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         int, msgspec.Meta(ge=1), _doc("How far back a payment failure makes a subscription deletion a silent lapse.")
     ] = 30
     anomaly_retention_days: Annotated[
-        int, msgspec.Meta(ge=1), _doc("Days of feature windows kept (the training history needs them).")
+        int, msgspec.Meta(ge=1), _doc("Days of feature windows, ingest tallies and window claims kept (the training history needs the windows).")
     ] = 8
 
     dashboard_session_hours: Annotated[

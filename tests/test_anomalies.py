@@ -8,18 +8,21 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import threading
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert
+import pytest
+from sqlalchemy import insert, select
 from standardwebhooks.webhooks import Webhook
 
 from gateway.database import create_engine, session_factory, utcnow
+from gateway.ingest.tallies import IngestTally
 from ml.features import Window
-from ml.forest import MIN_WINDOWS
-from ml.online.models import FeatureWindowRow
-from ml.online.monitor import AnomalyMonitor
+from ml.forest import MIN_WINDOWS, TenantModel
+from ml.online.models import FeatureWindowRow, WindowRun
+from ml.online.monitor import CATCH_UP_WINDOWS, AnomalyMonitor
 from ml.online.training import retrain
 from ml.online.windows import window_features
 from ml.windows import WindowBuilder
@@ -166,6 +169,53 @@ async def test_a_card_testing_burst_opens_one_anomaly_delivered_then_resolved(st
         await engine.dispose()
 
 
+async def test_a_window_no_one_scored_neither_drops_silent_tenants_nor_stays_unscored(stack: Stack) -> None:
+    """The database was down past a window's end (or every worker was): the next window still
+    carries the tenants of the last one scored (silent ones too: a volume drop is their silence),
+    and the monitor scores the missed windows late, oldest first, up to CATCH_UP_WINDOWS."""
+    tenant = await new_tenant(stack.client)
+    source = await new_source(stack.client, tenant)
+    start = await _fresh_minute()
+    assert await _post(stack, source, _charge("charge_succeeded", customer="cus_1")) == 200
+    engine = create_engine(stack.settings.database_url, pool_size=2)
+    monitor = AnomalyMonitor(session_factory(engine), stack.settings, retrains=False)
+    minute = timedelta(minutes=1)
+    try:
+        assert await monitor._unscored(start, None) == [start]  # nothing scored yet: the latest only
+        assert await monitor.score_window(start) == 1
+        assert await monitor.score_window(start + 2 * minute) == 1  # start + 1 never scored: still carried
+        assert await monitor._unscored(start + 5 * minute, None) == [start + 3 * minute, start + 4 * minute, start + 5 * minute]
+        assert await monitor._unscored(start + 5 * minute, start + 5 * minute) == []
+        far = start + (CATCH_UP_WINDOWS + 100) * minute
+        late = await monitor._unscored(far, start + 2 * minute)
+        assert len(late) == CATCH_UP_WINDOWS and late[-1] == far and late == sorted(late)
+    finally:
+        await engine.dispose()
+
+
+async def test_scoring_a_window_prunes_tallies_and_claims_past_retention(stack: Stack) -> None:
+    """Ingest tallies (anyone with an ingest URL can add rows: bad signatures) and window claims
+    are pruned with the feature windows; every window's features read the tallies by minute."""
+    tenant = await new_tenant(stack.client)
+    start = await _fresh_minute()
+    old = start - timedelta(days=stack.settings.anomaly_retention_days, minutes=1)
+    recent = start - timedelta(days=1)
+    engine = create_engine(stack.settings.database_url, pool_size=2)
+    try:
+        async with engine.begin() as connection:
+            for minute in (old, recent):
+                await connection.execute(insert(IngestTally).values(tenant_id=uuid.UUID(tenant.id), minute=minute, duplicates=1, bad_signatures=0))
+                await connection.execute(insert(WindowRun).values(window_start=minute, finished_at=minute, tenants=0))
+        await AnomalyMonitor(session_factory(engine), stack.settings, retrains=False).score_window(start)
+        async with engine.connect() as connection:
+            tallies = set((await connection.execute(select(IngestTally.minute))).scalars())
+            runs = set((await connection.execute(select(WindowRun.window_start))).scalars())
+    finally:
+        await engine.dispose()
+    assert old not in tallies and recent in tallies
+    assert old not in runs and {recent, start} <= runs
+
+
 async def test_thresholds_are_per_tenant_and_validated(stack: Stack) -> None:
     tenant = await new_tenant(stack.client)
     detection = (await stack.client.get("/api/v1/anomalies/detection", headers=tenant.auth)).json()
@@ -185,7 +235,15 @@ async def test_thresholds_are_per_tenant_and_validated(stack: Stack) -> None:
     assert restored.json()["thresholds"]["duplicate_min"] == default and restored.json()["overrides"] == {}
 
 
-async def test_models_train_from_stored_windows_and_switch_detection_on(stack: Stack) -> None:
+async def test_models_train_from_stored_windows_and_switch_detection_on(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    fitted_on: list[threading.Thread] = []
+    fit = TenantModel.fit
+
+    def recorded(*args: Any, **kwargs: Any) -> TenantModel | None:
+        fitted_on.append(threading.current_thread())
+        return fit(*args, **kwargs)
+
+    monkeypatch.setattr(TenantModel, "fit", staticmethod(recorded))
     tenant = await new_tenant(stack.client)
     tenant_id = uuid.UUID(tenant.id)
     rng = random.Random(7)
@@ -204,6 +262,7 @@ async def test_models_train_from_stored_windows_and_switch_detection_on(stack: S
             await connection.execute(insert(FeatureWindowRow), rows)
         sessions = session_factory(engine)
         assert await retrain(sessions, stack.settings) == 1
+        assert fitted_on and threading.main_thread() not in fitted_on  # off the event loop's thread
         assert await retrain(sessions, stack.settings) == 0  # fresh: nothing due
         detection = (await stack.client.get("/api/v1/anomalies/detection", headers=tenant.auth)).json()
         assert detection["mode"] == "rules_and_model" and detection["model_trained_at"] and detection["windows_seen"] == count

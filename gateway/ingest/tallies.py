@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Insert, Integer, PrimaryKeyConstraint
+from sqlalchemy import ForeignKey, Index, Insert, Integer, PrimaryKeyConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from gateway.database import Base, UTCDateTime, dialect_insert
@@ -16,7 +16,8 @@ DUPLICATES, BAD_SIGNATURES = "duplicates", "bad_signatures"
 
 class IngestTally(Base):
     __tablename__ = "ingest_tallies"
-    __table_args__ = (PrimaryKeyConstraint("tenant_id", "minute"),)
+    # Anomaly windows read every tenant's rows of a minute, and retention deletes by minute.
+    __table_args__ = (PrimaryKeyConstraint("tenant_id", "minute"), Index("ix_ingest_tallies_minute", "minute"))
 
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     minute: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -14,11 +14,12 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.background import BackgroundLoop
 from gateway.database import dialect_insert, utcnow
+from gateway.ingest.tallies import IngestTally
 from gateway.metrics import ANOMALIES
 from gateway.settings import Settings
 from ml.baseline import Baseline
@@ -36,6 +37,7 @@ from tenants.models import Tenant
 _log = logging.getLogger("hookgate.anomalies")
 BASELINE_REFRESH_WINDOWS = 15
 RETRAIN_CHECK_SECONDS = 600  # how often stale models are looked for (arq cron in production)
+CATCH_UP_WINDOWS = 60  # the most windows scored late after a gap; older ones stay unscored
 
 
 class AnomalyMonitor:
@@ -67,8 +69,9 @@ class AnomalyMonitor:
             start = self.last_closed(utcnow())
             if start != scored:
                 try:
-                    await self.score_window(start)
-                    scored = start
+                    for due in await self._unscored(start, scored):
+                        await self.score_window(due)
+                        scored = due
                     if self._retrains and time.monotonic() - self._retrained >= RETRAIN_CHECK_SECONDS:
                         self._retrained = time.monotonic()
                         await retrain(self._sessions, self._settings)
@@ -76,6 +79,18 @@ class AnomalyMonitor:
                     _log.warning("anomaly window not scored; retrying", exc_info=True)
             next_due = start.timestamp() + 2 * self._seconds + self._settings.anomaly_grace_seconds
             await self._loop.pause(min(5.0, max(0.2, next_due - time.time())))
+
+    async def _unscored(self, latest: datetime, scored: datetime | None) -> list[datetime]:
+        """The windows to score, oldest first, up to ``latest``: after a gap (the database was down
+        past a window's end, every worker was, a restart) the missed ones too, up to
+        ``CATCH_UP_WINDOWS``. A window left unscored is never looked at, and the next one's
+        carried tenants would have to skip it."""
+        if scored is None:  # this process has not scored yet: since the last window anyone scored
+            async with self._sessions() as session:
+                scored = await session.scalar(select(func.max(WindowRun.window_start)))
+        step = timedelta(seconds=self._seconds)
+        first = latest if scored is None else max(scored + step, latest - (CATCH_UP_WINDOWS - 1) * step)
+        return [first + n * step for n in range(int((latest - first) / step) + 1)] if first <= latest else []
 
     async def score_window(self, start: datetime) -> int | None:
         """Score the window starting at ``start``; None if another process already did."""
@@ -93,21 +108,24 @@ class AnomalyMonitor:
             )
             if windows:
                 await self._detect(session, start, windows, carried)
-            await session.execute(
-                delete(FeatureWindowRow).where(FeatureWindowRow.start < start - timedelta(days=self._settings.anomaly_retention_days))
-            )
+            await _prune(session, start - timedelta(days=self._settings.anomaly_retention_days))
             await session.execute(
                 WindowRun.__table__.update().where(WindowRun.window_start == start).values(tenants=len(windows), finished_at=utcnow())
             )
             return len(windows)
 
     async def _carried(self, session: AsyncSession, start: datetime) -> dict[uuid.UUID, datetime]:
-        """Tenants whose previous window exists and who sent something within the history span,
-        with when they last did."""
+        """Tenants with a window in the latest one stored before this and who sent something within
+        the history span, with when they last did. The latest stored, not the one just before:
+        after a window no one scored, silent tenants would otherwise stop being watched (and
+        their open anomalies would never close)."""
+        previous = await session.scalar(select(func.max(FeatureWindowRow.start)).where(FeatureWindowRow.start < start))
+        if previous is None:
+            return {}
         horizon = start - timedelta(seconds=self._seconds * self._settings.anomaly_history_windows)
         rows = await session.execute(
             select(FeatureWindowRow.tenant_id, FeatureWindowRow.last_active).where(
-                FeatureWindowRow.start == start - timedelta(seconds=self._seconds), FeatureWindowRow.last_active >= horizon
+                FeatureWindowRow.start == previous, FeatureWindowRow.last_active >= horizon
             )
         )
         return {tenant_id: last_active for tenant_id, last_active in rows}
@@ -210,6 +228,14 @@ class AnomalyMonitor:
                 self._models[row.tenant_id] = (row.trained_at, TenantModel.loads(row.blob))
         return {t: self._models[t][1] for t in versions}
 
+
+
+async def _prune(session: AsyncSession, before: datetime) -> None:
+    """Retention: feature windows, ingest tallies and window claims older than ``before`` (one index
+    range each). Anomalies stay: they are the tenant's record."""
+    await session.execute(delete(FeatureWindowRow).where(FeatureWindowRow.start < before))
+    await session.execute(delete(IngestTally).where(IngestTally.minute < before))
+    await session.execute(delete(WindowRun).where(WindowRun.window_start < before))
 
 
 async def _thresholds(session: AsyncSession, tenant_ids: list[uuid.UUID]) -> dict[uuid.UUID, Thresholds]:
