@@ -5,7 +5,7 @@ the browser send the cookie but cannot read it)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import Any
 
 from litestar import Controller, Request, get, post
@@ -62,22 +62,44 @@ async def _signed_in(db: AsyncSession, user: User, signer: Signer, settings: Set
     return response
 
 
-@dataclass(frozen=True)
 class LoginThrottle:
     """GCRA limits on login attempts per client address and per email (the app's limiter: shared
-    through Redis in production, so every worker counts the same attempts)."""
+    through Redis in production, so every worker counts the same attempts). Behind a reverse proxy
+    every connection comes from the proxy: its ``X-Forwarded-For`` names the client, if the proxy
+    is trusted (``HOOKGATE_TRUSTED_PROXIES``), or one client would lock everyone out."""
 
-    limiter: Limiter
-    rate: Rate
+    def __init__(self, limiter: Limiter, rate: Rate, proxies: tuple[IPv4Network | IPv6Network, ...] = ()) -> None:
+        self.limiter = limiter
+        self.rate = rate
+        self.proxies = proxies  # a plain class: Litestar's signature model cannot convert a union of networks
 
     async def wait(self, request: Request[Any, Any, Any], email: str) -> int:
         """Seconds to wait when this address or this email has tried too often, else 0."""
-        client = request.client.host if request.client else "unknown"
+        peer = request.client.host if request.client else "unknown"
+        client = client_address(peer, request.headers.getall("x-forwarded-for", []), self.proxies)
         for key in (f"login:ip:{client}", f"login:email:{email}"):
             decision = await self.limiter.hit(key, self.rate)
             if not decision.allowed:
                 return max(1, math.ceil(decision.retry_after))
         return 0
+
+
+def client_address(peer: str, forwarded_for: list[str], proxies: tuple[IPv4Network | IPv6Network, ...]) -> str:
+    """The client behind trusted proxies: walking ``X-Forwarded-For`` from the right (each proxy
+    appends the address it saw), the first address that is not a trusted proxy. Entries to its left
+    are whatever the client claimed; a peer that is not a trusted proxy is the client itself."""
+    if not _trusted(peer, proxies):
+        return peer
+    hops = [hop.strip() for header in forwarded_for for hop in header.split(",") if hop.strip()]
+    return next((hop for hop in reversed(hops) if not _trusted(hop, proxies)), peer)
+
+
+def _trusted(address: str, proxies: tuple[IPv4Network | IPv6Network, ...]) -> bool:
+    try:
+        ip = ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in proxies)
 
 
 class LoginController(Controller):

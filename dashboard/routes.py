@@ -59,7 +59,7 @@ def dashboard_routers(sessions: Callable[[], AsyncSession], settings: Settings, 
         route_handlers=[LoginController, InvitationController],
         dependencies={
             "signer": constant(signer),
-            "login_throttle": constant(LoginThrottle(limiter, Rate.parse(settings.dashboard_login_limit))),
+            "login_throttle": constant(LoginThrottle(limiter, Rate.parse(settings.dashboard_login_limit), settings.proxy_networks)),
         },
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         include_in_schema=False,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Annotated, Literal
 
 import msgspec
@@ -204,6 +205,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         _doc("Login attempts per email address and per client address: `attempts_per_second/burst` "
              "(the default allows 10 at once, then one every 10 s)."),
     ] = "0.1/10"
+    trusted_proxies: Annotated[
+        str,
+        _doc("Comma-separated addresses or CIDR networks of the reverse proxies in front of the gateway "
+             "(an Ingress controller's pods). A request from one of them is from the last address in its "
+             "`X-Forwarded-For` that is not itself a trusted proxy, for the dashboard's per-client login "
+             "limit; empty: every client is the connection's peer, and `X-Forwarded-For` is ignored."),
+    ] = ""
     dashboard_invite_hours: Annotated[
         float, msgspec.Meta(gt=0), _doc("How long a dashboard invitation link stays valid.")
     ] = 168.0
@@ -212,11 +220,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         for name in ("ingest_limit_critical", "ingest_limit_high", "ingest_limit_normal", "ingest_limit_low", "dashboard_login_limit"):
             if float(getattr(self, name).split("/")[0]) <= 0 or int(getattr(self, name).split("/")[1]) < 1:
                 raise ValueError(f"{name} needs a rate above 0 and a burst of at least 1")
+        self.proxy_networks  # noqa: B018 - a malformed entry fails at start, not at the first login
         if self.anomaly_window_seconds % 60:
             raise ValueError("anomaly_window_seconds must be a multiple of 60 (ingest tallies are per minute)")
         if self.lease_seconds <= self.delivery_timeout:
             # A lease that can lapse mid-attempt hands the delivery out again: every slow receiver gets it twice.
             raise ValueError("lease_seconds must exceed delivery_timeout (a claimed delivery must outlive its attempt)")
+
+    @property
+    def proxy_networks(self) -> tuple[IPv4Network | IPv6Network, ...]:
+        """``trusted_proxies`` parsed; ValueError names a malformed entry."""
+        return tuple(ip_network(part.strip(), strict=False) for part in self.trusted_proxies.split(",") if part.strip())
 
     @property
     def is_embedded(self) -> bool:

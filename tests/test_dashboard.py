@@ -8,11 +8,13 @@ import re
 import uuid
 from collections.abc import Callable
 from html import unescape
+from ipaddress import ip_network
 from typing import Any, get_args
 
 import pytest
 from sqlalchemy import select
 
+from dashboard.login import client_address
 from gateway.cli import main as cli
 from gateway.database import create_engine, session_factory, utcnow
 from gateway.events.models import Delivery
@@ -99,6 +101,38 @@ async def test_login_is_rate_limited(stack_factory: Callable[..., Any]) -> None:
     refused = await log_in(stack.client, "bo@example.com")  # even the right password waits now
     assert refused.status_code == 429 and SESSION not in refused.cookies
     assert "Too many attempts" in _errors(refused.text)[0]
+
+
+async def test_behind_a_trusted_proxy_the_login_limit_counts_each_client(stack_factory: Callable[..., Any]) -> None:
+    """Behind an Ingress every connection is the proxy's: keyed on it, one client's failed logins
+    locked every user out. The client is the last untrusted X-Forwarded-For hop; what a client
+    writes to the left of it does not change whose attempts it spends."""
+    stack = await stack_factory(dashboard_login_limit="0.001/3", trusted_proxies="10.0.0.0/8")
+    app, inner = stack.client.app, stack.client.app.asgi_handler
+
+    async def through_the_proxy(scope: Any, receive: Any, send: Any) -> None:
+        await inner({**scope, "client": ("10.0.0.5", 40000)} if scope["type"] == "http" else scope, receive, send)
+
+    app.asgi_handler = through_the_proxy
+    tenant = await new_tenant(stack.client)
+    await _user(stack.settings, tenant, "bo@example.com")
+    stack.client.headers["x-forwarded-for"] = "203.0.113.9"  # the attacker, one unknown email after another
+    statuses = [(await log_in(stack.client, f"nobody{n}@example.com", "wrong password!")).status_code for n in range(4)]
+    assert statuses == [400, 400, 400, 429]
+    stack.client.headers["x-forwarded-for"] = "198.51.100.7, 203.0.113.9"  # a forged hop to the left: still the attacker
+    assert (await log_in(stack.client, "nobody9@example.com", "wrong password!")).status_code == 429
+    stack.client.headers["x-forwarded-for"] = "198.51.100.7, 10.0.0.9"  # the user, through two proxies
+    assert (await log_in(stack.client, "bo@example.com")).status_code == 303
+
+
+def test_the_client_address_is_the_last_hop_no_trusted_proxy_wrote() -> None:
+    proxies = (ip_network("10.0.0.0/8"), ip_network("fd00::/8"))
+    assert client_address("203.0.113.9", ["198.51.100.7"], proxies) == "203.0.113.9"  # not from a proxy: XFF ignored
+    assert client_address("10.0.0.5", ["198.51.100.7"], ()) == "10.0.0.5"  # no proxy trusted
+    assert client_address("10.0.0.5", ["6.6.6.6, 198.51.100.7"], proxies) == "198.51.100.7"
+    assert client_address("fd00::1", ["198.51.100.7, 10.1.2.3", "fd00::2"], proxies) == "198.51.100.7"  # headers in order
+    assert client_address("10.0.0.5", ["10.0.0.6", "not-an-ip"], proxies) == "not-an-ip"  # garbage is no proxy
+    assert client_address("10.0.0.5", [], proxies) == "10.0.0.5"
 
 
 async def test_every_form_refuses_a_post_without_the_csrf_token(stack: Stack, signed_in: Callable[..., Any]) -> None:
