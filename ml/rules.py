@@ -92,6 +92,8 @@ _RANGES: dict[str, _Range] = {
     ),
     **dict.fromkeys(("failure_min_ratio", "failure_floor_rate", "lag_min_share", "drop_ratio"), _FRACTION),
     "critical_factor": _COUNT,
+    **dict.fromkeys(("large_refund_min", "negative_amount_min"), (lambda v: v >= 1, "must be at least 1 (minor units)")),
+    "lag_seconds": (lambda v: v >= 1, "must be at least 1 (seconds)"),
     "lapse_horizon_windows": (lambda v: v >= 1 and v.is_integer(), "must be a whole number of windows, at least 1"),
 }
 
@@ -284,7 +286,7 @@ def webhook_lag(recent: Sequence[Window], baseline: Baseline, t: Thresholds) -> 
         detector="webhook_lag",
         kind="webhook_lag",
         severity="critical" if ratio >= 10 else "warning",
-        score=ratio / (ratio + 1),
+        score=_ratio_score(ratio),
         explanation=[f"webhook lag p50 {p50:.0f} s (max {lag_max:.0f} s) vs typical {baseline.lag_p50:.0f} s"],
         features={"lag_p50": p50, "lag_max": lag_max, "lagged_windows": streak, "lagged_events": lagged},
     )
@@ -313,7 +315,7 @@ def negative_invoice(recent: Sequence[Window], baseline: Baseline, t: Thresholds
         detector="negative_invoice",
         kind="negative_invoice",
         severity="critical" if ratio >= t.critical_factor else "warning",
-        score=ratio / (ratio + 1),
+        score=_ratio_score(ratio),
         explanation=[
             f"largest refund {window.max_refund / 100:,.2f} vs limit {refund_limit / 100:,.2f}",
             f"largest credit {window.max_credit / 100:,.2f} vs limit {credit_limit / 100:,.2f}",
@@ -383,6 +385,11 @@ RULES: tuple[Rule, ...] = (
     volume_drop,
     bad_signature,
 )
+
+
+def _ratio_score(ratio: float) -> float:
+    """How far past its limit a value is, as 0.5 (at it) to 1; an infinite ratio is 1, not NaN."""
+    return 1.0 if math.isinf(ratio) else ratio / (ratio + 1)
 
 
 def needed(threshold: float, k: int, floor: float = 0.5) -> float:

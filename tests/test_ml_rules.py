@@ -91,7 +91,7 @@ def test_thresholds_overrides() -> None:
     "overrides",
     [{"lapse_horizon_windows": 0}, {"lapse_horizon_windows": 2.5}, {"lapse_min": -1}, {"duplicate_min": 0.5},
      {"surprise": 0}, {"surprise": math.inf}, {"lag_seconds": math.nan}, {"drop_ratio": 1.5}, {"failure_floor_rate": 0},
-     {"critical_factor": 0.9}],
+     {"critical_factor": 0.9}, {"large_refund_min": 1e-320}, {"negative_amount_min": 0.5}, {"lag_seconds": 0.5}],
 )
 def test_thresholds_out_of_range_are_refused_by_name(overrides: dict[str, float]) -> None:
     """A zero horizon divided by zero and stopped every tenant's scoring; a negative minimum alerts on anything."""

@@ -64,33 +64,46 @@ class AnomalyMonitor:
         return datetime.fromtimestamp((settled // self._seconds - 1) * self._seconds, UTC)
 
     async def _run(self) -> None:
-        scored: datetime | None = None
+        scored: datetime | None = None  # the latest window this loop saw scored, with none missing before it
         while not self._loop.stopping:
             start = self.last_closed(utcnow())
             if start != scored:
                 try:
-                    for due in await self._unscored(start, scored):
-                        await self.score_window(due)
-                        scored = due
+                    if await self._score_each(await self._unscored(start)):
+                        scored = start
                     if self._retrains and time.monotonic() - self._retrained >= RETRAIN_CHECK_SECONDS:
                         self._retrained = time.monotonic()
                         await retrain(self._sessions, self._settings)
                 except Exception:  # noqa: BLE001 - the database may be down; try again shortly
-                    _log.warning("anomaly window not scored; retrying", exc_info=True)
+                    _log.warning("anomaly monitor pass failed; retrying", exc_info=True)
             next_due = start.timestamp() + 2 * self._seconds + self._settings.anomaly_grace_seconds
             await self._loop.pause(min(5.0, max(0.2, next_due - time.time())))
 
-    async def _unscored(self, latest: datetime, scored: datetime | None) -> list[datetime]:
-        """The windows to score, oldest first, up to ``latest``: after a gap (the database was down
-        past a window's end, every worker was, a restart) the missed ones too, up to
-        ``CATCH_UP_WINDOWS``. A window left unscored is never looked at, and the next one's
-        carried tenants would have to skip it."""
-        if scored is None:  # this process has not scored yet: since the last window anyone scored
-            async with self._sessions() as session:
-                scored = await session.scalar(select(func.max(WindowRun.window_start)))
+    async def _unscored(self, latest: datetime) -> list[datetime]:
+        """The windows up to ``latest``, oldest first, that no process has scored, within the last
+        ``CATCH_UP_WINDOWS``: after a gap (the database down past a window's end, every worker
+        down, a restart) the missed ones are scored late. A window left unscored is never looked at,
+        and would break the run of windows its tenants' detectors read."""
         step = timedelta(seconds=self._seconds)
-        first = latest if scored is None else max(scored + step, latest - (CATCH_UP_WINDOWS - 1) * step)
-        return [first + n * step for n in range(int((latest - first) / step) + 1)] if first <= latest else []
+        first = latest - (CATCH_UP_WINDOWS - 1) * step
+        async with self._sessions() as session:
+            done = set(await session.scalars(select(WindowRun.window_start).where(WindowRun.window_start >= first)))
+        return [due for due in (first + n * step for n in range(CATCH_UP_WINDOWS)) if due not in done]
+
+    async def _score_each(self, windows: list[datetime]) -> bool:
+        """Score each window; one that fails is tried again on the next pass (while it is within
+        reach) and does not hold up the newer ones. True if none failed."""
+        failed: list[datetime] = []
+        for due in windows:
+            try:
+                await self.score_window(due)
+            except Exception:  # noqa: BLE001 - the database may be down, or this window's data unscorable
+                if not failed:
+                    _log.warning("anomaly window %s not scored; retrying", due.isoformat(), exc_info=True)
+                failed.append(due)
+        if len(failed) > 1:
+            _log.warning("%d anomaly windows not scored, %s to %s; retrying", len(failed), failed[0].isoformat(), failed[-1].isoformat())
+        return not failed
 
     async def score_window(self, start: datetime) -> int | None:
         """Score the window starting at ``start``; None if another process already did."""
@@ -146,9 +159,13 @@ class AnomalyMonitor:
         for tenant_id, window in windows.items():
             model = models.get(tenant_id)
             history = list(histories[tenant_id])
-            findings = detect(
-                window, history, thresholds[tenant_id], model, baseline=self._baseline(tenant_id, window, history, thresholds[tenant_id]), scored=scored.get(window.tenant)
-            )
+            try:
+                findings = detect(
+                    window, history, thresholds[tenant_id], model, baseline=self._baseline(tenant_id, window, history, thresholds[tenant_id]), scored=scored.get(window.tenant)
+                )
+            except Exception:  # noqa: BLE001 - one tenant's data must not leave every tenant's window unscored
+                _log.exception("tenant %s: window %s not checked for anomalies", tenant_id, start.isoformat())
+                findings = []
             await self._keep_incidents(session, tenant_id, window, findings, open_incidents)
             active = window.start if window.events else last_active.get(tenant_id, window.start)
             rows.append({"tenant_id": tenant_id, "start": start, "seconds": self._seconds, "features": FeatureWindowRow.features_of(window), "last_active": active})
@@ -211,7 +228,11 @@ class AnomalyMonitor:
         if stale:
             rows = await session.scalars(
                 select(FeatureWindowRow)
-                .where(FeatureWindowRow.tenant_id.in_(stale), FeatureWindowRow.start >= start - timedelta(seconds=self._seconds * size))
+                .where(
+                    FeatureWindowRow.tenant_id.in_(stale),
+                    FeatureWindowRow.start >= start - timedelta(seconds=self._seconds * size),
+                    FeatureWindowRow.start < start,  # a window scored late comes before ones scored already
+                )
                 .order_by(FeatureWindowRow.start)
             )
             for row in rows:
