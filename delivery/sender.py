@@ -149,7 +149,7 @@ async def send(
         _allow_private.reset(token)
     return SendResult(
         status_code=status_code,
-        error=error,
+        error=None if error is None else _storable(error),
         response_excerpt=excerpt,
         duration_ms=round((time.monotonic() - started) * 1000),
         retry_after=retry_after,
@@ -166,6 +166,15 @@ async def _read_excerpt(response: aiohttp.ClientResponse) -> str:
     while len(buffer) < EXCERPT_BYTES and (chunk := await response.content.read(EXCERPT_BYTES - len(buffer))):
         buffer += chunk
     return bytes(buffer).decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+
+
+def _storable(text: str) -> str:
+    """The receiver's own bytes in an error (a ``Location`` header, an exception's message) as text
+    a database takes: aiohttp keeps undecodable header bytes as lone surrogates, which neither
+    asyncpg nor sqlite3 will encode, and then the attempt could never be recorded (the delivery
+    was sent again and again, and never went dead)."""
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return "".join(c if c.isprintable() else "\ufffd" for c in text)
 
 
 def _status_error(response: aiohttp.ClientResponse) -> str | None:

@@ -98,6 +98,16 @@ async def test_a_dead_notice_that_dies_is_not_announced_again(stack: Stack) -> N
         assert len(first.requests) == len(second.requests) == 3
 
 
+async def test_a_receiver_redirecting_to_undecodable_bytes_still_gets_its_attempts_recorded(stack: Stack) -> None:
+    tenant = await new_tenant(stack.client)
+    source = await new_source(stack.client, tenant)
+    async with Server(Script([(302, {"location": "http://x/\xff\xfe"}, 0)])) as receiver:
+        await stack.endpoint(tenant, receiver.url)
+        await stack.ingest(source)
+        [dead] = await stack.settled(tenant, 1, status="dead")
+        assert dead["attempts"] == 3 and len(receiver.requests) == 3 and "\ufffd" in dead["last_error"]
+
+
 async def test_410_disables_the_endpoint(stack: Stack) -> None:
     tenant = await new_tenant(stack.client)
     source = await new_source(stack.client, tenant)

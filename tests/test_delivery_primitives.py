@@ -352,6 +352,16 @@ async def test_redirect_is_not_followed(client: DeliveryClient) -> None:
 
 
 @_bounded()
+async def test_a_redirect_to_bytes_that_are_not_utf8_is_an_error_a_database_can_store(client: DeliveryClient) -> None:
+    """aiohttp keeps undecodable header bytes as lone surrogates; asyncpg and sqlite3 refuse to
+    encode those, and the attempt could not be recorded (sent again forever, never dead)."""
+    async with Server(reply(302, b"moved", {"location": "http://x/\xff\xfe\x01"})) as server:
+        result = await send(client, server.url, BODY, {}, allow_private=True, timeout=5)
+    assert result.status_code == 302 and result.error is not None
+    assert result.error.encode("utf-8") == "redirect to http://x/\ufffd\ufffd\ufffd not followed".encode()
+
+
+@_bounded()
 async def test_429_retry_after_seconds(client: DeliveryClient) -> None:
     async with Server(reply(429, b"slow down", {"retry-after": "7"})) as server:
         result = await send(client, server.url, BODY, {}, allow_private=True, timeout=5)

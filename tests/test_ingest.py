@@ -19,10 +19,14 @@ from litestar.testing import AsyncTestClient
 from standardwebhooks.webhooks import Webhook
 
 from gateway.app import create_app
+from gateway.database import create_engine, session_factory
 from gateway.events.facts import stripe_facts
 from gateway.events.priority import classify
 from gateway.migrate import upgrade_async
-from tests.conftest import TenantHandle, ingest_path, make_settings, new_source, new_tenant
+from tenants.crypto import SecretBox
+from tenants.sources import directory as directory_module
+from tenants.sources.directory import SourceDirectory
+from tests.conftest import SECRET_KEY, TenantHandle, ingest_path, make_settings, new_source, new_tenant
 from tests.support.client import AppClient
 from tests.support.services import ThrowawayPostgres
 from tests.support.stripe_events import fixture_names, signed_stripe, stripe_event, stripe_signature
@@ -216,9 +220,30 @@ async def test_an_amount_beyond_64_bits_is_left_out_and_spoils_no_neighbour(clie
 
 
 async def test_unknown_token_is_404(client: Client) -> None:
-    for token in ("A" * 32, "abc%00def", "abc%0Adef"):  # NUL cannot be looked up in Postgres at all
+    for token in ("A" * 32, "abc%00def", "abc%0Adef", "A" * 65, "A" * 4000):  # NUL cannot be looked up in Postgres at all
         response = await client.post("/ingest/" + token, content=b"{}")
         assert response.status_code == 404 and response.json()["type"].endswith("unknown-source"), (token, response.text)
+
+
+async def test_made_up_tokens_do_not_flush_the_sources_from_the_cache(
+    client: Client, tenant: TenantHandle, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Anyone can send to made-up ingest URLs, and each miss is cached: when the cache is full the
+    misses go, not the sources every tenant's next event would have to reload and decrypt."""
+    monkeypatch.setattr(directory_module, "_MAX_ENTRIES", 5)
+    source = await new_source(client, tenant)
+    token = source["ingest_url"].rsplit("/", 1)[1]
+    engine = create_engine(database_url, pool_size=1)
+    directory = SourceDirectory(session_factory(engine), SecretBox(SECRET_KEY), ttl=60)
+    try:
+        known = await directory.find(token)
+        assert known is not None and known.secrets[0][0] == source["secret"]
+        for n in range(12):
+            assert await directory.find(f"made-up-{n}") is None
+        assert directory._cache[token].key is known  # still cached: no reload
+        assert len(directory._cache) <= 5
+    finally:
+        await engine.dispose()
 
 
 async def test_every_real_stripe_fixture_is_stored_with_its_priority(client: Client, tenant: TenantHandle) -> None:

@@ -30,6 +30,7 @@ from gateway.problems import Problem
 from gateway.tracing import current_span, current_traceparent, trace_id_hex
 from tenants.limits import rate_for
 from tenants.sources.directory import SourceDirectory, SourceKey
+from tenants.sources.models import Source
 
 _log = logging.getLogger("hookgate.ingest")
 # Problem kinds on the ingest path → the outcome label of hookgate_ingest_requests_total.
@@ -40,6 +41,7 @@ _OUTCOMES = {
     "rate-limited": "rate_limited",
 }
 _json = msgspec.json.Decoder()
+_MAX_TOKEN = Source.ingest_token.type.length  # the column's: a longer token is no source's
 # A stored event is in the event log already; its line is for debugging (one per event under load).
 _STORED = frozenset({"accepted", "duplicate"})
 
@@ -83,7 +85,9 @@ class IngestService:
         return accepted
 
     async def _find(self, token: str) -> SourceKey:
-        if not token.isprintable():  # a NUL cannot even be looked up in Postgres: no source has it
+        if len(token) > _MAX_TOKEN or not token.isprintable():
+            # No source has it (a NUL cannot even be looked up in Postgres), and a miss is cached:
+            # 60 KB tokens by the thousand would fill the cache that every tenant's ingest reads.
             raise Problem(404, "unknown-source", "no source has this ingest token")
         try:
             source = await self._directory.find(token)

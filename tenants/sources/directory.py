@@ -94,7 +94,11 @@ class SourceDirectory:
             ).first()
             key = self._key(*row) if row is not None else None
         if len(self._cache) >= _MAX_ENTRIES:
-            self._cache.clear()
+            # Misses go first: anyone can make them (a request to a made-up ingest URL), and flushing
+            # every source with them would make each tenant's next ingest reload and decrypt its own.
+            self._cache = {cached: entry for cached, entry in self._cache.items() if entry.key is not None}
+            if len(self._cache) >= _MAX_ENTRIES:
+                self._cache.clear()
         entry = self._cache[token] = _Entry(key, now)
         return entry
 
