@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from typing import TypeVar
 
 from gateway.database import new_id, utcnow
+from gateway.problems import Problem
 from tenants.crypto import SecretBox
 from tenants.models import SecretColumns
 from tenants.schemas import SecretOut
@@ -14,9 +15,23 @@ from tenants.schemas import SecretOut
 S = TypeVar("S", bound=SecretColumns)
 
 
+# Active secrets one source or endpoint may have at once. Each is tried on every ingest with a bad
+# signature, and joined to every delivery claimed and signed with: a thousand, one tenant's, made
+# the gateway's event loop and the shared claim statement slow for every tenant.
+MAX_ACTIVE_SECRETS = 5
+
+
 def rotate(box: SecretBox, rows: list[S], row_type: type[S], secret: str, *, grace_seconds: int) -> SecretOut:
     """Add ``secret`` (encrypted); the active ones before it keep working for ``grace_seconds`` more at most."""
     now = utcnow()
+    active = sum(1 for row in rows if row.active_at(now))
+    if grace_seconds > 0 and active >= MAX_ACTIVE_SECRETS:
+        raise Problem(
+            409,
+            "too-many-secrets",
+            f"{active} secrets are active, the most there may be: wait until older ones expire, or rotate "
+            "with a grace period of 0 to expire them now",
+        )
     until = now + timedelta(seconds=max(0, grace_seconds))
     for row in rows:
         if row.active_at(now) and (row.expires_at is None or row.expires_at > until):

@@ -18,6 +18,7 @@ from delivery.breaker import Breaker
 from gateway.app import create_app
 from gateway.database import create_engine, session_factory
 from tenants.endpoints.models import EndpointSecret
+from tenants.secrets import MAX_ACTIVE_SECRETS
 from tests.conftest import TenantHandle, make_settings, new_tenant
 from tests.support.client import AppClient
 
@@ -223,6 +224,19 @@ async def test_rotate_with_a_chosen_grace(client: Client, tenant: TenantHandle) 
     assert [s["secret"] for s in revealed] == [latest["secret"]]  # both older ones expired at once
     _is_problem(await client.post(path + "/rotate-secret", json={"grace_seconds": -1}, headers=tenant.auth), 400)
     _is_problem(await client.post(path + "/rotate-secret", json={"grace_seconds": "soon"}, headers=tenant.auth), 400)
+
+
+async def test_rotations_keep_at_most_five_secrets_active(client: Client, tenant: TenantHandle) -> None:
+    """Every active secret signs every delivery and rides along in the shared claim: a grace period
+    may keep a few alive, not a thousand."""
+    path = f"/api/v1/endpoints/{(await _create(client, tenant))['id']}"
+    for _ in range(MAX_ACTIVE_SECRETS - 1):
+        assert (await client.post(path + "/rotate-secret", json={"grace_seconds": 3600}, headers=tenant.auth)).status_code == 201
+    refused = await client.post(path + "/rotate-secret", json={"grace_seconds": 3600}, headers=tenant.auth)
+    _is_problem(refused, 409, "too-many-secrets")
+    assert len((await client.get(path + "/secret", headers=tenant.auth)).json()) == MAX_ACTIVE_SECRETS
+    assert (await client.post(path + "/rotate-secret", json={"grace_seconds": 0}, headers=tenant.auth)).status_code == 201
+    assert len((await client.get(path + "/secret", headers=tenant.auth)).json()) == 1  # the others expired at once
 
 
 async def _record_failures(client: Client, app: Litestar, endpoint_id: str, count: int) -> None:

@@ -8,6 +8,7 @@ import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
+from tenants.secrets import MAX_ACTIVE_SECRETS
 from tests.conftest import OPERATOR_KEY, TenantHandle, ingest_path, new_source, new_tenant
 from tests.support.stripe_events import signed_stripe, stripe_event
 
@@ -111,6 +112,20 @@ async def test_head_answers_as_get_without_the_body(client: Client, tenant: Tena
         assert head.headers["content-type"] == got.headers["content-type"]
     assert (await client.head("/api/v1/sources")).status_code == 401  # as the GET would be
     assert (await client.head("/ingest/" + "A" * 32)).status_code == 405  # ingest takes POST only
+
+
+async def test_a_source_keeps_at_most_five_secrets_active(client: Client, tenant: TenantHandle) -> None:
+    """Each active secret is tried on every ingest whose signature fails: a thousand made one bad
+    request cost the gateway's event loop over half a second, for every tenant."""
+    path = f"/api/v1/sources/{(await new_source(client, tenant))['id']}/secrets"
+    keep = {"expire_previous_after_seconds": 3600}
+    for _ in range(MAX_ACTIVE_SECRETS - 1):
+        assert (await client.post(path, json=keep, headers=tenant.auth)).status_code == 201
+    refused = await client.post(path, json=keep, headers=tenant.auth)
+    _is_problem(refused, 409)
+    assert refused.json()["type"].endswith("/too-many-secrets")
+    assert len((await client.get(path, headers=tenant.auth)).json()) == MAX_ACTIVE_SECRETS
+    assert (await client.post(path, json={"expire_previous_after_seconds": 0}, headers=tenant.auth)).status_code == 201
 
 
 async def test_a_missing_body_is_named_as_such(client: Client) -> None:
