@@ -152,6 +152,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         _doc("Deliveries one tenant may have in flight across all workers while others wait "
              "(operator override per tenant); idle capacity beyond it may be borrowed."),
     ] = 16
+    max_endpoints_per_tenant: Annotated[
+        int,
+        msgspec.Meta(ge=1),
+        _doc("Endpoints (not deleted) one tenant may register. Every event is matched against all of "
+             "its tenant's endpoints in the delivery pass that every tenant shares."),
+    ] = 100
 
     replay_batch_size: Annotated[
         int, msgspec.Meta(ge=1, le=5000), _doc("Events (or dead letters) a replay job queues per batch, in one transaction.")

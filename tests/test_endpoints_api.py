@@ -226,6 +226,19 @@ async def test_rotate_with_a_chosen_grace(client: Client, tenant: TenantHandle) 
     _is_problem(await client.post(path + "/rotate-secret", json={"grace_seconds": "soon"}, headers=tenant.auth), 400)
 
 
+async def test_a_tenant_registers_at_most_its_endpoint_limit(database_url: str, redis_url: str) -> None:
+    """Every event is matched against all of its tenant's endpoints in the pass every tenant shares:
+    two thousand of one tenant's took that pass from 46 ms to 16 s."""
+    async with AppClient(create_app(make_settings(database_url, redis_url, max_endpoints_per_tenant=3))) as client:
+        tenant = await new_tenant(client)
+        created = [await _create(client, tenant) for _ in range(3)]
+        _is_problem(await client.post("/api/v1/endpoints", json={"url": URL}, headers=tenant.auth), 409, "too-many-endpoints")
+        assert (await client.delete(f"/api/v1/endpoints/{created[0]['id']}", headers=tenant.auth)).status_code == 204
+        assert (await client.post("/api/v1/endpoints", json={"url": URL}, headers=tenant.auth)).status_code == 201  # room again
+        other = await new_tenant(client, "Other")
+        assert (await client.post("/api/v1/endpoints", json={"url": URL}, headers=other.auth)).status_code == 201  # per tenant
+
+
 async def test_rotations_keep_at_most_five_secrets_active(client: Client, tenant: TenantHandle) -> None:
     """Every active secret signs every delivery and rides along in the shared claim: a grace period
     may keep a few alive, not a thousand."""

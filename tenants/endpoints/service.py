@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import msgspec
 from redis.exceptions import RedisError
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from delivery.breaker import Breaker, BreakerView
@@ -22,6 +23,7 @@ from gateway.settings import Settings
 from tenants.crypto import SecretBox
 from tenants.endpoints.models import Endpoint, EndpointSecret
 from tenants.endpoints.schemas import BreakerOut, EndpointCreate, EndpointOut, EndpointUpdate, SecretRotate
+from tenants.models import Tenant
 from tenants.schemas import SecretOut
 from tenants.secrets import revealed, rotate
 
@@ -98,6 +100,7 @@ class EndpointService:
         return page_of(rows, limit, "created_at", lambda row: _out(row, breakers[row.id]))
 
     async def create(self, data: EndpointCreate) -> tuple[Endpoint, str]:
+        await self._check_room()
         endpoint = Endpoint(
             tenant_id=self.tenant_id,
             url=self._checked_url(data.url),
@@ -111,6 +114,13 @@ class EndpointService:
         self.session.add(endpoint)
         await self.session.commit()
         return endpoint, secret
+
+    async def _check_room(self) -> None:
+        """409 at ``max_endpoints_per_tenant``; the tenant's row lock makes concurrent creates count in turn."""
+        await self.session.get_one(Tenant, self.tenant_id, with_for_update=True)
+        most = self.settings.max_endpoints_per_tenant
+        if await self.session.scalar(select(func.count()).select_from(self.repo.scoped().subquery())) >= most:
+            raise Problem(409, "too-many-endpoints", f"a tenant may have {most} endpoints; delete one first")
 
     async def update(self, endpoint_id: uuid.UUID, data: EndpointUpdate) -> Endpoint:
         """A new URL, or enabling a disabled endpoint, also closes its circuit: what failed was the
