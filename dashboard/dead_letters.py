@@ -20,6 +20,7 @@ from gateway.database import utcnow
 from gateway.events.models import DEAD, Delivery, Event
 from gateway.events.repository import DeliveryRepository
 from gateway.pagination import page_of, paginate
+from gateway.problems import Problem
 from gateway.repository import where_equal, within
 
 PAGE_SIZE = 50
@@ -68,7 +69,12 @@ class DeadLetterPages(Controller):
         if not chosen:
             return see_other(f"{PREFIX}/dead-letters?error=none-selected")
         for delivery_id in chosen:
-            await repo.purge_dead(delivery_id)
+            try:
+                await repo.purge_dead(delivery_id)
+            except Problem as exc:  # purged or redriven meanwhile (another tab, the API): the rest still go
+                if exc.status_code not in (404, 409):
+                    raise
+                await db_session.rollback()
         return see_other(f"{PREFIX}/dead-letters", "purged")
 
 

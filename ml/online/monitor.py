@@ -119,13 +119,16 @@ class AnomalyMonitor:
                 lapse_lookback=timedelta(days=self._settings.anomaly_lapse_lookback_days),
                 tenants=carried,
             )
+            opened: list[tuple[str, str]] = []  # (detector, severity) of the anomalies opened, counted once committed
             if windows:
-                await self._detect(session, start, windows, carried)
+                await self._detect(session, start, windows, carried, opened)
             await _prune(session, start - timedelta(days=self._settings.anomaly_retention_days))
             await session.execute(
                 WindowRun.__table__.update().where(WindowRun.window_start == start).values(tenants=len(windows), finished_at=utcnow())
             )
-            return len(windows)
+        for detector, severity in opened:  # a window rolled back and scored again must not count them twice
+            ANOMALIES.labels(detector=detector, severity=severity).inc()
+        return len(windows)
 
     async def _carried(self, session: AsyncSession, start: datetime) -> dict[uuid.UUID, datetime]:
         """Tenants with a window in the latest one stored before this and who sent something within
@@ -144,7 +147,12 @@ class AnomalyMonitor:
         return {tenant_id: last_active for tenant_id, last_active in rows}
 
     async def _detect(
-        self, session: AsyncSession, start: datetime, windows: dict[uuid.UUID, Window], last_active: dict[uuid.UUID, datetime]
+        self,
+        session: AsyncSession,
+        start: datetime,
+        windows: dict[uuid.UUID, Window],
+        last_active: dict[uuid.UUID, datetime],
+        opened: list[tuple[str, str]],
     ) -> None:
         tenant_ids = list(windows)
         histories = await self._histories(session, tenant_ids, start)
@@ -166,7 +174,7 @@ class AnomalyMonitor:
             except Exception:  # noqa: BLE001 - one tenant's data must not leave every tenant's window unscored
                 _log.exception("tenant %s: window %s not checked for anomalies", tenant_id, start.isoformat())
                 findings = []
-            await self._keep_incidents(session, tenant_id, window, findings, open_incidents)
+            await self._keep_incidents(session, tenant_id, window, findings, open_incidents, opened)
             active = window.start if window.events else last_active.get(tenant_id, window.start)
             rows.append({"tenant_id": tenant_id, "start": start, "seconds": self._seconds, "features": FeatureWindowRow.features_of(window), "last_active": active})
             histories[tenant_id].append(window)
@@ -179,8 +187,9 @@ class AnomalyMonitor:
         window: Window,
         findings: Sequence[Finding],
         open_incidents: dict[tuple[uuid.UUID, str], Anomaly],
+        opened: list[tuple[str, str]],
     ) -> None:
-        """One open anomaly per (tenant, kind): opened by a finding, updated, closed when quiet."""
+        """One open anomaly per (tenant, kind): opened by a finding (added to ``opened``), updated, closed when quiet."""
         strongest: dict[str, Finding] = {}
         for finding in findings:
             if finding.kind not in strongest or finding.score > strongest[finding.kind].score:
@@ -203,7 +212,7 @@ class AnomalyMonitor:
             row.windows = 1 if change == "opened" else row.windows + (change == "updated")
             await session.flush()
             if change == "opened":
-                ANOMALIES.labels(detector=row.detector, severity=row.severity).inc()
+                opened.append((row.detector, row.severity))
                 await alerts.detected(session, row)
             elif change == "closed":
                 await alerts.resolved(session, row)
