@@ -71,9 +71,9 @@ class DeadLetterPages(Controller):
         for delivery_id in chosen:
             try:
                 await repo.purge_dead(delivery_id)
-            except Problem as exc:  # purged or redriven meanwhile (another tab, the API): the rest still go
-                if exc.status_code not in (404, 409):
-                    raise
+            except Problem as exc:  # redriven meanwhile (another tab, the API): the rest still go
+                if exc.status_code != 409:
+                    raise  # 404: gone, or another tenant's (the same answer, by design)
                 await db_session.rollback()
         return see_other(f"{PREFIX}/dead-letters", "purged")
 

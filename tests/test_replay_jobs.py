@@ -12,7 +12,10 @@ from typing import Any
 
 from standardwebhooks.webhooks import Webhook
 
-from gateway.database import utcnow
+from delivery.replays import runner
+from delivery.replays.models import ReplayJob
+from gateway.database import create_engine, session_factory, utcnow
+from tenants.models import Tenant
 from tests.conftest import Stack, TenantHandle, new_source, new_tenant
 from tests.support.backlog import add_events
 from tests.support.receiver import Script, Server, wait_until
@@ -236,3 +239,24 @@ async def test_an_idempotency_key_makes_one_replay_job(stack: Stack) -> None:
         assert first.status_code == second.status_code == 202
         assert first.json()["id"] == second.json()["id"]
         assert len((await stack.client.get("/api/v1/replays", headers=tenant.auth)).json()["data"]) == 1
+
+
+async def test_each_pass_moves_one_job_per_tenant(database_url: str) -> None:
+    """A pass takes each tenant's least recently moved active job: a tenant's thousand jobs once
+    filled every pass (100 jobs), and another tenant's one waited behind them."""
+    engine = create_engine(database_url, pool_size=1)
+    now = utcnow()
+    try:
+        async with session_factory(engine)() as session, session.begin():
+            busy, quiet = Tenant(name="busy"), Tenant(name="quiet")
+            session.add_all([busy, quiet])
+            await session.flush()
+            jobs = [ReplayJob(tenant_id=busy.id, kind="replay", updated_at=now - timedelta(seconds=n)) for n in range(5)]
+            jobs.append(ReplayJob(tenant_id=quiet.id, kind="replay", updated_at=now))
+            jobs.append(ReplayJob(tenant_id=quiet.id, kind="replay", status="completed", updated_at=now - timedelta(hours=1)))
+            session.add_all(jobs)
+        async with session_factory(engine)() as session:
+            chosen = list(await session.scalars(runner._NEXT_PER_TENANT))
+    finally:
+        await engine.dispose()
+    assert chosen == [jobs[4].id, jobs[5].id]  # the busy tenant's oldest, then the quiet one's (the finished job is no one's turn)

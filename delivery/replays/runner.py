@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from delivery.replays import steps
@@ -28,6 +28,12 @@ from tenants.sources.models import Source
 
 _log = logging.getLogger("hookgate.replays")
 _JOBS_PER_PASS = 100
+_RANKED = select(
+    ReplayJob.id,
+    ReplayJob.updated_at,
+    func.row_number().over(partition_by=ReplayJob.tenant_id, order_by=(ReplayJob.updated_at, ReplayJob.id)).label("turn"),
+).where(ReplayJob.status.in_(ACTIVE)).subquery()
+_NEXT_PER_TENANT = select(_RANKED.c.id).where(_RANKED.c.turn == 1).order_by(_RANKED.c.updated_at).limit(_JOBS_PER_PASS)
 
 
 class ReplayRunner:
@@ -54,13 +60,11 @@ class ReplayRunner:
         await self._loop.stop()
 
     async def run_pass(self) -> bool:
-        """One batch of every active job; True if any of them moved."""
+        """One batch of one active job per tenant (each tenant's least recently moved), for up to
+        ``_JOBS_PER_PASS`` tenants; True if any moved. Per tenant, not per job: a tenant's thousand
+        jobs once filled every pass while another tenant's one waited behind them."""
         async with self._sessions() as session:
-            job_ids = list(
-                await session.scalars(
-                    select(ReplayJob.id).where(ReplayJob.status.in_(ACTIVE)).order_by(ReplayJob.updated_at).limit(_JOBS_PER_PASS)
-                )
-            )
+            job_ids = list(await session.scalars(_NEXT_PER_TENANT))
         moved = False
         for job_id in job_ids:
             moved |= await self._batch(job_id)
