@@ -82,13 +82,18 @@ class AnomalyMonitor:
     async def _unscored(self, latest: datetime) -> list[datetime]:
         """The windows up to ``latest``, oldest first, that no process has scored, within the last
         ``CATCH_UP_WINDOWS``: after a gap (the database down past a window's end, every worker
-        down, a restart) the missed ones are scored late. A window left unscored is never looked at,
-        and would break the run of windows its tenants' detectors read."""
+        down, a restart) the missed ones are scored late, none from before the first window ever
+        scored. A window left unscored is never looked at, and would break the run of windows its
+        tenants' detectors read."""
         step = timedelta(seconds=self._seconds)
-        first = latest - (CATCH_UP_WINDOWS - 1) * step
         async with self._sessions() as session:
+            earliest = await session.scalar(select(func.min(WindowRun.window_start)))
+            if earliest is None:  # a new installation: nothing was missed
+                return [latest]
+            first = max(latest - (CATCH_UP_WINDOWS - 1) * step, earliest)
             done = set(await session.scalars(select(WindowRun.window_start).where(WindowRun.window_start >= first)))
-        return [due for due in (first + n * step for n in range(CATCH_UP_WINDOWS)) if due not in done]
+        count = int((latest - first) / step) + 1
+        return [due for due in (first + n * step for n in range(count)) if due not in done]
 
     async def _score_each(self, windows: list[datetime]) -> bool:
         """Score each window; one that fails is tried again on the next pass (while it is within
