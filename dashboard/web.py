@@ -18,7 +18,7 @@ from litestar.response import Redirect, Template
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard.sessions import COOKIE, Signer, Viewer, resume
-from gateway.problems import Problem
+from gateway.problems import Problem, render_problem
 from tenants.crypto import same
 
 PREFIX = "/dashboard"
@@ -147,4 +147,11 @@ def _error_page(request: Request[Any, Any, Any], exc: HTTPException) -> Response
     return page(request, "error.html", status_code=status, status=status, detail=detail)
 
 
-EXCEPTION_HANDLERS = {HTTPException: _error_page}
+def _unexpected_page(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """Anything else a page raised, logged and classified as the API does (503 while storage is
+    unavailable, 500 otherwise), shown as a page with the dashboard's headers, not as JSON."""
+    status, problem, _headers = render_problem(exc, request.url.path, None)
+    return _error_page(request, HTTPException(status_code=status, detail=problem["detail"]))
+
+
+EXCEPTION_HANDLERS = {HTTPException: _error_page, Exception: _unexpected_page}

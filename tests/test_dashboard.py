@@ -13,7 +13,9 @@ from typing import Any, get_args
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
+from dashboard import overview as overview_module
 from dashboard.login import client_address
 from gateway.cli import main as cli
 from gateway.database import create_engine, session_factory, utcnow
@@ -49,6 +51,26 @@ async def signed_in(stack: Stack) -> Callable[..., Any]:
         return tenant, await browser_for(stack.client, stack.settings.database_url, tenant.id, name)
 
     return make
+
+
+@pytest.mark.parametrize(
+    ("failure", "status"),
+    [(OperationalError("SELECT 1", {}, ConnectionRefusedError("the database is down")), 503), (RuntimeError("a bug"), 500)],
+)
+async def test_a_page_that_fails_is_an_error_page_not_json(
+    signed_in: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, failure: Exception, status: int
+) -> None:
+    """The dashboard's own answer, with its headers (no-store, no framing), and nothing of the error shown."""
+    _tenant, browser = await signed_in()
+
+    async def fails(*_args: Any, **_kwargs: Any) -> Any:
+        raise failure
+
+    monkeypatch.setattr(overview_module, "last_day", fails)
+    response = await browser.get("/dashboard/")
+    assert response.status_code == status and response.headers["content-type"].startswith("text/html")
+    assert response.headers["cache-control"] == "no-store" and response.headers["x-frame-options"] == "DENY"
+    assert "Something went wrong on our side" in response.text and "a bug" not in response.text
 
 
 async def test_every_page_and_form_needs_a_session(stack: Stack) -> None:
