@@ -72,7 +72,7 @@ class Outcome:
     result: SendResult
     transition: str | None  # the breaker's, to announce
     trace_id: str | None
-    leased_until: datetime | None = None  # the job's lease; None: whoever holds the row now
+    leased_until: datetime  # the lease the job was claimed under
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,7 +257,7 @@ def _attempt_row(outcome: Outcome, number: int) -> dict[str, Any]:
 
 def _holds(row: dict[str, Any], outcome: Outcome) -> bool:
     """Whether the lease the outcome's job was claimed under still holds the row."""
-    return outcome.leased_until is None or row["locked_until"] == outcome.leased_until
+    return row["locked_until"] == outcome.leased_until
 
 
 def _note(row: dict[str, Any], outcome: Outcome) -> None:

@@ -24,14 +24,19 @@ _MICROS = 1_000_000
 _SWEEP_MIN = 1024
 
 
+# The slowest rate there is: one per 11.6 days. Its interval in whole microseconds must exist (a
+# rate of 1e-320/s had none, and its OverflowError failed every hit of the pipeline it was in).
+MIN_PER_SECOND = 1e-6
+
+
 @dataclass(frozen=True, slots=True)
 class Rate:
     per_second: float
     burst: int
 
     def __post_init__(self) -> None:
-        if not self.per_second > 0:
-            raise ValueError(f"per_second must be > 0, got {self.per_second}")
+        if not self.per_second >= MIN_PER_SECOND:
+            raise ValueError(f"per_second must be >= {MIN_PER_SECOND}, got {self.per_second}")
         if self.burst < 1:
             raise ValueError(f"burst must be >= 1, got {self.burst}")
 
@@ -201,15 +206,7 @@ class RedisLimiter:
         together: dict[_Hit, list[int]] = {}
         for position, hit in enumerate(hits):
             together.setdefault(hit, []).append(position)
-        calls: dict[_Hit, tuple[list[str], list[Any]] | Exception] = {}
-        for hit, positions in together.items():
-            try:
-                calls[hit] = self._call(hit, len(positions))
-            except (ValueError, OverflowError) as exc:  # a rate no interval fits fails its own hits, not the batch's
-                calls[hit] = exc
-        sent = [call for call in calls.values() if not isinstance(call, Exception)]
-        answers = iter(await self._script.run_many(sent) if sent else [])
-        replies = [call if isinstance(call, Exception) else next(answers) for call in calls.values()]
+        replies = await self._script.run_many([self._call(hit, len(positions)) for hit, positions in together.items()])
         decisions: list[Decision | Exception] = [_ALLOWED] * len(hits)
         for positions, reply in zip(together.values(), replies, strict=True):
             for rank, position in enumerate(positions):

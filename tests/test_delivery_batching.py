@@ -120,10 +120,11 @@ async def test_concurrent_attempts_each_get_exactly_one_attempt_row(worker: _Wor
 
 async def test_a_bad_outcome_fails_alone_and_its_delivery_stays_due(worker: _Worker) -> None:
     endpoint = await worker.endpoint("http://127.0.0.1:9/")
-    claimed = (await worker.claimed(endpoint, MANY)).ids
+    claim = await worker.claimed(endpoint, MANY)
+    claimed, lease = claim.ids, claim.jobs[0].leased_until
     bad = claimed[MANY // 2]  # in the middle of the batch that follows the first few commits
     outcomes = [
-        Outcome(delivery_id, endpoint[0], endpoint[1], utcnow(), REFUSED_BY_THE_DATABASE if delivery_id == bad else OK, None, None)
+        Outcome(delivery_id, endpoint[0], endpoint[1], utcnow(), REFUSED_BY_THE_DATABASE if delivery_id == bad else OK, None, None, lease)
         for delivery_id in claimed
     ]
 
@@ -146,12 +147,13 @@ async def test_a_bad_outcome_fails_alone_and_its_delivery_stays_due(worker: _Wor
 
 async def test_an_outcome_for_a_purged_delivery_writes_nothing(worker: _Worker) -> None:
     endpoint = await worker.endpoint("http://127.0.0.1:9/")
-    [kept, purged] = (await worker.claimed(endpoint, 2)).ids
+    claim = await worker.claimed(endpoint, 2)
+    [kept, purged], lease = claim.ids, claim.jobs[0].leased_until
     async with worker.runtime.sessions() as session, session.begin():
         await session.delete(await session.get(Delivery, purged))
 
     written = await asyncio.gather(
-        *(worker.outcomes.write(Outcome(d, endpoint[0], endpoint[1], utcnow(), OK, None, None)) for d in (kept, purged))
+        *(worker.outcomes.write(Outcome(d, endpoint[0], endpoint[1], utcnow(), OK, None, None, lease)) for d in (kept, purged))
     )
 
     assert [w.status for w in written] == ["succeeded", None]
@@ -191,12 +193,13 @@ async def test_a_claim_reads_a_rotation_and_ends_deliveries_to_disabled_endpoint
 async def test_two_workers_writing_outcomes_of_the_same_deliveries_number_attempts_in_turn(worker: _Worker) -> None:
     """A lease that ran out mid-request: two workers report the same deliveries, in opposite orders."""
     endpoint = await worker.endpoint("http://127.0.0.1:9/")
-    claimed = (await worker.claimed(endpoint, MANY)).ids
+    claim = await worker.claimed(endpoint, MANY)
+    claimed, lease = claim.ids, claim.jobs[0].leased_until
     other = OutcomeWriter(worker.runtime.sessions, worker.runtime.settings, max_items=200, concurrency=2)
     failing = SendResult(status_code=500, error="HTTP 500", response_excerpt="", duration_ms=3, retry_after=None)
 
     def outcomes(order: list[uuid.UUID], result: SendResult) -> list[Outcome]:
-        return [Outcome(d, endpoint[0], endpoint[1], utcnow(), result, None, None) for d in order]
+        return [Outcome(d, endpoint[0], endpoint[1], utcnow(), result, None, None, lease) for d in order]
 
     await asyncio.gather(
         *(worker.outcomes.write(o) for o in outcomes(claimed, failing)),

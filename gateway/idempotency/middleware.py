@@ -2,8 +2,8 @@
 answers the first response again instead of acting twice (Stripe's contract).
 
 Keys are scoped to the credential that sent them, checked first: a request without a valid one
-(a revoked key included) goes on to its route's 401, and nothing is kept or replayed. The same key with another method, path or body
-is a 422; a key whose first request is still running is a 409. Answers of 5xx are not kept, so
+(a revoked key included) goes on to its route's 401, and nothing is kept or replayed. The same
+key with another method, path or body is a 422; a key whose first request is still running is a 409. Answers of 5xx are not kept, so
 a retry after a server error acts again. The key row is claimed before the handler runs, so two
 concurrent requests with one key cannot both act; a claim whose process died unanswered is
 released after two minutes (if that request had committed, a retry then acts a second time). Kept answers are encrypted at rest: some
@@ -61,11 +61,12 @@ class IdempotencyMiddleware:
         if not key or len(key) > _MAX_KEY:
             await _problem(send, scope, 400, "invalid-idempotency-key", f"Idempotency-Key must be 1 to {_MAX_KEY} characters")
             return
-        body = await _read_body(receive, self._max_body)
-        if body is _GONE:  # the client went away mid-upload: nothing to act on, nobody to answer
-            return
-        if body is None:
+        try:
+            body = await _read_body(receive, self._max_body)
+        except _TooLarge:
             await _problem(send, scope, 413, "request-entity-too-large", f"the body is larger than the limit of {self._max_body} bytes")
+            return
+        if body is None:  # the client went away mid-upload: nothing to act on, nobody to answer
             return
         principal = await self._principal(scope)
         if principal is None:
@@ -165,21 +166,22 @@ def _replay(body: bytes) -> Receive:
     return receive
 
 
-_GONE = b"\0gone"  # compared by identity: the body of a request whose client disconnected
+class _TooLarge(Exception):
+    """More body than the limit allows."""
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes | None:
-    """The whole request body, None once it exceeds ``limit`` bytes, ``_GONE`` if the client left
-    before sending it all (a truncated body must not be acted on, nor its answer kept for the key)."""
+    """The whole request body; None if the client left before sending it all (a truncated body must
+    not be acted on, nor its answer kept for the key); ``_TooLarge`` once it exceeds ``limit``."""
     chunks, size = [], 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            return _GONE
+            return None
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            return None
+            raise _TooLarge
         chunks.append(chunk)
         if not message.get("more_body"):
             return b"".join(chunks)

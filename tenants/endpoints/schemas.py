@@ -16,7 +16,7 @@ from delivery.breaker import State
 from tenants.schemas import GraceSeconds
 
 Description = Annotated[str, msgspec.Meta(max_length=1000)]
-# At least one request per 1,000 s: a smaller rate overflowed the limiter's interval (gateway/limiter.py).
+# At least one request per 1,000 s (the limiter itself takes rates down to gateway.limiter.MIN_PER_SECOND).
 RatePerSecond = Annotated[float, msgspec.Meta(ge=0.001, le=10_000)]
 
 
