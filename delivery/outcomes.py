@@ -5,15 +5,17 @@ Postponements (an open circuit or a rate limit: a wait that spends no attempt) a
 An outcome is one attempt row plus its delivery's new state, in the same transaction: a delivery
 is never finished without its attempt row. The batch locks its deliveries ``FOR UPDATE`` in id
 order, so two batches cannot deadlock on each other. If a batch fails, each of its outcomes is
-written alone, so one bad outcome fails only its own caller. A delivery whose outcome could not
-be written keeps its open state and lease: when the lease runs out it is claimed and tried again.
+written alone, so one bad outcome fails only its own caller. A batch whose commit reached the
+database but whose acknowledgement was lost is then written again: each outcome carries the id of
+its attempt row, and one already on record is not written twice. A delivery whose outcome could
+not be written keeps its open state and lease: when the lease runs out it is claimed and tried again.
 """
 
 from __future__ import annotations
 
 import functools
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -24,7 +26,7 @@ from delivery import operational
 from delivery.schedule import next_delay
 from delivery.sender import SendResult
 from gateway.batching import Batcher
-from gateway.database import among, utcnow
+from gateway.database import among, new_id, utcnow
 from gateway.events.models import DEAD, FAILED, OPEN_STATUSES, SUCCEEDED, Attempt, Delivery, Event
 from gateway.metrics import ATTEMPT_BATCH_ROWS
 from gateway.settings import Settings
@@ -73,6 +75,7 @@ class Outcome:
     transition: str | None  # the breaker's, to announce
     trace_id: str | None
     leased_until: datetime  # the lease the job was claimed under
+    attempt_id: uuid.UUID = field(default_factory=new_id)  # its row's: written once, even if its batch is retried
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,21 +115,22 @@ class OutcomeWriter:
 
     async def _alone(self, outcome: Outcome) -> Written | Exception:
         try:
-            [written] = await self._transaction([outcome])
+            [written] = await self._transaction([outcome], retried=True)
         except Exception as exc:  # noqa: BLE001 - handed to this outcome's caller
             return exc
         return written
 
-    async def _transaction(self, outcomes: list[Outcome]) -> list[Written]:
+    async def _transaction(self, outcomes: list[Outcome], *, retried: bool = False) -> list[Written]:
         async with self._sessions() as session, session.begin():
-            return await self._write(session, outcomes)
+            return await self._write(session, outcomes, retried=retried)
 
-    async def _write(self, session: AsyncSession, outcomes: list[Outcome]) -> list[Written]:
+    async def _write(self, session: AsyncSession, outcomes: list[Outcome], *, retried: bool = False) -> list[Written]:
         connection = await session.connection()
         ids = sorted({outcome.delivery_id for outcome in outcomes})
         locked = await connection.execute(_lock(connection.dialect.name), {"ids": ids})
         names = list(locked.keys())
         rows = {row.id: dict(zip(names, row, strict=True)) for row in locked}  # a quarter of dict(row._mapping)
+        on_record = await _on_record(connection, outcomes) if retried else {}
         attempts: list[dict[str, Any]] = []
         dead: list[tuple[Outcome, dict[str, Any]]] = []
         gone: list[Outcome] = []
@@ -135,6 +139,9 @@ class OutcomeWriter:
             row = rows.get(outcome.delivery_id)
             if row is None:  # purged meanwhile
                 written.append(_GONE)
+                continue
+            if outcome.attempt_id in on_record:  # its batch's commit got through, the acknowledgement did not
+                written.append(_as_recorded(row, on_record[outcome.attempt_id]))
                 continue
             was_open = row["status"] in OPEN_STATUSES
             row["attempt_count"] += 1
@@ -153,9 +160,9 @@ class OutcomeWriter:
             written.append(Written(row["status"], finished, not row["is_replay"] and not row["retry_offset"]))
         if attempts:
             await connection.execute(_INSERT, attempts)
-            touched = {outcome.delivery_id for outcome in outcomes} & rows.keys()
-            await connection.execute(_UPDATE, [_update_params(rows[delivery_id]) for delivery_id in sorted(touched)])
-        await _announce(session, gone, dead, outcomes)
+            touched = sorted({attempt["delivery_id"] for attempt in attempts})
+            await connection.execute(_UPDATE, [_update_params(rows[delivery_id]) for delivery_id in touched])
+        await _announce(session, gone, dead, [outcome for outcome in outcomes if outcome.attempt_id not in on_record])
         return written
 
     def _advance(self, row: dict[str, Any], outcome: Outcome) -> None:
@@ -240,9 +247,23 @@ async def _dead_notices(session: AsyncSession, event_ids: list[uuid.UUID]) -> se
     return set(found)
 
 
+async def _on_record(connection: Any, outcomes: list[Outcome]) -> dict[uuid.UUID, int]:
+    """The numbers of those of the outcomes' attempt rows already written, by attempt id."""
+    ids = [outcome.attempt_id for outcome in outcomes]
+    found = await connection.execute(select(_a.c.id, _a.c.number).where(among(connection.dialect.name, _a.c.id, "ids")), {"ids": ids})
+    return {attempt_id: number for attempt_id, number in found}
+
+
+def _as_recorded(row: dict[str, Any], number: int) -> Written:
+    """What the commit that wrote attempt ``number`` made of its delivery, as far as the row still shows."""
+    finished = row["status"] in (SUCCEEDED, DEAD) and row["attempt_count"] == number
+    return Written(row["status"], finished, not row["is_replay"] and not row["retry_offset"])
+
+
 def _attempt_row(outcome: Outcome, number: int) -> dict[str, Any]:
     result = outcome.result
     return {
+        "id": outcome.attempt_id,
         "tenant_id": outcome.tenant_id,
         "delivery_id": outcome.delivery_id,
         "number": number,

@@ -160,6 +160,38 @@ async def test_an_outcome_for_a_purged_delivery_writes_nothing(worker: _Worker) 
     assert await worker.attempts_by_delivery() == {kept: 1}
 
 
+async def test_a_batch_committed_but_not_acknowledged_is_not_written_twice(worker: _Worker, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The connection drops after the batch's COMMIT got through: each outcome is written again alone,
+    and finds its attempt row on record instead of adding a second (and counting the attempt twice)."""
+    endpoint = await worker.endpoint("http://127.0.0.1:9/")
+    claim = await worker.claimed(endpoint, 20)
+    claimed, lease = claim.ids, claim.jobs[0].leased_until
+    failing = SendResult(status_code=500, error="HTTP 500", response_excerpt="", duration_ms=3, retry_after=None)
+    results = {d: OK if i % 2 else failing for i, d in enumerate(claimed)}
+    committed = worker.outcomes._transaction
+    lost: list[int] = []
+
+    async def acknowledgement_lost(outcomes: list[Outcome], **options: Any) -> list[Any]:
+        written = await committed(outcomes, **options)
+        if len(outcomes) > 1 and not lost:
+            lost.append(len(outcomes))
+            raise ConnectionResetError("connection lost after COMMIT")
+        return written
+
+    monkeypatch.setattr(worker.outcomes, "_transaction", acknowledgement_lost)
+    written = await asyncio.gather(
+        *(worker.outcomes.write(Outcome(d, endpoint[0], endpoint[1], utcnow(), results[d], None, None, lease)) for d in claimed)
+    )
+
+    assert lost  # a batch of several was committed, then failed
+    assert await worker.attempts_by_delivery() == {d: 1 for d in claimed}
+    deliveries = await worker.deliveries(claimed)
+    assert all(d.attempt_count == 1 for d in deliveries.values())
+    assert {d: deliveries[d].status for d in claimed} == {d: "succeeded" if results[d] is OK else "failed" for d in claimed}
+    assert [w.status for w in written] == [deliveries[d].status for d in claimed]
+    assert sum(w.finished for w in written) == sum(r is OK for r in results.values())  # counted once, by the commit that did it
+
+
 async def test_a_claim_reads_a_rotation_and_ends_deliveries_to_disabled_endpoints(worker: _Worker) -> None:
     endpoint = await worker.endpoint("http://127.0.0.1:9/")
     [job] = (await worker.claimed(endpoint, 1)).jobs
