@@ -17,6 +17,9 @@ failed probe keeps the circuit open and returns None. Results recorded while ope
 requests sent before it opened and are ignored; in half_open the first result reported decides
 (``record`` does not know which caller held the probe).
 
+Every breaker not closed is also listed (``open_circuits``) so that the gauges find open circuits
+without looking at every endpoint.
+
 The failure window is ``_BUCKETS`` buckets of ``window_seconds / _BUCKETS`` each, so it spans
 the last 90-100 % of ``window_seconds`` with constant state per endpoint.
 """
@@ -98,6 +101,10 @@ class Breaker(Protocol):
 
     async def view(self, endpoint_id: str) -> BreakerView: ...
 
+    async def open_circuits(self, limit: int) -> list[str]:
+        """Up to ``limit`` endpoints whose breaker is open or half-open."""
+        ...
+
     async def reset(self, endpoint_id: str) -> None: ...
 
 
@@ -167,13 +174,17 @@ class MemoryBreaker:
         circuit = self._circuits.get(endpoint_id) or _Circuit(self._config.cooldown)
         return BreakerView(circuit.state, circuit.consecutive, circuit.retry_at, circuit.cooldown)
 
+    async def open_circuits(self, limit: int) -> list[str]:
+        return [endpoint_id for endpoint_id, circuit in self._circuits.items() if circuit.state != "closed"][:limit]
+
     async def reset(self, endpoint_id: str) -> None:
         self._circuits.pop(endpoint_id, None)
 
 
 # One hash per endpoint. Fields: state ('open' | 'half_open'; absent = closed), consecutive,
 # cooldown, retry_at (unix seconds), and per window bucket i: 'n:<i>' results, 'f:<i>' failures.
-# An absent hash is a closed breaker with no history. Times come from Redis TIME, so every
+# An absent hash is a closed breaker with no history. A sorted set lists the endpoints whose
+# breaker is not closed, scored by when they opened: the record script adds and removes them. Times come from Redis TIME, so every
 # process shares one clock; times are returned as strings because Lua numbers become integers.
 
 _ACQUIRE_LUA = """
@@ -201,8 +212,9 @@ return false
 """
 
 _RECORD_LUA = """
+-- KEYS: the endpoint's hash, the set of open circuits.
 -- ARGV: successes (how many, in a row; 0: one failure), failure_threshold, failure_ratio,
---       min_volume, bucket_seconds, buckets, cooldown, max_cooldown, ttl.
+--       min_volume, bucket_seconds, buckets, cooldown, max_cooldown, ttl, endpoint id.
 -- Returns 'opened', 'closed' or nil.
 local key = KEYS[1]
 local successes = tonumber(ARGV[1])
@@ -219,6 +231,7 @@ end
 if state == 'half_open' then
   if success then
     redis.call('DEL', key)  -- closed: fresh window and count, first cool-down again
+    redis.call('ZREM', KEYS[2], ARGV[10])
     if successes > 1 then  -- the rest of the run counts in the fresh window
       redis.call('HSET', key, 'consecutive', 0, 'n:' .. math.floor(now / tonumber(ARGV[5])), successes - 1)
       redis.call('EXPIRE', key, ARGV[9])
@@ -270,10 +283,28 @@ if consecutive >= tonumber(ARGV[2])
   redis.call('HSET', key, 'state', 'open', 'consecutive', consecutive,
              'cooldown', cooldown, 'retry_at', now + cooldown)
   redis.call('EXPIRE', key, ARGV[9])
+  redis.call('ZADD', KEYS[2], now, ARGV[10])
   return 'opened'
 end
 redis.call('EXPIRE', key, ARGV[9])
 return false
+"""
+
+
+_OPEN_CIRCUITS_LUA = """
+-- KEYS: the set of open circuits. ARGV: the hashes' prefix, how many to return.
+-- Those whose hash is gone (forgotten after a day idle, or Redis lost it) are closed: dropped.
+local open = {}
+for _, endpoint in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if redis.call('HEXISTS', ARGV[1] .. endpoint, 'state') == 1 then
+    if #open < tonumber(ARGV[2]) then
+      table.insert(open, endpoint)
+    end
+  else
+    redis.call('ZREM', KEYS[1], endpoint)
+  end
+end
+return open
 """
 
 
@@ -301,6 +332,8 @@ class RedisBreaker:
         self._ttl = math.ceil(max(_IDLE_TTL, config.window_seconds, config.max_cooldown + config.probe_timeout))
         self._acquire = PipelinedScript(redis, _ACQUIRE_LUA)
         self._record = Script(redis, _RECORD_LUA)
+        self._open_key = prefix + "open"
+        self._open_circuits = Script(redis, _OPEN_CIRCUITS_LUA)
         self._results: Batcher[tuple[str, bool], Any] = Batcher(self._record_many, max_items=MAX_PIPELINE, concurrency=1)
         # The record script's arguments after the first (the result): the same for every call.
         self._record_config = (config.failure_threshold, config.failure_ratio, config.min_volume, config.bucket_seconds,
@@ -357,7 +390,7 @@ class RedisBreaker:
                 continue
             else:
                 runs[endpoint_id] = len(calls)
-            calls.append(([self._prefix + endpoint_id], [int(success), *self._record_config]))
+            calls.append(([self._prefix + endpoint_id, self._open_key], [int(success), *self._record_config, endpoint_id]))
             callers.append([i])
         answers: list[Any] = [None] * len(results)
         for reply, members in zip(await self._record.run_many(calls), callers, strict=True):
@@ -376,5 +409,12 @@ class RedisBreaker:
             cooldown=float(cooldown) if cooldown else self._config.cooldown,
         )
 
+    async def open_circuits(self, limit: int) -> list[str]:
+        [reply] = await self._open_circuits.run_many([([self._open_key], [self._prefix, limit])])
+        if isinstance(reply, Exception):
+            raise reply
+        return [_text(endpoint) for endpoint in reply]
+
     async def reset(self, endpoint_id: str) -> None:
-        await self._redis.delete(self._prefix + endpoint_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            await pipe.delete(self._prefix + endpoint_id).zrem(self._open_key, endpoint_id).execute()

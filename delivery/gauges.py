@@ -5,6 +5,7 @@ every worker reports the same values and dashboards take the max."""
 from __future__ import annotations
 
 import logging
+import uuid
 
 from redis.exceptions import RedisError
 from sqlalchemy import case, func, select
@@ -18,7 +19,7 @@ from gateway.metrics import CIRCUIT_OPEN, OLDEST_PENDING, PENDING
 from gateway.metrics import DEAD as DEAD_LETTERS
 
 _log = logging.getLogger("hookgate.delivery")
-_MAX_ENDPOINTS = 1000  # circuits looked at per sweep: endpoints with waiting deliveries, at most this many
+_MAX_CIRCUITS = 10_000  # open circuits reported per sweep (the breakers list them; a gauge series each)
 
 
 async def refresh(session: AsyncSession, breaker: Breaker) -> None:
@@ -35,13 +36,25 @@ async def refresh(session: AsyncSession, breaker: Breaker) -> None:
         PENDING.labels(priority=priority).set(count)
         OLDEST_PENDING.labels(priority=priority).set((now - oldest).total_seconds() if oldest else 0.0)
     DEAD_LETTERS.set(await session.scalar(select(func.count()).where(Delivery.status == DEAD)) or 0)
-    endpoints = await session.execute(
-        select(Delivery.tenant_id, Delivery.endpoint_id).where(Delivery.status.in_(OPEN_STATUSES)).distinct().limit(_MAX_ENDPOINTS)
-    )
     CIRCUIT_OPEN.clear()
+    for tenant_id, endpoint_id in await _troubled_circuits(session, breaker):
+        CIRCUIT_OPEN.labels(tenant=str(tenant_id), endpoint=str(endpoint_id)).set(1)
+
+
+async def _troubled_circuits(session: AsyncSession, breaker: Breaker) -> list[tuple[uuid.UUID, uuid.UUID]]:
+    """(tenant, endpoint) of the circuits not closed that deliveries wait behind (an open circuit
+    nothing waits behind is no trouble yet). The breakers list their open circuits, so none is
+    missed however many endpoints have waiting deliveries."""
     try:
-        for tenant_id, endpoint_id in endpoints:
-            if (await breaker.view(str(endpoint_id))).state != "closed":
-                CIRCUIT_OPEN.labels(tenant=str(tenant_id), endpoint=str(endpoint_id)).set(1)
+        circuits = await breaker.open_circuits(_MAX_CIRCUITS)
     except (RedisError, OSError):
         _log.warning("breakers unreachable; circuit gauges not refreshed", exc_info=True)
+        return []
+    if not circuits:
+        return []
+    rows = await session.execute(
+        select(Delivery.tenant_id, Delivery.endpoint_id)
+        .where(Delivery.endpoint_id.in_([uuid.UUID(endpoint_id) for endpoint_id in circuits]), Delivery.status.in_(OPEN_STATUSES))
+        .distinct()
+    )
+    return [(tenant_id, endpoint_id) for tenant_id, endpoint_id in rows]

@@ -237,6 +237,36 @@ async def test_reset_closes(env: _Env) -> None:
     assert await env.breaker.acquire(EP) is None
 
 
+async def test_circuits_not_closed_are_listed_until_they_close(env: _Env) -> None:
+    assert await env.breaker.open_circuits(10) == []
+    await env.open()
+    await env.open("ep_b")
+    await env.breaker.record("ep_c", False)  # failing, still closed
+    assert sorted(await env.peer.open_circuits(10)) == [EP, "ep_b"]
+    assert len(await env.peer.open_circuits(1)) == 1
+
+    await env.probe()  # half-open, then open again
+    assert sorted(await env.breaker.open_circuits(10)) == [EP, "ep_b"]
+    assert await env.breaker.record(EP, False) is None
+    assert sorted(await env.breaker.open_circuits(10)) == [EP, "ep_b"]
+
+    await env.probe()
+    assert await env.breaker.record(EP, True) == "closed"
+    await env.peer.reset("ep_b")
+    assert await env.breaker.open_circuits(10) == []
+
+
+async def test_a_forgotten_circuit_leaves_the_list(redis_client: aioredis.Redis) -> None:
+    """A breaker's hash that expired (a day idle) or that Redis lost is a closed circuit."""
+    breaker = RedisBreaker(redis_client, CONFIG)
+    for endpoint_id in ("ep_a", "ep_b"):
+        for _ in range(CONFIG.failure_threshold):
+            await breaker.record(endpoint_id, False)
+    await redis_client.delete("hg:cb:ep_a")
+    assert await breaker.open_circuits(10) == ["ep_b"]
+    assert await redis_client.zrange("hg:cb:open", 0, -1) == [b"ep_b"]
+
+
 async def test_endpoints_are_independent(env: _Env) -> None:
     await env.open("ep_a")
     assert await env.breaker.acquire("ep_b") is None

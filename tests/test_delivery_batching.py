@@ -28,7 +28,7 @@ from delivery.sender import DeliveryClient, SendResult
 from gateway.database import utcnow
 from gateway.events.models import Attempt, Delivery, Event
 from gateway.limiter import MemoryLimiter, Rate
-from gateway.metrics import ATTEMPT_BATCH_ROWS
+from gateway.metrics import ATTEMPT_BATCH_ROWS, CIRCUIT_OPEN
 from gateway.wiring import Runtime
 from tenants.crypto import SecretBox
 from tenants.endpoints.models import Endpoint, EndpointSecret
@@ -190,6 +190,25 @@ async def test_a_batch_committed_but_not_acknowledged_is_not_written_twice(worke
     assert {d: deliveries[d].status for d in claimed} == {d: "succeeded" if results[d] is OK else "failed" for d in claimed}
     assert [w.status for w in written] == [deliveries[d].status for d in claimed]
     assert sum(w.finished for w in written) == sum(r is OK for r in results.values())  # counted once, by the commit that did it
+
+
+async def test_the_circuit_gauge_shows_each_open_circuit_that_deliveries_wait_behind(worker: _Worker, redis_client: Any) -> None:
+    """Found from the breakers' list of open circuits, not by asking about every endpoint with
+    waiting deliveries (which was capped, and could hide one)."""
+    waiting, idle, healthy = [await worker.endpoint("http://127.0.0.1:9/") for _ in range(3)]
+    for endpoint in (waiting, healthy):
+        await add_backlog(worker.database_url, *endpoint, 2)
+    breaker = worker.runtime.breaker
+    for endpoint in (waiting, idle):
+        for _ in range(100):
+            if await breaker.record(str(endpoint[1]), False) == "opened":
+                break
+        assert (await breaker.view(str(endpoint[1]))).state == "open"
+
+    await worker.engine.refresh_gauges()
+
+    shown = {(s.labels["tenant"], s.labels["endpoint"]) for m in CIRCUIT_OPEN.collect() for s in m.samples if s.value == 1}
+    assert shown == {(str(waiting[0]), str(waiting[1]))}
 
 
 async def test_a_claim_reads_a_rotation_and_ends_deliveries_to_disabled_endpoints(worker: _Worker) -> None:
