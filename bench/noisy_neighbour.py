@@ -86,7 +86,7 @@ async def _run(
 ) -> dict[str, Any]:
     port, logs = str(free_port()), Path(tempfile.mkdtemp())
     env = {
-        "HOOKGATE_DATABASE_URL": url, "HOOKGATE_REDIS_URL": redis_url, "HOOKGATE_SECRET_KEY": "bench-secret",
+        "HOOKGATE_DATABASE_URL": url, "HOOKGATE_REDIS_URL": redis_url, "HOOKGATE_SECRET_KEY": "bench-secret-" + "k" * 32,
         "HOOKGATE_OPERATOR_KEY": OPERATOR_KEY, "HOOKGATE_PUBLIC_URL": f"http://127.0.0.1:{port}",
         "HOOKGATE_ALLOW_PRIVATE_ENDPOINTS": "true", "HOOKGATE_DELIVERY_CONCURRENCY": str(concurrency),
         "HOOKGATE_TENANT_DELIVERY_CONCURRENCY": str(share), "HOOKGATE_LOG_LEVEL": "WARNING", "PORT": port,

@@ -37,7 +37,7 @@ def wait_port(process: Process, port: int, timeout: float = 30.0) -> None:
 def hookgate_env(database_url: str, redis_url: str, port: str, **settings: str) -> dict[str, str]:
     """Production mode on these services; ``settings`` are more ``HOOKGATE_*`` values (upper-cased)."""
     return {
-        "HOOKGATE_DATABASE_URL": database_url, "HOOKGATE_REDIS_URL": redis_url, "HOOKGATE_SECRET_KEY": "bench-secret",
+        "HOOKGATE_DATABASE_URL": database_url, "HOOKGATE_REDIS_URL": redis_url, "HOOKGATE_SECRET_KEY": "bench-secret-" + "k" * 32,
         "HOOKGATE_OPERATOR_KEY": OPERATOR_KEY, "HOOKGATE_PUBLIC_URL": f"http://127.0.0.1:{port}", "PORT": port,
         **{f"HOOKGATE_{name.upper()}": value for name, value in settings.items()},
     }

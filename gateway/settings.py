@@ -38,8 +38,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     )
     secret_key: Annotated[
         str,
-        _doc("Key that encrypts signing secrets at rest. Any high-entropy string; several, "
-             "comma-separated, to rotate (the first encrypts, all decrypt)."),
+        _doc("Key that encrypts signing secrets at rest: a random string of at least 32 characters; several, "
+             "comma-separated, to rotate (the first encrypts and must be that long, all decrypt)."),
     ] = ""
     operator_key: Annotated[str, _doc("Bearer key of the operator (provisions tenants).")] = ""
     public_url: Annotated[

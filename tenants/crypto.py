@@ -1,6 +1,8 @@
 """Secrets at rest: Fernet encryption under keys derived from ``HOOKGATE_SECRET_KEY``.
 
-Several comma-separated keys allow rotation: the first encrypts, every one decrypts.
+Several comma-separated keys allow rotation: the first encrypts, every one decrypts. The first
+must be at least ``MIN_KEY_LENGTH`` characters: a short key can be guessed from any one stored
+ciphertext, offline. Older keys are only read, to be rotated away, so they are taken as they are.
 """
 
 from __future__ import annotations
@@ -12,12 +14,20 @@ import secrets
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
+MIN_KEY_LENGTH = 32
+_MAKE_ONE = "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+
 
 class SecretBox:
     def __init__(self, secret_key: str) -> None:
         keys = [k.strip() for k in secret_key.split(",") if k.strip()]
         if not keys:
-            raise ValueError("HOOKGATE_SECRET_KEY is empty: set it to a long random string")
+            raise ValueError(f"HOOKGATE_SECRET_KEY is empty: set it to a long random string ({_MAKE_ONE})")
+        if len(keys[0]) < MIN_KEY_LENGTH:
+            raise ValueError(
+                f"HOOKGATE_SECRET_KEY's first key has {len(keys[0])} characters: it needs at least {MIN_KEY_LENGTH} random "
+                f"ones ({_MAKE_ONE}); to move away from a short key, put the new key first and keep the old one after a comma"
+            )
         self._fernet = MultiFernet([Fernet(self._derive(k)) for k in keys])
 
     @staticmethod

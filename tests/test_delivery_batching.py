@@ -354,7 +354,7 @@ async def test_an_endpoint_whose_secret_no_longer_decrypts_fails_alone(worker: _
     with a reason that says so, and the other tenant's, claimed in the same pass, go out."""
     lost, kept = await worker.endpoint("https://example.com/lost"), await worker.endpoint("https://example.com/kept")
     async with worker.runtime.sessions() as session, session.begin():
-        unreadable = SecretBox("a key this gateway never had").encrypt("whsec_" + "B" * 32)
+        unreadable = SecretBox("a key this gateway never had (long enough)").encrypt("whsec_" + "B" * 32)
         await session.execute(update(EndpointSecret).where(EndpointSecret.endpoint_id == lost[1]).values(ciphertext=unreadable))
     await add_backlog(worker.database_url, *lost, 3)
     await add_backlog(worker.database_url, *kept, 2)

@@ -8,6 +8,7 @@ import uuid
 from typing import Any
 
 import pytest
+from cryptography.fernet import Fernet
 from sqlalchemy import LargeBinary, select
 
 from gateway.app import create_app
@@ -34,6 +35,17 @@ def test_every_binary_column_is_encrypted_and_rotated_or_reviewed() -> None:
     assert binary - set(NOT_SECRET) == rotated, "add the column to tenants.reencrypt.ENCRYPTED or, if it is no secret, to NOT_SECRET"
 
 
+def test_the_encrypting_key_must_be_long_and_an_old_short_one_can_still_be_read() -> None:
+    short = "hunter2-hunter2"
+    for key in ("", " , ", short, f"{short},{NEW_KEY}"):
+        with pytest.raises(ValueError, match="HOOKGATE_SECRET_KEY") as refused:
+            SecretBox(key)
+        assert short not in str(refused.value)  # the message never repeats a key
+    # what a deployment from before the minimum length stored under its short key
+    ciphertext = Fernet(SecretBox._derive(short)).encrypt(b"whsec_kept")
+    assert SecretBox(f"{NEW_KEY},{short}").decrypt(ciphertext) == "whsec_kept"  # rotated away from, not locked out
+
+
 async def _ciphertexts(database_url: str) -> dict[str, list[bytes]]:
     async with connect(database_url) as connection:
         return {
@@ -46,7 +58,7 @@ async def _unreadable_secret(database_url: str, source_id: str) -> None:
     async with connect(database_url, write=True) as connection:
         await connection.execute(
             SourceSecret.__table__.insert(),
-            {"id": uuid.uuid4(), "source_id": uuid.UUID(source_id), "ciphertext": SecretBox("a-lost-key").encrypt("whsec_x"),
+            {"id": uuid.uuid4(), "source_id": uuid.UUID(source_id), "ciphertext": SecretBox("a-lost-key-that-was-long-enough-once").encrypt("whsec_x"),
              "created_at": utcnow(), "expires_at": None},
         )
 
