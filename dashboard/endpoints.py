@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard.sessions import Viewer
-from dashboard.web import PREFIX, field, field_errors, form, page, see_other
+from dashboard.web import PREFIX, field, field_errors, form, grace_choice, page, see_other
 from delivery.breaker import Breaker
 from delivery.operational import send_test_and_ring
 from gateway.doorbell import Doorbell
@@ -123,8 +123,12 @@ class EndpointPages(Controller):
 
     @post("/{endpoint_id:uuid}/rotate", operation_id="dashboardRotateEndpointSecret", include_in_schema=False)
     async def rotate(self, request: Request[Any, Any, Any], service: EndpointService, endpoint_id: uuid.UUID) -> Any:
-        added = await service.rotate_secret(endpoint_id, SecretRotate())
-        return await self._detail(request, service, endpoint_id, secrets=[added.secret], rotated=True)
+        grace = grace_choice(await form(request))
+        try:
+            added = await service.rotate_secret(endpoint_id, SecretRotate(grace_seconds=grace))
+        except Problem as exc:
+            return await self._detail(request, service, endpoint_id, 409, secret_error=str(exc.detail))
+        return await self._detail(request, service, endpoint_id, secrets=[added.secret], rotated="now" if grace == 0 else "grace")
 
     @post("/{endpoint_id:uuid}/reveal", operation_id="dashboardRevealEndpointSecret", include_in_schema=False)
     async def reveal(self, request: Request[Any, Any, Any], service: EndpointService, endpoint_id: uuid.UUID) -> Any:

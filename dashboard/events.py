@@ -33,9 +33,11 @@ PAGE_SIZE = 50
 
 
 def _pretty(body: bytes) -> str:
+    """Indented, or as stored where it is not JSON or is nested deeper than this page's stack allows
+    (ingest parses it shallower in the stack: a payload it accepted can still be too deep here)."""
     try:
         return json.dumps(json.loads(body), indent=2, ensure_ascii=False)
-    except ValueError:
+    except (ValueError, RecursionError):
         return body.decode("utf-8", errors="replace")
 
 

@@ -12,7 +12,7 @@ from litestar.di import Provide
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard.sessions import Viewer
-from dashboard.web import field, field_errors, form, page
+from dashboard.web import field, field_errors, form, grace_choice, page
 from gateway.problems import Problem
 from gateway.settings import Settings
 from tenants.crypto import SecretBox
@@ -100,13 +100,13 @@ class SourcePages(Controller):
     @post("/{source_id:uuid}/rotate", operation_id="dashboardRotateSourceSecret", include_in_schema=False)
     async def rotate(self, request: Request[Any, Any, Any], service: SourceService, source_id: uuid.UUID) -> Any:
         data = await form(request)
-        own = field(data, "secret") or None
+        own, grace = field(data, "secret") or None, grace_choice(data)
         try:
-            added = await service.add_secret(source_id, SecretCreate(secret=own))
+            added = await service.add_secret(source_id, SecretCreate(secret=own, expire_previous_after_seconds=grace))
         except Problem as exc:
             source = await service.repo.get(source_id)
             return page(request, "source.html", status_code=400, source=service.shape(source), hint=PROVIDERS[source.provider],
                         secrets=None, errors=field_errors(exc, {"invalid-secret": "secret"}))
         source = await service.repo.get(source_id)
         return page(request, "source.html", source=service.shape(source), hint=PROVIDERS[source.provider], secrets=[added.secret],
-                    rotated=True)
+                    rotated="now" if grace == 0 else "grace")

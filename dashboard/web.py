@@ -85,6 +85,12 @@ def field(data: FormMultiDict, name: str) -> str:
     return value.strip() if isinstance(value, str) else ""
 
 
+def grace_choice(data: FormMultiDict) -> int | None:
+    """A rotate form's choice: 0 when the previous secrets must stop now (a leak), else None (the
+    operator's grace period)."""
+    return 0 if field(data, "expire_previous") else None
+
+
 def optional_uuid(value: str) -> uuid.UUID | None:
     """A filter or form value that should be an id; blank or malformed means not given."""
     try:

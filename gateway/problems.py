@@ -95,10 +95,15 @@ def _readable(error: Any) -> Any:
     return error
 
 
+# Paths whose last part is a credential: an ingest token, a dashboard invitation's token.
+_CREDENTIAL_PREFIXES = (INGEST_PREFIX, "/dashboard/invite/")
+
+
 def _loggable(path: str) -> str:
-    """The path for a log line: an ingest token is a credential, so only its first characters."""
-    if path.startswith(INGEST_PREFIX):
-        return f"{INGEST_PREFIX}{path[len(INGEST_PREFIX) :][:4]}…"
+    """The path for a log line: a credential in it is cut to its first characters."""
+    for prefix in _CREDENTIAL_PREFIXES:
+        if path.startswith(prefix):
+            return f"{prefix}{path[len(prefix) :][:4]}…"
     return path
 
 

@@ -4,6 +4,8 @@ form, CSRF on every form, tenant isolation (another tenant's ids answer 404), an
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import re
 import uuid
 from collections.abc import Callable
@@ -20,14 +22,16 @@ from dashboard.login import client_address
 from gateway.cli import main as cli
 from gateway.database import create_engine, session_factory, utcnow
 from gateway.events.models import Delivery
+from gateway.problems import render_problem
 from gateway.settings import get_settings
 from ml.online.models import Anomaly
 from tenants.models import ApiKey
+from tenants.secrets import MAX_ACTIVE_SECRETS
 from tenants.sources.schemas import Provider
-from tests.conftest import Stack, TenantHandle, new_source, new_tenant
+from tests.conftest import Stack, TenantHandle, ingest_path, new_source, new_tenant
 from tests.support.dashboard import PASSWORD, SESSION, Browser, add_user, browser_for, csrf_field, log_in
 from tests.support.receiver import Script, Server
-from tests.support.stripe_events import stripe_event
+from tests.support.stripe_events import signed_stripe, stripe_event, stripe_signature
 
 PAGES = ["/dashboard/", "/dashboard/sources", "/dashboard/endpoints", "/dashboard/endpoints/new", "/dashboard/events",
          "/dashboard/dead-letters", "/dashboard/replays", "/dashboard/anomalies", "/dashboard/api-keys", "/dashboard/team"]
@@ -340,6 +344,57 @@ async def test_sources_events_replay_and_api_keys(stack: Stack, signed_in: Calla
         assert key not in (await browser.get("/dashboard/api-keys")).text  # shown once
         await browser.post(f"/dashboard/api-keys/{key_id}/revoke")
         assert (await stack.client.get("/api/v1/events", headers=auth)).status_code == 401
+
+
+async def test_rotating_after_a_leak_stops_the_previous_secrets_now(stack: Stack, signed_in: Callable[..., Any]) -> None:
+    tenant, browser = await signed_in()
+    source = await new_source(stack.client, tenant)
+    leaked = source["secret"]
+    path = f"/dashboard/sources/{source['id']}/rotate"
+    for _ in range(MAX_ACTIVE_SECRETS - 1):  # each rotation keeps the previous secrets in their grace period
+        assert "keeps working through the grace period" in (await browser.post(path, {})).text
+    full = await browser.post(path, {})
+    assert full.status_code == 400 and "secrets are active" in _errors(full.text)[0]  # said, not a bare 400
+
+    rotated = await browser.post(path, {"expire_previous": "1"})
+    assert "The previous ones no longer verify" in rotated.text
+    [fresh] = _SECRET.findall(rotated.text)
+    body, headers = signed_stripe(stripe_event(), leaked)
+    refused = await stack.client.post(ingest_path(source), content=body, headers=headers)
+    assert refused.status_code == 400
+    await stack.ingest({**source, "secret": fresh})
+
+    endpoint = await stack.endpoint(tenant, "https://example.com/hook")
+    path = f"/dashboard/endpoints/{endpoint['id']}"
+    for _ in range(MAX_ACTIVE_SECRETS - 1):
+        await browser.post(f"{path}/rotate", {})
+    full = await browser.post(f"{path}/rotate", {})
+    assert full.status_code == 409 and "secrets are active" in _errors(full.text)[0]
+    assert "The previous ones no longer sign" in (await browser.post(f"{path}/rotate", {"expire_previous": "1"})).text
+    assert len(_SECRET.findall((await browser.post(f"{path}/reveal")).text)) == 1
+
+
+async def test_an_event_nested_as_deep_as_ingest_accepts_has_a_page(stack: Stack, signed_in: Callable[..., Any]) -> None:
+    """A payload nested 975 deep, which ingest accepted, once made its page a 500: it is shown as stored."""
+    tenant, browser = await signed_in()
+    source = await new_source(stack.client, tenant)
+    event = stripe_event("charge_succeeded")
+    body = (json.dumps(event)[:-1] + ', "deep": ' + "[" * 975 + "1" + "]" * 975 + "}").encode()
+    headers = {"stripe-signature": stripe_signature(body, source["secret"]), "content-type": "application/json"}
+    stored = await stack.client.post(ingest_path(source), content=body, headers=headers)
+    assert stored.status_code == 200, stored.text
+
+    detail = await browser.get(f"/dashboard/events/{stored.json()['id']}")
+
+    assert detail.status_code == 200 and event["id"] in detail.text
+    assert unescape(detail.text).count("[") >= 950
+
+
+def test_an_invitation_token_is_not_logged(caplog: pytest.LogCaptureFixture) -> None:
+    token = "g5DAHqYyHZL9P_z-Zh3gmXFOrYD6mOpv3x4BrdrolL0"
+    with caplog.at_level(logging.INFO, logger="hookgate.errors"):
+        render_problem(RuntimeError("a bug"), f"/dashboard/invite/{token}", None)
+    assert caplog.records and token[:4] in caplog.text and token not in caplog.text
 
 
 async def test_dead_letters_redrive_purge_and_anomalies(stack_factory: Callable[..., Any], signed_in: Callable[..., Any]) -> None:
