@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sqlite3
+import stat
+from contextlib import closing
 from pathlib import Path
 
 import httpx
@@ -60,6 +63,15 @@ def test_dev_mode_end_to_end(tmp_path: Path) -> None:
             assert sorted(e["external_id"] for e in events) == sorted(e["id"] for e in sent)
             detail = http.get(f"/api/v1/events/{events[0]['id']}", headers=auth).json()
             assert detail["payload"] == next(e for e in sent if e["id"] == detail["external_id"])
+
+    # what it keeps is readable by its owner only: keys, and the database with every payload
+    data = tmp_path / "data"
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    kept = sorted(path.name for path in data.iterdir())
+    assert {"hookgate.db", "secret.key", "operator.key"} <= set(kept)
+    assert {name: stat.S_IMODE((data / name).stat().st_mode) for name in kept} == {name: 0o600 for name in kept}
+    with closing(sqlite3.connect(data / "hookgate.db")) as database:  # the start gathered the planner's statistics
+        assert database.execute("SELECT count(*) FROM sqlite_master WHERE name = 'sqlite_stat1'").fetchone() == (1,)
 
     # a second start keeps the same demo tenant, keys and database
     with Process(argv, tmp_path / "dev2.log") as again:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import uuid
+from datetime import UTC, datetime
 
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -89,3 +90,61 @@ async def test_0007_raises_endpoint_rates_below_the_floor(tmp_path) -> None:  # 
     finally:
         await engine.dispose()
     assert stored == {endpoint: 0.001 if rate is not None and rate < 0.001 else rate for endpoint, rate in rates.items()}
+
+
+_ROWS_AT_0003 = [
+    ("tenants", "INSERT INTO tenants (id, name, created_at) VALUES (:tenant, 't', :now)"),
+    ("endpoints", "INSERT INTO endpoints (id, tenant_id, url, description, event_types, enabled, created_at) "
+                  "VALUES (:endpoint, :tenant, 'https://example.com/', '', '[\"*\"]', :yes, :now)"),
+    ("events", "INSERT INTO events (id, tenant_id, external_id, type, priority, body, headers, received_at) "
+               "VALUES (:event, :tenant, 'evt_1', 'charge.succeeded', 'normal', :body, '{}', :now)"),
+    ("deliveries", "INSERT INTO deliveries (id, tenant_id, event_id, endpoint_id, priority, is_replay, status, attempt_count, created_at) "
+                   "VALUES (:delivery, :tenant, :event, :endpoint, 'normal', :no, 'succeeded', 1, :now)"),
+    ("attempts", "INSERT INTO attempts (id, tenant_id, delivery_id, number, started_at, duration_ms, status_code) "
+                 "VALUES (:attempt, :tenant, :delivery, 1, :now, 5, 200)"),
+]
+
+
+async def _counts(url: str) -> dict[str, int]:
+    engine = create_engine(url, pool_size=1)
+    try:
+        async with engine.connect() as connection:
+            return {table: (await connection.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one() for table, _ in _ROWS_AT_0003}
+    finally:
+        await engine.dispose()
+
+
+async def _migrations_keep_rows(url: str) -> None:
+    """Up from 0003 and down to it again, on a database that holds a row in each table: every row stays
+    (on SQLite a table rebuilt with foreign keys enforced once deleted everything that referenced it)."""
+    await asyncio.to_thread(command.upgrade, alembic_config(url), "0003")
+    ids = {name: uuid.uuid4().hex for name in ("tenant", "endpoint", "event", "delivery", "attempt")}
+    values = {**ids, "now": datetime(2026, 12, 7, tzinfo=UTC), "body": b"{}", "yes": True, "no": False}
+    engine = create_engine(url, pool_size=1)
+    try:
+        async with engine.begin() as connection:
+            for _, statement in _ROWS_AT_0003:
+                await connection.execute(text(statement), values)
+    finally:
+        await engine.dispose()
+    one_each = {table: 1 for table, _ in _ROWS_AT_0003}
+    assert await _counts(url) == one_each
+    await upgrade_async(url)
+    assert await _counts(url) == one_each
+    await asyncio.to_thread(command.downgrade, alembic_config(url), "0003")
+    assert await _counts(url) == one_each
+    await upgrade_async(url)
+    assert await _counts(url) == one_each
+
+
+async def test_migrations_keep_rows_on_sqlite(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    await _migrations_keep_rows(f"sqlite+aiosqlite:///{tmp_path / 'rows.db'}")
+
+
+async def test_migrations_keep_rows_on_postgres() -> None:
+    admin, name = test_postgres_url(), f"hookgate_mig_{uuid.uuid4().hex[:10]}"
+    url = await create_database(admin, name)
+    try:
+        await _migrations_keep_rows(url)
+    finally:
+        await drop_database(admin, name)

@@ -1,4 +1,4 @@
-"""Alembic environment: runs migrations on the async engine given by ``gateway.migrate``."""
+"""Alembic environment: runs migrations on an async engine for the URL ``gateway.migrate`` gives."""
 
 from __future__ import annotations
 
@@ -21,6 +21,14 @@ from gateway.database import Base, create_engine
 
 
 def _run(connection: Connection) -> None:
+    sqlite = connection.dialect.name == "sqlite"
+    if sqlite:
+        # Batch mode changes a SQLite table by copying it and dropping the old one; with foreign keys
+        # enforced, the drop deletes every row that references it ON DELETE CASCADE (0004 emptied
+        # `attempts` that way). Off for the migration (the pragma is a no-op inside a transaction, so
+        # before it begins), and every reference checked before it commits.
+        connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+        connection.commit()
     context.configure(
         connection=connection,
         target_metadata=Base.metadata,
@@ -29,6 +37,8 @@ def _run(connection: Connection) -> None:
     )
     with context.begin_transaction():
         context.run_migrations()
+        if sqlite and (dangling := connection.exec_driver_sql("PRAGMA foreign_key_check").all()):
+            raise RuntimeError(f"the migration left rows that reference missing rows (table, rowid, parent): {dangling[:5]}")
 
 
 async def _main(url: str) -> None:
@@ -41,8 +51,4 @@ async def _main(url: str) -> None:
         await engine.dispose()
 
 
-connection = context.config.attributes.get("connection")
-if connection is not None:
-    _run(connection)
-else:
-    asyncio.run(_main(context.config.get_main_option("sqlalchemy.url")))
+asyncio.run(_main(context.config.get_main_option("sqlalchemy.url")))
