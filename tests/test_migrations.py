@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -36,17 +39,20 @@ async def _roundtrip(url: str) -> None:
     assert expected <= await _tables(url)
 
 
-async def test_migrations_roundtrip_on_postgres() -> None:
+@pytest.fixture(params=["postgres", "sqlite"])
+async def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A database of its own, with no schema: the shared test databases are migrated already."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'm.db'}"
+        return
     admin, name = test_postgres_url(), f"hookgate_mig_{uuid.uuid4().hex[:10]}"
     url = await create_database(admin, name)
-    try:
-        await _roundtrip(url)
-    finally:
-        await drop_database(admin, name)
+    yield url
+    await drop_database(admin, name)
 
 
-async def test_migrations_roundtrip_on_sqlite(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    await _roundtrip(f"sqlite+aiosqlite:///{tmp_path / 'm.db'}")
+async def test_migrations_roundtrip(empty_database: str) -> None:
+    await _roundtrip(empty_database)
 
 
 def test_models_and_migrations_agree() -> None:
@@ -114,9 +120,10 @@ async def _counts(url: str) -> dict[str, int]:
         await engine.dispose()
 
 
-async def _migrations_keep_rows(url: str) -> None:
+async def test_migrations_keep_rows(empty_database: str) -> None:
     """Up from 0003 and down to it again, on a database that holds a row in each table: every row stays
     (on SQLite a table rebuilt with foreign keys enforced once deleted everything that referenced it)."""
+    url = empty_database
     await asyncio.to_thread(command.upgrade, alembic_config(url), "0003")
     ids = {name: uuid.uuid4().hex for name in ("tenant", "endpoint", "event", "delivery", "attempt")}
     values = {**ids, "now": datetime(2026, 12, 7, tzinfo=UTC), "body": b"{}", "yes": True, "no": False}
@@ -136,15 +143,3 @@ async def _migrations_keep_rows(url: str) -> None:
     await upgrade_async(url)
     assert await _counts(url) == one_each
 
-
-async def test_migrations_keep_rows_on_sqlite(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    await _migrations_keep_rows(f"sqlite+aiosqlite:///{tmp_path / 'rows.db'}")
-
-
-async def test_migrations_keep_rows_on_postgres() -> None:
-    admin, name = test_postgres_url(), f"hookgate_mig_{uuid.uuid4().hex[:10]}"
-    url = await create_database(admin, name)
-    try:
-        await _migrations_keep_rows(url)
-    finally:
-        await drop_database(admin, name)
