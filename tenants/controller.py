@@ -28,8 +28,9 @@ def _shape(tenant: Tenant, settings: Settings, api_key: str | None = None) -> Te
     )
 
 
-async def _tenant(db_session: AsyncSession, tenant_id: uuid.UUID) -> Tenant:
-    tenant = await db_session.get(Tenant, tenant_id)
+async def _tenant(db_session: AsyncSession, tenant_id: uuid.UUID, *, for_update: bool = False) -> Tenant:
+    """The tenant; ``for_update`` locks its row, so that concurrent partial updates merge in turn."""
+    tenant = await db_session.get(Tenant, tenant_id, with_for_update=for_update)
     if tenant is None:
         raise not_found("tenant")
     return tenant
@@ -57,7 +58,7 @@ class TenantController(Controller):
     async def update_limits(
         self, db_session: AsyncSession, settings: Settings, tenant_id: uuid.UUID, data: LimitsUpdate
     ) -> TenantOut:
-        tenant = await _tenant(db_session, tenant_id)
+        tenant = await _tenant(db_session, tenant_id, for_update=True)
         if data.limits is not msgspec.UNSET:
             tenant.limits = merged_overrides(tenant.limits, data)
         if data.delivery_concurrency is not msgspec.UNSET:

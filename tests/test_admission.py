@@ -74,6 +74,14 @@ async def test_operator_sets_limits_partially_and_sees_the_effective_ones(client
     assert fetched["limits"] == restored["limits"]
 
 
+async def test_concurrent_partial_updates_keep_each_others_limits(client: Client, tenant: TenantHandle) -> None:
+    """Each PATCH merges into the stored overrides under a row lock: two at once both land."""
+    for burst in range(1, 11):
+        await asyncio.gather(_limit(client, tenant, low={"burst": burst}), _limit(client, tenant, critical={"burst": 1000 + burst}))
+        limits = (await client.get(f"/api/v1/tenants/{tenant.id}", headers=OPERATOR)).json()["limits"]
+        assert (limits["low"]["burst"], limits["critical"]["burst"]) == (burst, 1000 + burst)
+
+
 @pytest.mark.parametrize(
     "body",
     [
