@@ -13,6 +13,7 @@ from delivery.fanout import delivery_row, fan_out, insert_deliveries
 from gateway.database import new_id, utcnow
 from gateway.doorbell import Doorbell, ring_safely
 from gateway.events.models import Event
+from gateway.problems import Problem
 from tenants.endpoints.service import EndpointRepository
 
 DELIVERY_DEAD = "delivery.dead"
@@ -63,8 +64,11 @@ async def send_test(session: AsyncSession, tenant_id: uuid.UUID, endpoint_id: uu
 async def send_test_and_ring(
     session: AsyncSession, tenant_id: uuid.UUID, endpoint_id: uuid.UUID, doorbell: Doorbell
 ) -> tuple[Event, uuid.UUID]:
-    """A test event to one of the tenant's endpoints (404 for another tenant's), committed and rung."""
+    """A test event to one of the tenant's endpoints (404 for another tenant's), committed and rung.
+    A disabled endpoint is refused, as replays to it are: its delivery would only be made dead."""
     endpoint = await EndpointRepository(session, tenant_id).get(endpoint_id)
+    if not endpoint.enabled:
+        raise Problem(409, "endpoint-disabled", "enable the endpoint before sending it a test event", endpoint_ids=[str(endpoint.id)])
     event, delivery_id = await send_test(session, tenant_id, endpoint.id)
     await session.commit()
     await ring_safely(doorbell, [event.id])

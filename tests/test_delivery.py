@@ -241,6 +241,12 @@ async def test_test_event_reaches_only_that_endpoint(stack: Stack) -> None:
         await asyncio.sleep(0.3)
         assert bystander.requests == []
 
+        off = await stack.client.patch(f"/api/v1/endpoints/{endpoint['id']}", json={"enabled": False}, headers=tenant.auth)
+        assert off.status_code == 200
+        refused = await stack.client.post(f"/api/v1/endpoints/{endpoint['id']}/test", headers=tenant.auth)
+        assert refused.status_code == 409 and refused.json()["type"].endswith("/endpoint-disabled")
+        assert len(await stack.deliveries(tenant, endpoint_id=endpoint["id"])) == 1  # no dead letter made
+
 
 async def test_deliveries_api_filters_and_isolation(stack: Stack) -> None:
     alice, bob = await new_tenant(stack.client, "Alice"), await new_tenant(stack.client, "Bob")

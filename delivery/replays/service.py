@@ -51,7 +51,7 @@ class ReplayService:
         since = as_utc(data.since) if data.since else None
         until = as_utc(data.until) if data.until else None
         if since and until and since >= until:
-            raise Problem(422, "invalid-window", "since must be before until")
+            raise Problem(400, "invalid-window", "since must be before until")
         if data.endpoint_id is not None:
             await EndpointRepository(self.session, self.tenant_id).get(data.endpoint_id)
         ids = None if data.delivery_ids is None else await self._own_deliveries(data.delivery_ids)
@@ -123,5 +123,5 @@ def _window(since: datetime, until: datetime | None) -> tuple[datetime, datetime
     now = utcnow()
     since, until = as_utc(since), min(as_utc(until), now) if until else now
     if since >= until:
-        raise Problem(422, "invalid-window", "since must be before until (and before now)")
+        raise Problem(400, "invalid-window", "since must be before until (and before now)")
     return since, until
