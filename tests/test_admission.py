@@ -13,16 +13,17 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from prometheus_client import REGISTRY
 
 from gateway.admission.service import Admission
-from gateway.limiter import MemoryLimiter, Rate
+from gateway.limiter import MemoryLimiter, Rate, RedisLimiter
 from gateway.problems import Problem
 from tests.conftest import OPERATOR_KEY, TenantHandle, ingest_path, new_source, new_tenant
 from tests.support.receiver import Script, Server, wait_until
-from tests.support.services import ThrowawayRedis
+from tests.support.services import ThrowawayRedis, free_port
 from tests.support.stripe_events import signed_stripe, stripe_event
 
 Client = AsyncTestClient[Litestar]
@@ -223,6 +224,21 @@ async def test_usage_windows_roll_over_and_limits_reset_on_schedule() -> None:
 
 def _admissions(priority: str, outcome: str) -> float:
     return REGISTRY.get_sample_value("hookgate_admission_total", {"priority": priority, "outcome": outcome}) or 0.0
+
+
+async def test_with_the_limiter_unreachable_what_the_sender_would_not_send_again_is_admitted() -> None:
+    """GitHub does not redeliver a refused request: a 503 for an outage of ours would lose the event."""
+    redis = aioredis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.5)  # nothing listens there
+    admission = Admission(RedisLimiter(redis), window_seconds=60)
+    opened, closed = _admissions("normal", "failed_open"), _admissions("normal", "failed_closed")
+    try:
+        await admission.admit(uuid.uuid4(), "normal", Rate(per_second=1, burst=1), redelivered=False)
+        with pytest.raises(Problem) as refused:
+            await admission.admit(uuid.uuid4(), "normal", Rate(per_second=1, burst=1))
+    finally:
+        await redis.aclose()
+    assert refused.value.status_code == 503 and refused.value.kind == "limiter-unavailable"
+    assert (_admissions("normal", "failed_open"), _admissions("normal", "failed_closed")) == (opened + 1, closed + 1)
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from litestar import Litestar
@@ -178,6 +179,36 @@ async def test_oversized_body_is_413_and_not_stored(client: Client, tenant: Tena
     assert response.status_code == 413
     assert "1048576" in response.json()["detail"]
     assert await _events(client, tenant) == []
+
+
+async def test_a_github_webhook_left_on_the_form_content_type_is_stored_as_its_json(client: Client, tenant: TenantHandle) -> None:
+    """GitHub's default content type: the event is the form's url-encoded ``payload`` field, and the
+    signature covers the form as sent. GitHub does not redeliver, so a 400 here would lose it."""
+    source = await new_source(client, tenant, "github")
+    event = json.dumps(_payload("github") | {"title": "a & b = c + d", "emoji": "\u2603"}).encode()
+    form = urlencode({"payload": event}).encode()
+    headers = {"content-type": "application/x-www-form-urlencoded", "x-hub-signature-256": "sha256=" + _hmac(source["secret"], form).hex(),
+               "x-github-event": "pull_request", "x-github-delivery": str(uuid.uuid4())}
+    stored = await client.post(ingest_path(source), content=form, headers=headers)
+    assert stored.status_code == 200, stored.text
+    detail = await client.get(f"/api/v1/events/{stored.json()['id']}", headers=tenant.auth)
+    assert detail.json()["type"] == "pull_request.opened" and detail.content.split(b'"payload":', 1)[1].startswith(event)
+
+    tampered = form.replace(b"opened", b"closed")
+    _rejected(await client.post(ingest_path(source), content=tampered, headers=headers), "no_matching_signature")
+    empty = b"other=1"
+    no_payload = {**headers, "x-hub-signature-256": "sha256=" + _hmac(source["secret"], empty).hex()}
+    missing = await client.post(ingest_path(source), content=empty, headers=no_payload)
+    assert missing.status_code == 400 and missing.json()["type"].endswith("/invalid-form")
+
+
+async def test_a_body_sent_as_xml_is_told_to_use_json(client: Client, tenant: TenantHandle) -> None:
+    source = await new_source(client, tenant, "shopify")
+    body = b"<?xml version='1.0'?><order><id>1</id></order>"
+    headers = {"content-type": "application/xml", "x-shopify-hmac-sha256": base64.b64encode(_hmac(source["secret"], body)).decode(),
+               "x-shopify-topic": "orders/create", "x-shopify-webhook-id": str(uuid.uuid4())}
+    refused = await client.post(ingest_path(source), content=body, headers=headers)
+    assert refused.status_code == 400 and "set the webhook's format to JSON" in refused.json()["detail"]
 
 
 @pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", b"", "\u00e9t\u00e9".encode("latin-1")])

@@ -3,8 +3,9 @@
 Each priority has its own budget (its own GCRA key), so a flood of low-priority events never
 spends what critical ones need. The limit and the usage count are one atomic step (one Redis
 round trip in production). When the limiter is unreachable, critical and high events are
-admitted anyway (a lost payment event costs more than a missed limit) and normal and low ones
-are answered 503 so the provider retries; both cases are counted.
+admitted anyway (a lost payment event costs more than a missed limit), and so are events from a
+provider that would not send them again (GitHub); normal and low ones are answered 503 so the
+provider retries; both cases are counted.
 """
 
 from __future__ import annotations
@@ -41,13 +42,14 @@ class Admission:
         self._window = window_seconds
         self._clock = clock
 
-    async def admit(self, tenant_id: uuid.UUID, priority: Priority, rate: Rate) -> None:
-        """Return when the event may be stored; raise 429 (over the limit) or 503 (limiter down)."""
+    async def admit(self, tenant_id: uuid.UUID, priority: Priority, rate: Rate, *, redelivered: bool = True) -> None:
+        """Return when the event may be stored; raise 429 (over the limit) or 503 (limiter down).
+        ``redelivered``: the sender sends a refused event again by itself."""
         tally = Tally(self._usage_key(tenant_id, self._window_index()), priority, ttl_seconds=3 * self._window)
         try:
             decision = await self._limiter.hit(f"adm:{tenant_id}:{priority}", rate, tally)
         except _LIMITER_ERRORS:
-            self._limiter_down(tenant_id, priority)
+            self._limiter_down(tenant_id, priority, fail_open=priority in _FAIL_OPEN or not redelivered)
             return
         if decision.allowed:
             metrics.labelled(metrics.ADMISSION, priority, "admitted").inc()
@@ -74,8 +76,8 @@ class Admission:
     def window_seconds(self) -> int:
         return self._window
 
-    def _limiter_down(self, tenant_id: uuid.UUID, priority: Priority) -> None:
-        if priority in _FAIL_OPEN:
+    def _limiter_down(self, tenant_id: uuid.UUID, priority: Priority, *, fail_open: bool) -> None:
+        if fail_open:
             metrics.labelled(metrics.ADMISSION, priority, "failed_open").inc()
             _log.warning("limiter unreachable: %s event admitted without a limit", priority, extra={"tenant_id": str(tenant_id)})
             return

@@ -322,6 +322,7 @@ class _Provider:
     generate: Callable[[], str]
     validate: Callable[[str], None]
     headers: tuple[str, ...]  # kept with the event, besides _COMMON_HEADERS; never a signature
+    redelivers: bool = True  # sends a refused request again by itself (GitHub does not: only by hand)
 
 
 def _token() -> str:
@@ -355,6 +356,7 @@ _TABLE: dict[str, _Provider] = {
             "x-github-hook-installation-target-id",
             "x-github-hook-installation-target-type",
         ),
+        redelivers=False,
     ),
     "shopify": _Provider(
         _body_hmac("x-shopify-hmac-sha256", _b64_digest, "the base64 HMAC-SHA256 of the body"),
@@ -425,6 +427,11 @@ def validate_secret(provider: str, secret: str) -> None:
     if secret != secret.strip():
         raise ValueError("The signing secret starts or ends with whitespace; it would never match.")
     checks(secret)
+
+
+def redelivers(provider: str) -> bool:
+    """Whether the provider sends a request again by itself after a 429 or 503."""
+    return _provider(provider).redelivers
 
 
 def kept_headers(provider: str, headers: Mapping[str, str]) -> dict[str, str]:

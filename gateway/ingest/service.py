@@ -10,6 +10,7 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping
+from urllib.parse import parse_qs
 
 import msgspec
 from opentelemetry import trace
@@ -38,6 +39,7 @@ _OUTCOMES = {
     "unknown-source": "unknown_source",
     "invalid-signature": "bad_signature",
     "invalid-json": "invalid_payload",
+    "invalid-form": "invalid_payload",
     "rate-limited": "rate_limited",
 }
 _json = msgspec.json.Decoder()
@@ -104,12 +106,14 @@ class IngestService:
         except Problem:
             await self._tally_bad_signature(source.tenant_id)
             raise
-        payload = _parse(body)
+        body = _unwrapped(source.provider, body, headers)
+        payload = _parse(body, headers)
         identity = providers.identify(source.provider, body, payload, headers)
         facts = stripe_facts(identity.type, payload) if source.provider == "stripe" else NONE
         _check_storable(identity, facts)
         priority = classify(identity.type, source.priorities)  # type: ignore[arg-type]
-        await self._admission.admit(source.tenant_id, priority, rate_for(priority, source.limits, self._defaults))
+        rate = rate_for(priority, source.limits, self._defaults)
+        await self._admission.admit(source.tenant_id, priority, rate, redelivered=providers.redelivers(source.provider))
         return await self._store(source, body, headers, identity, priority, facts)
 
     async def _verify(self, token: str, source: SourceKey, body: bytes, headers: Mapping[str, str]) -> None:
@@ -182,11 +186,29 @@ def observe(
     )
 
 
-def _parse(body: bytes) -> dict[str, object]:
+def _media_type(headers: Mapping[str, str]) -> str:
+    return headers.get("content-type", "").partition(";")[0].strip().lower()
+
+
+def _unwrapped(provider: str, body: bytes, headers: Mapping[str, str]) -> bytes:
+    """The event's JSON. GitHub's default content type is a form whose ``payload`` field holds it:
+    the signature covers the form as sent (verified before this), the event is the field's JSON.
+    GitHub does not redeliver by itself, so refusing its default would lose every event."""
+    if provider != "github" or _media_type(headers) != "application/x-www-form-urlencoded":
+        return body
+    payload = parse_qs(body, keep_blank_values=True).get(b"payload")
+    if not payload:
+        raise Problem(400, "invalid-form", "a form-encoded GitHub webhook carries its event in a payload field, and this one has none")
+    return payload[0]
+
+
+def _parse(body: bytes, headers: Mapping[str, str]) -> dict[str, object]:
     try:
         payload = _json.decode(body)
     except msgspec.DecodeError as exc:
-        raise Problem(400, "invalid-json", f"the body is not valid JSON: {exc}") from None
+        media = _media_type(headers)
+        hint = f" (it was sent as {media}: set the webhook's format to JSON)" if media and "json" not in media else ""
+        raise Problem(400, "invalid-json", f"the body is not valid JSON: {exc}{hint}") from None
     except RecursionError:  # msgspec's depth limit raises this, not DecodeError
         raise Problem(400, "invalid-json", "the body is JSON nested too deeply") from None
     if not isinstance(payload, dict):
