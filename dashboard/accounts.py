@@ -6,11 +6,11 @@ import re
 import uuid
 from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dashboard.models import Invite, User
+from dashboard.models import Invite, LoginSession, User
 from dashboard.passwords import hash_password, password_problem, verify
 from gateway.database import create_engine, session_factory, utcnow
 from tenants.crypto import new_token, sha256_hex
@@ -73,6 +73,40 @@ async def authenticate(session: AsyncSession, email: str, password: str) -> User
         return None
     user.last_login_at = utcnow()
     return user
+
+
+async def set_password(session: AsyncSession, user: User, password: str, *, keep: uuid.UUID | None = None) -> None:
+    """A new password (committed); every session of the user ends but ``keep`` (the one that asked)."""
+    user.password_hash = hash_password(_checked_password(password))
+    await session.execute(delete(LoginSession).where(LoginSession.user_id == user.id, LoginSession.id != keep))
+    await session.commit()
+
+
+async def remove_user(session: AsyncSession, user: User) -> None:
+    """The account and its sessions, gone (committed): the person is signed out everywhere at once."""
+    await session.execute(delete(LoginSession).where(LoginSession.user_id == user.id))
+    await session.delete(user)
+    await session.commit()
+
+
+async def _by_email(session: AsyncSession, email: str) -> User:
+    user = await session.scalar(select(User).where(User.email == normal_email(email)))
+    if user is None:
+        raise AccountError("email", f"There is no account for {email.strip().lower()}.")
+    return user
+
+
+async def operator_account_change(database_url: str, email: str, password: str | None) -> User:
+    """``hookgate users set-password`` (a password) and ``users delete`` (None): on a database of its
+    own for the command's lifetime. Either way the account's sessions end."""
+    engine = create_engine(database_url)
+    try:
+        async with session_factory(engine)() as session:
+            user = await _by_email(session, email)
+            await (set_password(session, user, password) if password is not None else remove_user(session, user))
+            return user
+    finally:
+        await engine.dispose()
 
 
 async def invite(session: AsyncSession, tenant_id: uuid.UUID, email: str, by: uuid.UUID, hours: float) -> str:

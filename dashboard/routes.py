@@ -15,6 +15,7 @@ from litestar.template import TemplateConfig
 from markupsafe import Markup
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from dashboard.account import account, change_password
 from dashboard.anomalies import AnomalyPages, ApiKeyPages
 from dashboard.dead_letters import DeadLetterPages, replays
 from dashboard.endpoints import EndpointPages
@@ -23,7 +24,7 @@ from dashboard.login import InvitationController, LoginController, LoginThrottle
 from dashboard.overview import overview
 from dashboard.sessions import Signer
 from dashboard.sources import SourcePages
-from dashboard.team import invite_teammate, team
+from dashboard.team import invite_teammate, remove_teammate, team, withdraw_invitation
 from dashboard.web import EXCEPTION_HANDLERS, PREFIX, login_guard, viewer_of
 from gateway.limiter import Limiter, Rate
 from gateway.settings import Settings
@@ -67,7 +68,7 @@ def dashboard_routers(sessions: Callable[[], AsyncSession], settings: Settings, 
     pages = Router(
         path=PREFIX,
         route_handlers=[overview, logout, SourcePages, EndpointPages, EventPages, DeadLetterPages, replays, AnomalyPages, ApiKeyPages,
-                       team, invite_teammate],
+                       team, invite_teammate, remove_teammate, withdraw_invitation, account, change_password],
         guards=[login_guard(sessions, signer)],
         dependencies={"viewer": Provide(viewer_of, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]

@@ -1,19 +1,23 @@
 """The team: the tenant's dashboard users and invitations. An invitation is a single-use link
-shown once to the inviter (no mail server needed); the invitee chooses a password there."""
+shown once to the inviter (no mail server needed); the invitee chooses a password there. Any
+member can withdraw an invitation or remove another member, who is signed out at once (there are
+no roles: everyone manages everything, as the page says)."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from litestar import Request, get, post
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dashboard.accounts import AccountError, invite
+from dashboard.accounts import AccountError, invite, remove_user
 from dashboard.models import Invite, User
 from dashboard.sessions import Viewer
-from dashboard.web import PREFIX, field, form, page
+from dashboard.web import PREFIX, field, form, page, see_other
 from gateway.database import utcnow
+from gateway.problems import not_found
 from gateway.settings import Settings
 
 
@@ -41,3 +45,27 @@ async def invite_teammate(request: Request[Any, Any, Any], viewer: Viewer, db_se
         return await _team(request, viewer, db_session, 400, errors={exc.field: str(exc)}, email=email)
     link = f"{settings.public_url.rstrip('/')}{PREFIX}/invite/{token}"
     return await _team(request, viewer, db_session, link=link, invited=email)
+
+
+@post("/team/{user_id:uuid}/remove", operation_id="dashboardRemoveTeammate", include_in_schema=False)
+async def remove_teammate(request: Request[Any, Any, Any], viewer: Viewer, db_session: AsyncSession, user_id: uuid.UUID) -> Any:
+    user = await db_session.scalar(select(User).where(User.id == user_id, User.tenant_id == viewer.tenant_id))
+    if user is None:
+        raise not_found("user")
+    if user.id == viewer.user.id:  # someone must be left to let people in
+        return await _team(request, viewer, db_session, 409, errors={"_": "You cannot remove yourself: ask a teammate to."})
+    await remove_user(db_session, user)
+    return see_other(f"{PREFIX}/team", "teammate-removed")
+
+
+@post("/team/invites/{invite_id:uuid}/withdraw", operation_id="dashboardWithdrawInvitation", include_in_schema=False)
+async def withdraw_invitation(viewer: Viewer, db_session: AsyncSession, invite_id: uuid.UUID) -> Any:
+    withdrawn = await db_session.scalar(
+        delete(Invite)
+        .where(Invite.id == invite_id, Invite.tenant_id == viewer.tenant_id, Invite.accepted_at.is_(None))
+        .returning(Invite.id)
+    )
+    if withdrawn is None:
+        raise not_found("invitation")
+    await db_session.commit()
+    return see_other(f"{PREFIX}/team", "invitation-withdrawn")

@@ -46,6 +46,9 @@ NOTICES = {
     "acknowledged": "Anomaly acknowledged.",
     "revoked": "API key revoked: requests with it are refused from now on.",
     "logged-out": "You are logged out.",
+    "teammate-removed": "Teammate removed: they are signed out and can no longer log in.",
+    "invitation-withdrawn": "Invitation withdrawn: its link no longer works.",
+    "password-changed": "Password changed. Your other sessions are signed out.",
 }
 
 

@@ -118,6 +118,22 @@ def _users_create(args: argparse.Namespace) -> None:
     print(f"created dashboard user {user.email} for tenant {user.tenant_id}; log in at {get_settings().public_url}/dashboard/login")
 
 
+def _users_change(args: argparse.Namespace) -> None:
+    """``users set-password`` (with a password) and ``users delete``: either way the sessions end."""
+    import asyncio
+    import getpass
+
+    from dashboard.accounts import AccountError, operator_account_change
+
+    deleting = args.users_command == "delete"
+    password = None if deleting else args.password or os.environ.get("HOOKGATE_USER_PASSWORD") or getpass.getpass("new password: ")
+    try:
+        user = asyncio.run(operator_account_change(get_settings().database_url, args.email, password))
+    except AccountError as exc:
+        sys.exit(f"error: {exc}")
+    print(f"{'deleted' if deleting else 'set a new password for'} dashboard user {user.email}; its sessions ended")
+
+
 def _secrets_reencrypt(args: argparse.Namespace) -> None:
     import asyncio
 
@@ -208,6 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
     create_user.add_argument("--email", required=True)
     create_user.add_argument("--password", help="default: HOOKGATE_USER_PASSWORD, else asked for on the terminal")
     create_user.set_defaults(run=_users_create)
+    set_password = users.add_parser("set-password", help="set a user's password and end its sessions")
+    set_password.add_argument("--email", required=True)
+    set_password.add_argument("--password", help="default: HOOKGATE_USER_PASSWORD, else asked for on the terminal")
+    set_password.set_defaults(run=_users_change)
+    delete_user = users.add_parser("delete", help="delete a user (and its sessions): offboarding, or freeing an email address")
+    delete_user.add_argument("--email", required=True)
+    delete_user.set_defaults(run=_users_change)
     secrets = commands.add_parser("secrets", help="secrets at rest").add_subparsers(dest="secrets_command", required=True)
     reencrypt = secrets.add_parser("reencrypt", help="re-encrypt every stored secret with the first HOOKGATE_SECRET_KEY")
     reencrypt.add_argument("--batch", type=int, default=500, help="rows per transaction")

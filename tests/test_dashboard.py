@@ -19,6 +19,7 @@ from sqlalchemy.exc import OperationalError
 
 from dashboard import overview as overview_module
 from dashboard.login import client_address
+from dashboard.models import User
 from gateway.cli import main as cli
 from gateway.database import create_engine, session_factory, utcnow
 from gateway.events.models import Delivery
@@ -34,7 +35,8 @@ from tests.support.receiver import Script, Server
 from tests.support.stripe_events import signed_stripe, stripe_event, stripe_signature
 
 PAGES = ["/dashboard/", "/dashboard/sources", "/dashboard/endpoints", "/dashboard/endpoints/new", "/dashboard/events",
-         "/dashboard/dead-letters", "/dashboard/replays", "/dashboard/anomalies", "/dashboard/api-keys", "/dashboard/team"]
+         "/dashboard/dead-letters", "/dashboard/replays", "/dashboard/anomalies", "/dashboard/api-keys", "/dashboard/team",
+         "/dashboard/account"]
 
 # A signing secret on a page: base64 (Standard Webhooks) or url-safe base64 (Stripe sources).
 _SECRET = re.compile(r"(whsec_[A-Za-z0-9+/=_-]+)")
@@ -173,6 +175,7 @@ async def test_every_form_refuses_a_post_without_the_csrf_token(stack: Stack, si
         f"/dashboard/endpoints/{endpoint['id']}/test", f"/dashboard/events/{uuid.uuid4()}/replay",
         "/dashboard/dead-letters/redrive", "/dashboard/dead-letters/purge", f"/dashboard/anomalies/{uuid.uuid4()}/acknowledge",
         "/dashboard/api-keys", f"/dashboard/api-keys/{uuid.uuid4()}/revoke", "/dashboard/team/invite",
+        f"/dashboard/team/{uuid.uuid4()}/remove", f"/dashboard/team/invites/{uuid.uuid4()}/withdraw", "/dashboard/account/password",
     ]
     for path in forms:
         response = await browser.post(path, {"url": "http://127.0.0.1:9/x", "name": "x", "enabled": "false"}, csrf=False)
@@ -495,6 +498,73 @@ async def test_a_teammate_joins_through_an_invitation(stack: Stack, signed_in: C
     assert again.status_code == 400 and _errors(again.text) == ["This person already has an account."]
 
 
+async def test_a_teammate_is_removed_and_an_invitation_withdrawn(stack: Stack, signed_in: Callable[..., Any]) -> None:
+    tenant, admin = await signed_in("Acme")
+    _other, stranger = await signed_in("Other")
+    await _user(stack.settings, tenant, "leaver@example.com")
+    leaver = Browser(stack.client, (await log_in(stack.client, "leaver@example.com")).cookies[SESSION], "")
+    assert (await leaver.get("/dashboard/")).status_code == 200
+    team = (await admin.get("/dashboard/team")).text
+    leaver_id = re.search(r'/dashboard/team/([0-9a-f-]{36})/remove" data-confirm="Remove leaver@example.com', team).group(1)
+    assert (await stranger.post(f"/dashboard/team/{leaver_id}/remove")).status_code == 404  # another tenant's member
+
+    removed = await admin.post(f"/dashboard/team/{leaver_id}/remove")
+    assert removed.status_code == 303 and removed.headers["location"] == "/dashboard/team?done=teammate-removed"
+    assert (await leaver.get("/dashboard/")).status_code == 303  # signed out at once
+    assert (await log_in(stack.client, "leaver@example.com")).status_code == 400
+    assert "leaver@example.com" not in (await admin.get("/dashboard/team")).text
+    assert (await admin.post(f"/dashboard/team/{leaver_id}/remove")).status_code == 404
+
+    made = await admin.post("/dashboard/team/invite", {"email": "typo@exmaple.com"})
+    path = re.search(r'id="invite-link">([^<]+)<', made.text).group(1).removeprefix(stack.settings.public_url)
+    invite_id = re.search(r'/dashboard/team/invites/([0-9a-f-]{36})/withdraw', made.text).group(1)
+    assert (await stranger.post(f"/dashboard/team/invites/{invite_id}/withdraw")).status_code == 404
+    assert (await admin.post(f"/dashboard/team/invites/{invite_id}/withdraw")).headers["location"].endswith("invitation-withdrawn")
+    stack.client.cookies.clear()
+    assert (await stack.client.get(path)).status_code == 404
+    assert "typo@exmaple.com" not in (await admin.get("/dashboard/team")).text
+
+    assert "you</span>" in team and team.count('/remove"') == 1  # no button for oneself, and the form refuses it
+    me = await _user_id(stack, admin)
+    refused = await admin.post(f"/dashboard/team/{me}/remove")
+    assert refused.status_code == 409 and _errors(refused.text) == ["You cannot remove yourself: ask a teammate to."]
+    assert (await admin.get("/dashboard/")).status_code == 200
+
+
+async def test_changing_the_password_signs_out_the_other_sessions(stack: Stack, signed_in: Callable[..., Any]) -> None:
+    tenant, _first = await signed_in("Acme")
+    await _user(stack.settings, tenant, "pat@example.com")
+    here = Browser(stack.client, (await log_in(stack.client, "pat@example.com")).cookies[SESSION], "")
+    elsewhere = Browser(stack.client, (await log_in(stack.client, "pat@example.com")).cookies[SESSION], "")
+    here.csrf = csrf_field((await here.get("/dashboard/account")).text)
+    new = "a brand new passphrase"
+
+    wrong = await here.post("/dashboard/account/password", {"current": "not it", "password": new, "confirm": new})
+    assert wrong.status_code == 400 and _errors(wrong.text) == ["That is not your current password."]
+    differ = await here.post("/dashboard/account/password", {"current": PASSWORD, "password": new, "confirm": new + "!"})
+    assert differ.status_code == 400 and _errors(differ.text) == ["The two passwords differ."]
+    short = await here.post("/dashboard/account/password", {"current": PASSWORD, "password": "short", "confirm": "short"})
+    assert short.status_code == 400 and _errors(short.text) == ["Use at least 10 characters."]
+    assert (await elsewhere.get("/dashboard/")).status_code == 200  # nothing changed yet
+
+    changed = await here.post("/dashboard/account/password", {"current": PASSWORD, "password": new, "confirm": new})
+    assert changed.headers["location"] == "/dashboard/account?done=password-changed"
+    assert (await here.get("/dashboard/")).status_code == 200
+    assert (await elsewhere.get("/dashboard/")).status_code == 303
+    assert (await log_in(stack.client, "pat@example.com")).status_code == 400
+    assert (await log_in(stack.client, "pat@example.com", new)).status_code == 303
+
+
+async def _user_id(stack: Stack, browser: Browser) -> str:
+    email = re.search(r'class="who" href="/dashboard/account">([^<]+)<', (await browser.get("/dashboard/")).text).group(1)
+    engine = create_engine(stack.settings.database_url, pool_size=1)
+    try:
+        async with session_factory(engine)() as session:
+            return str(await session.scalar(select(User.id).where(User.email == email)))
+    finally:
+        await engine.dispose()
+
+
 async def test_lists_page_with_a_cursor_that_keeps_the_filters(stack: Stack, signed_in: Callable[..., Any]) -> None:
     tenant, browser = await signed_in()
     source = await new_source(stack.client, tenant)
@@ -518,11 +588,28 @@ async def test_cli_creates_users(stack: Stack, monkeypatch: pytest.MonkeyPatch, 
         assert "created dashboard user cli@example.com" in capsys.readouterr().out
         assert (await log_in(stack.client, "cli@example.com")).status_code == 303
         with pytest.raises(SystemExit, match="already exists"):
-            await asyncio.to_thread(cli, ["users", "create", "--tenant", tenant.id, "--email", "cli@example.com"])
+            await asyncio.to_thread(cli, ["users", "create", "--tenant", tenant.id, "--email", "cli@example.com", "--password", PASSWORD])
         monkeypatch.setenv("HOOKGATE_USER_PASSWORD", "short")
         with pytest.raises(SystemExit, match="at least 10 characters"):
             await asyncio.to_thread(cli, ["users", "create", "--tenant", tenant.id, "--email", "other@example.com"])
         with pytest.raises(SystemExit, match="no tenant"):
             await asyncio.to_thread(cli, ["users", "create", "--tenant", str(uuid.uuid4()), "--email", "x@example.com"])
+
+        signed_in = Browser(stack.client, (await log_in(stack.client, "cli@example.com")).cookies[SESSION], "")
+        await asyncio.to_thread(cli, ["users", "set-password", "--email", "CLI@example.com", "--password", "reset by the operator"])
+        assert "set a new password for dashboard user cli@example.com" in capsys.readouterr().out
+        assert (await signed_in.get("/dashboard/")).status_code == 303  # its sessions ended
+        assert (await log_in(stack.client, "cli@example.com")).status_code == 400
+        assert (await log_in(stack.client, "cli@example.com", "reset by the operator")).status_code == 303
+        with pytest.raises(SystemExit, match="at least 10 characters"):
+            await asyncio.to_thread(cli, ["users", "set-password", "--email", "cli@example.com", "--password", "short"])
+
+        await asyncio.to_thread(cli, ["users", "delete", "--email", "cli@example.com"])
+        assert "deleted dashboard user cli@example.com" in capsys.readouterr().out
+        assert (await log_in(stack.client, "cli@example.com", "reset by the operator")).status_code == 400
+        with pytest.raises(SystemExit, match="no account for nobody@example.com"):
+            await asyncio.to_thread(cli, ["users", "delete", "--email", "nobody@example.com"])
+        # the address is free again: its own tenant can have it (what frees one another tenant invited first)
+        await asyncio.to_thread(cli, ["users", "create", "--tenant", tenant.id, "--email", "cli@example.com", "--password", PASSWORD])
     finally:
         get_settings.cache_clear()

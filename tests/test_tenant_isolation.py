@@ -19,8 +19,10 @@ import pytest
 from litestar import Litestar
 from litestar.routes import HTTPRoute
 from litestar.testing import AsyncTestClient
-from sqlalchemy import text, update
+from sqlalchemy import select, text, update
 
+from dashboard.accounts import create_user, invite
+from dashboard.models import Invite
 from gateway.database import Base, create_engine, session_factory, utcnow
 from gateway.events.models import DEAD, Delivery
 from gateway.settings import Settings
@@ -52,7 +54,7 @@ DASHBOARD_FORM_IDS: dict[str, dict[str, str]] = {
     "dashboardPurge": {"delivery_id": "delivery_id"},
     "dashboardRedrive": {"delivery_id": "delivery_id", "scope": "selected"},
     "dashboardLogin": {}, "dashboardLogout": {}, "dashboardCreateSource": {}, "dashboardCreateEndpoint": {},
-    "dashboardCreateApiKey": {}, "dashboardInvite": {},
+    "dashboardCreateApiKey": {}, "dashboardInvite": {}, "dashboardChangePassword": {},
 }
 
 # Request bodies that are valid for the owner, by operation id (default: no body).
@@ -275,13 +277,17 @@ def test_every_exclusion_still_names_a_route(app: Litestar) -> None:
 
 async def _dashboard_world(stack: Stack, alice: TenantHandle) -> dict[str, str]:
     """``_world`` plus what only the dashboard names: an API key (a second one, so revoking it
-    leaves Alice her own) and a dead letter."""
+    leaves Alice her own), a dead letter, a teammate and a pending invitation."""
     ids = await _world(stack, alice)
     engine = create_engine(stack.settings.database_url, pool_size=1)
     try:
         async with session_factory(engine)() as session:
             key, _plaintext = await ApiKeyRepository(session, uuid.UUID(alice.id)).create("isolation")
             ids["key_id"] = str(key.id)
+            teammate = await create_user(session, uuid.UUID(alice.id), f"mate-{uuid.uuid4().hex[:8]}@example.com", "a long password")
+            ids["user_id"] = str(teammate.id)
+            await invite(session, uuid.UUID(alice.id), f"new-{uuid.uuid4().hex[:8]}@example.com", teammate.id, 1)
+            ids["invite_id"] = str(await session.scalar(select(Invite.id).where(Invite.invited_by == teammate.id)))
             await session.execute(
                 update(Delivery).where(Delivery.id == uuid.UUID(ids["delivery_id"])).values(status=DEAD, completed_at=utcnow())
             )
@@ -334,7 +340,7 @@ async def test_another_tenants_session_gets_404_and_changes_nothing_on_every_das
             failures.append(f"{method} {path} by another tenant's user changed {changed}")
     # The owner's calls find every resource; one that removes things gets a world of its own.
     for index, (method, path, data) in enumerate(attempts(ids)):
-        if path.endswith(("/delete", "/purge")):
+        if path.endswith(("/delete", "/purge", "/remove", "/withdraw")):
             method, path, data = attempts(await _dashboard_world(stack, alice))[index]
         response = await _dashboard_call(alice_browser, method, path, data)
         if response.status_code == 404 or response.status_code >= 500:
