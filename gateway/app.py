@@ -10,7 +10,6 @@ from litestar import Litestar, Response, get
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
-from litestar.openapi import OpenAPIConfig
 from litestar.plugins.prometheus import PrometheusConfig
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -31,6 +30,8 @@ from gateway.ingest.group_commit import GroupCommit
 from gateway.ingest.service import IngestService
 from gateway.logs import configure as configure_logs
 from gateway.metrics import exposition
+from gateway.openapi import complete as complete_openapi
+from gateway.openapi import openapi_config
 from gateway.problems import EXCEPTION_HANDLERS, Problem
 from gateway.requests import JsonRequest
 from gateway.settings import Settings, get_settings
@@ -149,12 +150,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         template_config=template_config(),
-        openapi_config=OpenAPIConfig(title="Hookgate", version="0.1.0", path="/schema"),
+        openapi_config=openapi_config(),
         request_max_body_size=settings.max_body_bytes,
         request_class=JsonRequest,  # deeply nested JSON is a 400, not a 500
         logging_config=None,  # gateway/logs.py: one JSON line per record
         state=State({"settings": settings, INGEST_STATE: ingest_service}),
         lifespan=[lifespan],
     )
+    complete_openapi(app)
     app.asgi_handler = IngestFastPath(HeadAsGet(app.asgi_handler), ingest_service, max_body=settings.max_body_bytes)
     return app

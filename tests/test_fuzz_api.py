@@ -43,10 +43,9 @@ def live(settings: Settings) -> Iterator[tuple[TestClient[Litestar], dict[str, s
         yield client, {"authorization": f"Bearer {tenant['api_key']}"}
 
 
-# No 5xx, and every documented response's body matches its schema. Not checked: status codes and
-# content types the schema leaves out — Litestar documents only a 400 (as application/json), while
-# every error is an application/problem+json document (asserted for every 4xx below).
-CHECKS = [checks.not_a_server_error, checks.response_schema_conformance]
+# No 5xx, and every response as documented: its status code (errors are the ``default`` response),
+# its content type (application/problem+json for every error) and its body's schema.
+CHECKS = [checks.not_a_server_error, checks.status_code_conformance, checks.content_type_conformance, checks.response_schema_conformance]
 
 
 @schema.parametrize()
