@@ -79,7 +79,9 @@ def _json_text(value: object) -> str:
 _COMMON: dict[str, Any] = {"hide_parameters": True, "json_serializer": _json_text, "json_deserializer": msgspec.json.decode}
 
 
-def create_engine(url: str, *, pool_size: int = 10, pre_ping: bool = True, generic_plans: bool = False) -> AsyncEngine:
+def create_engine(
+    url: str, *, pool_size: int = 10, pre_ping: bool = True, generic_plans: bool = False, command_timeout: float | None = None
+) -> AsyncEngine:
     """An engine tuned per backend: pooled asyncpg, or SQLite in WAL mode with a busy timeout.
 
     Statement parameters (event bodies, encrypted secrets) are kept out of error messages and logs.
@@ -87,6 +89,8 @@ def create_engine(url: str, *, pool_size: int = 10, pre_ping: bool = True, gener
     when its connection turns out to be dead (``exc.connection_invalidated``). ``generic_plans``:
     Postgres plans each prepared statement once per connection instead of on every execution
     (``plan_cache_mode``), for hot statements whose plan the parameters do not change.
+    ``command_timeout``: seconds a Postgres statement may take before it fails with TimeoutError (a
+    connection lost to a partition never answers, and nothing else would end the wait).
     """
     if url.startswith("sqlite"):
         engine = create_async_engine(url, connect_args={"timeout": 5}, **_COMMON)
@@ -101,7 +105,10 @@ def create_engine(url: str, *, pool_size: int = 10, pre_ping: bool = True, gener
 
         event.listen(engine.sync_engine, "before_execute", _write_lock_for_select_for_update)
         return engine
-    connect_args = {"server_settings": {"plan_cache_mode": "force_generic_plan"}} if generic_plans else {}
+    # Connecting has the same bound: a partitioned server takes the SYN and never answers (asyncpg waits 60 s).
+    connect_args: dict[str, Any] = {"command_timeout": command_timeout, **({"timeout": command_timeout} if command_timeout else {})}
+    if generic_plans:
+        connect_args["server_settings"] = {"plan_cache_mode": "force_generic_plan"}
     return create_async_engine(
         url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=pre_ping, pool_timeout=5, connect_args=connect_args,
         **_COMMON,

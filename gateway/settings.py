@@ -73,6 +73,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         int, _doc("Default time a replaced secret keeps verifying (sources) or signing (endpoints).")
     ] = 86_400
     db_pool_size: Annotated[int, _doc("Connections per process in the Postgres pool.")] = 10
+    db_command_timeout_seconds: Annotated[
+        float,
+        msgspec.Meta(gt=0),
+        _doc("Longest a gateway or worker waits for one Postgres statement. Past it the statement fails (ingest answers "
+             "503) and its connection is dropped: after a network partition or a failover, a connection that will never "
+             "answer is given up instead of holding every later batch behind it. Migrations and CLI commands have no limit."),
+    ] = 15.0
     log_level: Annotated[
         str,
         _doc(

@@ -53,7 +53,8 @@ class Runtime:
 
     def __post_init__(self) -> None:
         settings = self.settings
-        self.engine = create_engine(settings.database_url, pool_size=settings.db_pool_size, pre_ping=self.pre_ping)
+        self.engine = create_engine(settings.database_url, pool_size=settings.db_pool_size, pre_ping=self.pre_ping,
+                                    command_timeout=settings.db_command_timeout_seconds)
         self.sessions = session_factory(self.engine)
         self.box = SecretBox(settings.secret_key)
         config = breaker_config(settings)
@@ -73,7 +74,8 @@ class Runtime:
         )
         control = None
         if not settings.is_embedded:  # SQLite has one writer anyway: a second pool would only contend
-            self._control_engine = create_engine(settings.database_url, pool_size=2, pre_ping=self.pre_ping, generic_plans=True)
+            self._control_engine = create_engine(settings.database_url, pool_size=2, pre_ping=self.pre_ping, generic_plans=True,
+                                                 command_timeout=settings.db_command_timeout_seconds)
             # Autocommit: every statement of a pass is atomic on its own (DeliveryEngine.claim), so
             # BEGIN and COMMIT would only be two more round trips before each delivery.
             control = session_factory(self._control_engine.execution_options(isolation_level="AUTOCOMMIT"))
@@ -97,7 +99,8 @@ class Runtime:
         settings = self.settings
         if settings.is_embedded:  # SQLite: one writer, one pool
             return self.engine
-        self._ingest_engine = create_engine(settings.database_url, pool_size=settings.ingest_commit_concurrency, pre_ping=False)
+        self._ingest_engine = create_engine(settings.database_url, pool_size=settings.ingest_commit_concurrency, pre_ping=False,
+                                            command_timeout=settings.db_command_timeout_seconds)
         return self._ingest_engine
 
     def replay_runner(self, dispatcher: Dispatcher) -> ReplayRunner:
