@@ -147,6 +147,12 @@ class Deployment:
         await asyncio.to_thread(worker.wait_output, "worker started")
         return worker
 
+    async def start(self, receiver: Receiver) -> None:
+        """The gateway, a tenant with its source and endpoint at ``receiver``, and one worker."""
+        await self.start_gateway()
+        await self.provision(receiver)
+        await self.start_worker()
+
     def stop(self) -> None:
         for process in [*self.workers, self.gateway]:
             if process is not None:

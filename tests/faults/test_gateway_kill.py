@@ -14,9 +14,7 @@ pytestmark = pytest.mark.slow
 
 
 async def test_kill_9_of_the_gateway_during_ingest_loses_no_acknowledged_event(deployment: Deployment, receiver: Receiver) -> None:
-    await deployment.start_gateway()
-    await deployment.provision(receiver)
-    await deployment.start_worker()
+    await deployment.start(receiver)
     ledger = Ledger("gateway kill -9 during ingest (twice)")
     traffic = asyncio.create_task(Traffic(ledger, deployment, concurrency=16).send(300, per_second=60))
     rng = random.Random()

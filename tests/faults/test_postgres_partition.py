@@ -22,9 +22,7 @@ async def test_a_postgres_partition_then_failover_answers_503_and_resumes(deploy
     async with PartitionProxy(urlsplit(url).port or 5432) as proxy:
         deployment.env["HOOKGATE_DATABASE_URL"] = url.replace(f":{urlsplit(url).port}/", f":{proxy.port}/")
         deployment.env["HOOKGATE_DB_COMMAND_TIMEOUT_SECONDS"] = "2"
-        await deployment.start_gateway()
-        await deployment.provision(receiver)
-        await deployment.start_worker()
+        await deployment.start(receiver)
         ledger = Ledger("Postgres partitioned 4 s, then failed over")
         traffic = Traffic(ledger, deployment)
         sending = asyncio.create_task(traffic.send(300, per_second=40))

@@ -16,9 +16,7 @@ pytestmark = pytest.mark.slow
 async def test_postgres_stopped_mid_run_answers_503_and_loses_nothing(
     deployment: Deployment, receiver: Receiver, throwaway_postgres: ThrowawayPostgres
 ) -> None:
-    await deployment.start_gateway()
-    await deployment.provision(receiver)
-    await deployment.start_worker()
+    await deployment.start(receiver)
     ledger = Ledger("Postgres stopped 4 s mid-run")
     traffic = Traffic(ledger, deployment)
     sending = asyncio.create_task(traffic.send(300, per_second=40))

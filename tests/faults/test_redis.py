@@ -18,9 +18,7 @@ pytestmark = pytest.mark.slow
 
 
 async def test_flushall_mid_run_loses_nothing(deployment: Deployment, receiver: Receiver, throwaway_redis: ThrowawayRedis) -> None:
-    await deployment.start_gateway()
-    await deployment.provision(receiver)
-    await deployment.start_worker()
+    await deployment.start(receiver)
     ledger = Ledger("Redis FLUSHALL (twice, mid-run)")
     traffic = asyncio.create_task(Traffic(ledger, deployment).send(300, per_second=50))
     client = aioredis.from_url(throwaway_redis.url)
@@ -37,9 +35,7 @@ async def test_flushall_mid_run_loses_nothing(deployment: Deployment, receiver: 
 async def test_redis_stopped_and_restarted_mid_run_loses_nothing(
     deployment: Deployment, receiver: Receiver, throwaway_redis: ThrowawayRedis
 ) -> None:
-    await deployment.start_gateway()
-    await deployment.provision(receiver)
-    await deployment.start_worker()
+    await deployment.start(receiver)
     ledger = Ledger("Redis stopped 4 s, restarted empty")
     traffic = Traffic(ledger, deployment)
     sending = asyncio.create_task(traffic.send(300, per_second=40))

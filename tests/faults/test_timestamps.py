@@ -12,9 +12,7 @@ EDGES = {-295: 200, 295: 200, -310: 400, 310: 400}  # seconds from now; toleranc
 
 
 async def test_timestamps_at_the_tolerance_edge(deployment: Deployment, receiver: Receiver) -> None:
-    await deployment.start_gateway()
-    await deployment.provision(receiver)
-    await deployment.start_worker()
+    await deployment.start(receiver)
     ledger = Ledger("Stripe timestamps at ±300 s tolerance edge")
     traffic = Traffic(ledger, deployment)
     refused: set[str] = set()
