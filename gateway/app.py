@@ -100,7 +100,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             yield
         finally:
             await asyncio.gather(*(task.stop() for task in background))
-            await group_commit.aclose()
+            await group_commit.shutdown()
             await runtime.close()
 
     def _constant(value: object) -> Provide:

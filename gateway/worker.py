@@ -28,6 +28,7 @@ from ml.online.training import retrain
 
 _log = logging.getLogger("hookgate.worker")
 _ARQ_RESTART_DELAY = 2.0
+_ARQ_CLOSE_SECONDS = 3.0  # how long a stop waits for arq to let go of Redis
 # The gateway's doorbell fans out within milliseconds; the sweeper waits this long before it
 # treats an event as stranded, so the two rarely race (if they do, fan-out is idempotent).
 SWEEP_GRACE_SECONDS = 2.0
@@ -57,8 +58,9 @@ async def _run_arq(settings: Settings, ctx: dict[str, Any]) -> None:
         try:
             await worker.async_run()
         except asyncio.CancelledError:
-            with contextlib.suppress(Exception):  # Redis may be gone; stopping must still finish
-                await worker.close()
+            # Redis may be gone, or hang (arq's pool has no socket timeout): stopping must still finish.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(worker.close(), _ARQ_CLOSE_SECONDS)
             raise
         except Exception:  # noqa: BLE001 - Redis gone; deliveries go on from the database
             _log.warning("arq worker stopped (Redis unavailable?); restarting", exc_info=True)
@@ -100,6 +102,8 @@ async def run_worker(settings: Settings | None = None, stop: asyncio.Event | Non
             probes.close()
         for task in tasks:
             task.cancel()
+        # The loops stop at once, beside the Redis side's teardown: a stop must not wait on Redis first.
+        stopping = asyncio.gather(replays.stop(), monitor.stop(), dispatcher.stop(grace=settings.delivery_timeout))
         await asyncio.gather(*tasks, return_exceptions=True)  # whatever they died of, the rest must stop too
-        await asyncio.gather(replays.stop(), monitor.stop(), dispatcher.stop(grace=settings.delivery_timeout))
+        await stopping
         await runtime.close()

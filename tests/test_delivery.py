@@ -13,7 +13,9 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from standardwebhooks.webhooks import Webhook
 
-from tests.conftest import Stack, new_source, new_tenant
+from gateway.worker import run_worker
+from tests.conftest import Stack, make_settings, new_source, new_tenant
+from tests.support.proxy import PartitionProxy
 from tests.support.receiver import Received, Script, Server, wait_until
 from tests.support.services import free_port
 from tests.support.stripe_events import stripe_event
@@ -277,3 +279,20 @@ async def test_redis_down_still_stores_and_delivers(stack_factory: Callable[...,
         [delivery] = await stack.settled(tenant, 1, timeout=30)
         assert delivery["attempts"] == 1
         assert [json.loads(r.body)["id"] for r in receiver.requests] == [event["id"]]
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+async def test_a_worker_stops_while_redis_hangs(database_url: str, redis_url: str) -> None:
+    """Redis behind a partition answers nothing: the stop still ends the loops and lets go of Redis
+    within a bounded time (arq's close once waited on it for ever, and the loops behind it kept
+    claiming until Kubernetes killed the pod)."""
+    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    async with PartitionProxy(port) as proxy:
+        settings = make_settings(database_url, redis_url.replace(f":{port}/", f":{proxy.port}/"))
+        stop = asyncio.Event()
+        worker = asyncio.create_task(run_worker(settings, stop))
+        await asyncio.sleep(1.0)  # started: arq and the doorbell listener hold Redis connections
+        assert not worker.done()
+        proxy.partition()
+        stop.set()
+        await asyncio.wait_for(worker, 30)  # the chart's grace is 45 s; it hung past any

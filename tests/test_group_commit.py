@@ -209,3 +209,20 @@ async def test_a_committed_batch_rings_once_with_its_new_events_and_only_after_t
     new = [outcomes[0], outcomes[1], outcomes[3]]
     assert doorbell.rings == [[o.id for o in new]]  # the batch's new events, one ring: no duplicate rings again
     assert doorbell.visible == [3]  # the ring found its events committed
+
+
+async def test_a_shutdown_lets_the_last_batches_ring_before_it_returns(engine: Any, client: AsyncTestClient[Litestar], tenant: TenantHandle) -> None:
+    """A process that stops right after a commit still rings for it (else its events waited for the
+    sweeper), but a ring that cannot go does not hold the stop."""
+
+    class _SlowDoorbell(_Doorbell):
+        async def ring(self, event_ids: list[uuid.UUID]) -> None:
+            await asyncio.sleep(0.3)  # Redis far away
+            await super().ring(event_ids)
+
+    tenant_id, source_id, _ = await _source_ids(client, tenant)
+    doorbell = _SlowDoorbell()
+    commit = GroupCommit(engine, doorbell, max_rows=100, concurrency=1)
+    stored = await commit.store(_row(tenant_id, source_id, "evt_last_before_stop"))
+    await commit.shutdown()
+    assert doorbell.rings == [[stored.id]]

@@ -15,7 +15,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 
-from gateway.database import Base, create_engine
+from gateway.database import Base, create_engine, session_factory
+from gateway.health import readiness
 from gateway.migrate import alembic_config, upgrade_async
 from tests.support.services import create_database, drop_database, test_postgres_url
 
@@ -143,3 +144,22 @@ async def test_migrations_keep_rows(empty_database: str) -> None:
     await upgrade_async(url)
     assert await _counts(url) == one_each
 
+
+
+async def test_readiness_wants_the_schema_this_code_needs_or_a_newer_one(empty_database: str) -> None:
+    """Not ready on an empty or an older schema (pods rolled out before `hookgate migrate`); ready on
+    a newer one (the old pods of a rollout, after the new release's migration ran first)."""
+    url = empty_database
+    engine = create_engine(url, pool_size=1)
+    sessions = session_factory(engine)
+    try:
+        assert await readiness(sessions, None) == {"database": "not migrated"}
+        await asyncio.to_thread(command.upgrade, alembic_config(url), "0007")
+        assert await readiness(sessions, None) == {"database": "not migrated"}
+        await upgrade_async(url)
+        assert await readiness(sessions, None) == {"database": "ok"}
+        async with engine.begin() as connection:
+            await connection.execute(text("UPDATE alembic_version SET version_num = '0099_of_a_newer_release'"))
+        assert await readiness(sessions, None) == {"database": "ok"}
+    finally:
+        await engine.dispose()

@@ -146,9 +146,12 @@ async def test_the_worker_listener_answers_metrics_and_probes() -> None:
             assert metrics.status_code == 200 and "hookgate_delivery_attempts_total" in metrics.text
             assert (await http.get("/healthz")).json() == {"status": "ok"}
             assert (await http.get("/readyz")).status_code == 200
+            checks["redis"] = "unreachable"  # deliveries go on from the database: ready, degraded (a rollout is not held up)
+            degraded = await http.get("/readyz")
+            assert degraded.status_code == 200 and degraded.json()["status"] == "degraded"
             checks["database"] = "unreachable"
             not_ready = await http.get("/readyz")
-            assert not_ready.status_code == 503 and not_ready.json()["checks"] == {"database": "unreachable"}
+            assert not_ready.status_code == 503 and not_ready.json()["checks"] == {"database": "unreachable", "redis": "unreachable"}
             assert (await http.get("/nope")).status_code == 404
     finally:
         server.close()

@@ -42,6 +42,7 @@ from gateway.metrics import INGEST_BATCH_ROWS
 from gateway.tracing import start_spans
 
 _log = logging.getLogger("hookgate.ingest")
+_RING_GRACE_SECONDS = 2.0
 _events = Event.__table__
 _KEY = (_events.c.tenant_id, _events.c.source_id, _events.c.external_id)
 Key = tuple[uuid.UUID, uuid.UUID, str]
@@ -93,6 +94,13 @@ class GroupCommit:
         """Return the kept connections to their pool (before it is disposed)."""
         while self._idle:
             await self._idle.pop().close()
+
+    async def shutdown(self) -> None:
+        """At the process's stop: the last batches' rings are let out (bounded: a ring that cannot go
+        leaves its events to the sweeper), then the connections go back to their pool."""
+        if self._rings:
+            await asyncio.wait(self._rings, timeout=_RING_GRACE_SECONDS)
+        await self.aclose()
 
     async def _attempt(self, rows: list[Row]) -> list[Stored]:
         connection = self._idle.pop() if self._idle else await self._engine.connect()
