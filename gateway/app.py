@@ -31,7 +31,7 @@ from gateway.ingest.service import IngestService
 from gateway.logs import configure as configure_logs
 from gateway.metrics import exposition
 from gateway.openapi import complete as complete_openapi
-from gateway.openapi import openapi_config
+from gateway.openapi import declared_query_only, openapi_config
 from gateway.problems import EXCEPTION_HANDLERS, Problem
 from gateway.requests import JsonRequest
 from gateway.settings import Settings, get_settings
@@ -133,6 +133,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             AnomalyController,
             *dashboard_routers(sessions, settings, runtime.limiter),
         ],
+        guards=[declared_query_only],
         dependencies={
             "db_session": Provide(provide_session),
             "settings": _constant(settings),

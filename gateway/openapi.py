@@ -1,19 +1,24 @@
 """The published OpenAPI document, finished where Litestar's generation stops, so that generated
 clients send the key and know the errors: a bearer security scheme (none on ingest and the probes),
 every error as RFC 9457 problem details (a ``default`` response: Litestar declares only a 400, as
-its own JSON shape), the list routes' ``limit`` bounds, and which request bodies may be left out."""
+its own JSON shape), the list routes' ``limit`` bounds, and which request bodies may be left out.
+
+The document is also held to: an API request with a query parameter its operation does not declare
+is a 400 (``?stauts=dead`` would otherwise list everything, unfiltered, with no sign of the typo)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from litestar import Litestar
+from litestar.connection import ASGIConnection
+from litestar.handlers import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Reference, Schema, SecurityScheme
 from litestar.routes import HTTPRoute
 
 from gateway.pagination import MAX_LIMIT
-from gateway.problems import PROBLEM_JSON
+from gateway.problems import PROBLEM_JSON, Problem
 
 _BEARER = "bearer"
 _PROBLEM = Schema(
@@ -34,6 +39,7 @@ _ERROR = OpenAPIResponse(
     content={PROBLEM_JSON: OpenAPIMediaType(schema=Reference(ref="#/components/schemas/Problem"))},
 )
 _UNAUTHENTICATED = ("/ingest/", "/healthz", "/readyz", "/metrics")  # the ingest token is the path's
+_QUERY_NAMES = "hookgate_query_names"  # app state: operation id -> the query parameters it declares
 
 
 def openapi_config() -> OpenAPIConfig:
@@ -62,6 +68,7 @@ def complete(app: Litestar) -> None:
         for handler in route.route_handlers
         if (data := handler.parsed_fn_signature.parameters.get("data")) is not None and data.has_default
     }
+    declared: dict[str, frozenset[str]] = {}
     for path, item in (app.openapi_schema.paths or {}).items():
         for operation in (item.get, item.put, item.post, item.delete, item.patch):
             if operation is None:
@@ -77,3 +84,17 @@ def complete(app: Litestar) -> None:
                     parameter.schema.minimum, parameter.schema.maximum = 1, MAX_LIMIT
             if operation.request_body is not None and operation.operation_id in optional_bodies:
                 operation.request_body.required = False
+            declared[operation.operation_id or ""] = frozenset(
+                parameter.name for parameter in operation.parameters or [] if getattr(parameter, "param_in", None) == "query"
+            )
+    app.state[_QUERY_NAMES] = declared
+
+
+def declared_query_only(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+    """A guard for the API: a query parameter the operation does not declare is the client's mistake."""
+    if not connection.url.path.startswith("/api/"):
+        return
+    known = connection.app.state[_QUERY_NAMES].get(handler.operation_id, frozenset())
+    if unknown := sorted(set(connection.query_params) - known):
+        raise Problem(400, "unknown-parameter", f"unknown query parameter {', '.join(unknown)}; this route takes "
+                      f"{', '.join(sorted(known)) or 'none'}", parameters=unknown)

@@ -15,6 +15,8 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from standardwebhooks.webhooks import Webhook
@@ -200,6 +202,24 @@ async def test_a_github_webhook_left_on_the_form_content_type_is_stored_as_its_j
     no_payload = {**headers, "x-hub-signature-256": "sha256=" + _hmac(source["secret"], empty).hex()}
     missing = await client.post(ingest_path(source), content=empty, headers=no_payload)
     assert missing.status_code == 400 and missing.json()["type"].endswith("/invalid-form")
+
+
+async def test_a_standard_webhooks_sender_that_signs_with_ed25519_is_verified_with_its_public_key(client: Client, tenant: TenantHandle) -> None:
+    source = await new_source(client, tenant, "standard_webhooks")
+    private = Ed25519PrivateKey.generate()
+    public = "whpk_" + base64.b64encode(private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()
+    added = await client.post(f"/api/v1/sources/{source['id']}/secrets", json={"secret": public, "expire_previous_after_seconds": 0},
+                              headers=tenant.auth)
+    assert added.status_code == 201, added.text
+    body, msg_id, stamp = json.dumps(_payload("standard_webhooks")).encode(), f"msg_{uuid.uuid4().hex}", str(int(time.time()))
+    signature = "v1a," + base64.b64encode(private.sign(f"{msg_id}.{stamp}.".encode() + body)).decode()
+    headers = {"webhook-id": msg_id, "webhook-timestamp": stamp, "webhook-signature": signature}
+    stored = await client.post(ingest_path(source), content=body, headers=headers)
+    assert stored.status_code == 200, stored.text
+    forged = {**headers, "webhook-id": f"msg_{uuid.uuid4().hex}"}
+    _rejected(await client.post(ingest_path(source), content=body, headers=forged), "no_matching_signature")
+    refused = await client.post(f"/api/v1/sources/{source['id']}/secrets", json={"secret": "whpk_AAAA"}, headers=tenant.auth)
+    assert refused.status_code == 422 and "whpk_" in refused.json()["detail"]
 
 
 async def test_a_body_sent_as_xml_is_told_to_use_json(client: Client, tenant: TenantHandle) -> None:

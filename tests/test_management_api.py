@@ -228,3 +228,18 @@ async def test_tenant_isolation(client: Client) -> None:
     # nothing changed for Alice
     still = (await client.get(f"/api/v1/sources/{sid}", headers=alice.auth)).json()
     assert still["name"] == source["name"] and len(still["secrets"]) == 1
+
+
+async def test_a_query_parameter_the_route_does_not_declare_is_a_400(client: Client, tenant: TenantHandle) -> None:
+    """A typo (`stauts`) or a filter another list has (`status` on events) would otherwise list
+    everything, unfiltered, with no sign that the filter was not applied."""
+    source = await new_source(client, tenant)
+    for path, typo in [("/api/v1/deliveries", "stauts=dead"), ("/api/v1/events", "status=dead"), ("/api/v1/endpoints", "lmit=1"),
+                       (f"/api/v1/sources/{source['id']}", "expand=secrets")]:
+        refused = await client.get(f"{path}?{typo}", headers=tenant.auth)
+        assert refused.status_code == 400, (path, refused.text)
+        problem = refused.json()
+        assert problem["type"].endswith("/unknown-parameter") and problem["parameters"] == [typo.split("=")[0]]
+    listed = await client.get("/api/v1/deliveries?status=dead&limit=5", headers=tenant.auth)  # what it declares still works
+    assert listed.status_code == 200
+    assert (await client.head("/api/v1/events?limit=1", headers=tenant.auth)).status_code == 200

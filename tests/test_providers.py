@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 import stripe
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from standardwebhooks.webhooks import Webhook
 
 from gateway.ingest.providers import (
@@ -265,6 +267,41 @@ def test_standard_webhooks_rejections() -> None:
     for name in ("webhook-id", "webhook-timestamp", "webhook-signature"):
         missing = {k: v for k, v in good.items() if k != name}
         assert _reason("standard_webhooks", body, missing, [SW_SECRET], now=NOW) == "missing_signature"
+
+
+def _ed25519_pair() -> tuple[Ed25519PrivateKey, str]:
+    private = Ed25519PrivateKey.generate()
+    return private, "whpk_" + base64.b64encode(private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()
+
+
+def _v1a(private: Ed25519PrivateKey, body: bytes, msg_id: str = "msg_asym", ts: int = NOW) -> str:
+    return "v1a," + base64.b64encode(private.sign(f"{msg_id}.{ts}.".encode() + body)).decode()
+
+
+def test_standard_webhooks_asymmetric_signatures() -> None:
+    """The spec's v1a scheme: the sender signs with its Ed25519 key, the source holds the whpk_ public key."""
+    body = b'{"type": "user.created"}'
+    private, public = _ed25519_pair()
+    other, other_public = _ed25519_pair()
+    headers = {"webhook-id": "msg_asym", "webhook-timestamp": str(NOW), "webhook-signature": _v1a(private, body)}
+    verify("standard_webhooks", body, headers, [public], now=NOW)
+    verify("standard_webhooks", body, headers, [SW_SECRET, other_public, public], now=NOW)  # beside HMAC secrets, rotated keys
+    both = {**headers, "webhook-signature": f"{_v1a(other, body)} {_sw_headers(body, msg_id='msg_asym')['webhook-signature']}"}
+    verify("standard_webhooks", body, both, [SW_SECRET], now=NOW)  # a v1 entry still counts beside a v1a one
+    verify("standard_webhooks", body, both, [other_public], now=NOW)
+    assert _reason("standard_webhooks", body + b" ", headers, [public], now=NOW) == "no_matching_signature"
+    assert _reason("standard_webhooks", body, headers, [other_public], now=NOW) == "no_matching_signature"
+    assert _reason("standard_webhooks", body, {**headers, "webhook-id": "msg_2"}, [public], now=NOW) == "no_matching_signature"
+    assert _reason("standard_webhooks", body, headers, [SW_SECRET], now=NOW) == "no_matching_signature"  # a secret is no key
+    hmac_only = _sw_headers(body, msg_id="msg_asym")
+    assert _reason("standard_webhooks", body, hmac_only, [public], now=NOW) == "no_matching_signature"  # nor the other way
+    garbled = {**headers, "webhook-signature": "v1a,not-base64!"}
+    assert _reason("standard_webhooks", body, garbled, [public], now=NOW) == "malformed_signature"
+
+    validate_secret("standard_webhooks", public)
+    for bad in ("whpk_", "whpk_AAAA", "whpk_" + base64.b64encode(b"x" * 31).decode(), "whpk_!!"):
+        with pytest.raises(ValueError, match="whpk_"):
+            validate_secret("standard_webhooks", bad)
 
 
 def test_standard_webhooks_timestamp_window() -> None:

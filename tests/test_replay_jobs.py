@@ -260,3 +260,32 @@ async def test_each_pass_moves_one_job_per_tenant(database_url: str) -> None:
     finally:
         await engine.dispose()
     assert chosen == [jobs[4].id, jobs[5].id]  # the busy tenant's oldest, then the quiet one's (the finished job is no one's turn)
+
+
+async def test_a_replay_joins_a_delivery_still_under_way_instead_of_doubling_it(stack_factory) -> None:  # type: ignore[no-untyped-def]
+    """The receiver has not acknowledged a delivery that is still retrying: a second one under another
+    webhook-id would have it process the event twice. The replay makes that one due now instead."""
+    stack: Stack = await stack_factory(retry_schedule="0,3600")  # after one failure, the retry waits an hour
+    tenant = await new_tenant(stack.client)
+    source = await new_source(stack.client, tenant)
+    async with Server(Script([(500, {}, 0.0), (500, {}, 0.0)])) as receiver:
+        await stack.endpoint(tenant, receiver.url)
+        first, second = stripe_event("invoice_paid"), stripe_event("charge_succeeded")
+        event_id = await stack.ingest(source, first)
+        await stack.ingest(source, second)
+        retrying = await stack.settled(tenant, 2, status="failed")
+
+        replayed = await stack.client.post(f"/api/v1/events/{event_id}/replay", headers=tenant.auth)
+        assert replayed.status_code == 202, replayed.text
+        [joined] = replayed.json()["deliveries"]
+        assert joined["id"] in {d["id"] for d in retrying} and joined["is_replay"] is False
+        await wait_until(lambda: len(receiver.requests) == 3, what="the retry, made due now")
+        assert receiver.requests[2].headers["webhook-id"] == next(r.headers["webhook-id"] for r in receiver.requests[:2]
+                                                                    if json.loads(r.body)["id"] == first["id"])
+
+        since = (utcnow() - timedelta(minutes=5)).isoformat()
+        job = await stack.client.post("/api/v1/replays", json={"since": since}, headers=tenant.auth)
+        finished = await _finished(stack, tenant, job.json()["id"])
+        assert finished["done"] == 2 and finished["skipped"] == 1  # the one still retrying; the delivered one is replayed
+        deliveries = await stack.deliveries(tenant)
+        assert len(deliveries) == 3 and sum(d["is_replay"] for d in deliveries) == 1

@@ -1,17 +1,23 @@
 """Replays: new deliveries of a stored event — the original bytes, signed afresh under their own
-``webhook-id`` (a receiver that deduplicated the original must not drop the replay)."""
+``webhook-id`` (a receiver that deduplicated the original must not drop the replay).
+
+Except where a delivery of the event to that endpoint is still under way (pending or retrying):
+the receiver has not acknowledged it, and a second one under another ``webhook-id`` would have it
+process the event twice once both arrive. That delivery is made due now instead."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 
-from sqlalchemy import insert
+from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from delivery.fanout import Subscriber, delivery_row, endpoints_for, subscribed
+from gateway.database import utcnow
 from gateway.doorbell import Doorbell, ring_safely
-from gateway.events.models import Delivery, Event
-from gateway.events.repository import DeliveryRepository, EventRepository
+from gateway.events.models import OPEN_STATUSES, Delivery, Event
+from gateway.events.repository import DeliveryRepository, EventRepository, unleased
 from gateway.problems import Problem
 from tenants.endpoints.models import Endpoint
 from tenants.endpoints.service import EndpointRepository
@@ -19,13 +25,36 @@ from tenants.endpoints.service import EndpointRepository
 
 async def replay_event(session: AsyncSession, event: Event, endpoint_ids: list[uuid.UUID] | None) -> list[uuid.UUID]:
     """Queue one replay delivery per chosen endpoint (default: every enabled endpoint subscribed
-    to the event's type); returns the new delivery ids. The caller commits and rings."""
+    to the event's type), or make the one still under way due now; returns their ids. The caller
+    commits and rings."""
     targets: list[Endpoint] | list[Subscriber] = await _chosen(session, event, endpoint_ids) if endpoint_ids else await _subscribed(session, event)
     if not targets:
         raise Problem(409, "no-endpoints", f"no enabled endpoint subscribes to {event.type!r}; name endpoint_ids to replay anyway")
-    rows = [{**delivery_row(event, endpoint.id), "is_replay": True} for endpoint in targets]
-    await session.execute(insert(Delivery), rows)
-    return [row["id"] for row in rows]  # type: ignore[misc]
+    under_way = await deliveries_under_way(session, [event.id], [endpoint.id for endpoint in targets])
+    now = utcnow()
+    if under_way:
+        await session.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(under_way.values()), unleased(now))
+            .values(next_attempt_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    rows = [{**delivery_row(event, endpoint.id), "is_replay": True} for endpoint in targets if (event.id, endpoint.id) not in under_way]
+    if rows:
+        await session.execute(insert(Delivery), rows)
+    return [*under_way.values(), *(row["id"] for row in rows)]  # type: ignore[misc]
+
+
+async def deliveries_under_way(
+    session: AsyncSession, event_ids: Collection[uuid.UUID], endpoint_ids: Collection[uuid.UUID]
+) -> dict[tuple[uuid.UUID, uuid.UUID], uuid.UUID]:
+    """The open (pending or retrying) delivery of each (event, endpoint) pair that has one."""
+    rows = await session.execute(
+        select(Delivery.event_id, Delivery.endpoint_id, Delivery.id).where(
+            Delivery.event_id.in_(event_ids), Delivery.endpoint_id.in_(endpoint_ids), Delivery.status.in_(OPEN_STATUSES)
+        )
+    )
+    return {(event_id, endpoint_id): delivery_id for event_id, endpoint_id, delivery_id in rows}
 
 
 async def replay_and_ring(

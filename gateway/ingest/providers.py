@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import stripe
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 SignatureReason = Literal[
     "missing_signature",
@@ -30,6 +32,8 @@ SignatureReason = Literal[
 
 _MAX_SECRET = 256
 _DIGEST_SIZE = hashlib.sha256().digest_size
+_ED25519_SIZE = 64  # bytes of an Ed25519 signature
+_PUBLIC_KEY = "whpk_"  # Standard Webhooks' prefix of an Ed25519 public key
 _MAX_COLUMN = 255  # events.external_id and events.type are String(255): longer would fail the insert
 _COMMON_HEADERS = ("content-type", "user-agent")
 
@@ -120,13 +124,13 @@ def _check_timestamp(timestamp: int, now: float, tolerance: int) -> None:
         )
 
 
-def _b64_digest(value: str) -> bytes | None:
-    """A base64 SHA-256 digest as bytes, or None when it is not one."""
+def _b64_digest(value: str, size: int = _DIGEST_SIZE) -> bytes | None:
+    """A base64 SHA-256 digest (or another ``size`` of bytes) as bytes, or None when it is not one."""
     try:
         digest = base64.b64decode(value, validate=True)
     except ValueError:  # binascii.Error, or non-ASCII text
         return None
-    return digest if len(digest) == _DIGEST_SIZE else None
+    return digest if len(digest) == size else None
 
 
 def _hex_digest(value: str) -> bytes | None:
@@ -179,6 +183,27 @@ def _verify_stripe(
     raise _no_match("stripe-signature")
 
 
+def _public_key(secret: str) -> Ed25519PublicKey:
+    """The key of a ``whpk_<base64>`` Ed25519 public key: Standard Webhooks' asymmetric scheme
+    (``v1a`` signatures), where the receiver holds only the sender's public key."""
+    return Ed25519PublicKey.from_public_bytes(base64.b64decode(secret.removeprefix(_PUBLIC_KEY), validate=True))
+
+
+def _signed_by(secret: str, signed: bytes, signatures: list[bytes]) -> bool:
+    """Whether one of the ``v1a`` signatures is the public key's over ``signed``."""
+    try:
+        key = _public_key(secret)
+    except ValueError:
+        return False  # validate_secret keeps these out; a stray one simply never matches
+    for signature in signatures:
+        try:
+            key.verify(signature, signed)
+        except InvalidSignature:
+            continue
+        return True
+    return False
+
+
 def _standard_key(secret: str) -> bytes:
     """The HMAC key of a ``whsec_<base64>`` secret; padding is optional, as in the official library."""
     encoded = secret.removeprefix("whsec_")
@@ -197,15 +222,18 @@ def _verify_standard(
     if not (stamp.isascii() and stamp.isdigit()) or len(stamp) > _MAX_STAMP_DIGITS:
         raise _malformed("The webhook-timestamp header must be whole unix seconds.")
     _check_timestamp(int(stamp), now, tolerance)
-    sent = [
-        digest
-        for version, _, value in (entry.partition(",") for entry in header.split())
-        if version == "v1" and (digest := _b64_digest(value)) is not None
-    ]
-    if not sent:
-        raise _malformed("The webhook-signature header has no valid v1,<base64> entry.")
+    entries = [entry.partition(",") for entry in header.split()]
+    sent = [digest for version, _, value in entries if version == "v1" and (digest := _b64_digest(value)) is not None]
+    asymmetric = [signature for version, _, value in entries
+                  if version == "v1a" and (signature := _b64_digest(value, _ED25519_SIZE)) is not None]
+    if not (sent or asymmetric):
+        raise _malformed("The webhook-signature header has no valid v1,<base64> or v1a,<base64> entry.")
     signed = f"{msg_id}.{stamp}.".encode() + body
     for secret in secrets:
+        if secret.startswith(_PUBLIC_KEY):
+            if _signed_by(secret, signed, asymmetric):
+                return
+            continue
         try:
             key = _standard_key(secret)
         except ValueError:
@@ -300,10 +328,16 @@ def _validate_stripe(secret: str) -> None:
 
 
 def _validate_standard(secret: str) -> None:
+    if secret.startswith(_PUBLIC_KEY):
+        try:
+            _public_key(secret)
+        except ValueError:
+            raise ValueError("A Standard Webhooks public key is whpk_ followed by the base64 of 32 bytes (Ed25519).") from None
+        return
     try:
         key = _standard_key(secret)
     except ValueError:
-        raise ValueError("A Standard Webhooks secret is whsec_ followed by base64.") from None
+        raise ValueError("A Standard Webhooks secret is whsec_ followed by base64 (or a whpk_ Ed25519 public key).") from None
     if not key:
         raise ValueError("A Standard Webhooks secret needs key bytes after whsec_.")
 
