@@ -25,7 +25,7 @@ from dashboard.overview import overview
 from dashboard.sessions import Signer
 from dashboard.sources import SourcePages
 from dashboard.team import invite_teammate, remove_teammate, team, withdraw_invitation
-from dashboard.web import EXCEPTION_HANDLERS, PREFIX, login_guard, viewer_of
+from dashboard.web import PREFIX, login_guard, viewer_of
 from gateway.limiter import Limiter, Rate
 from gateway.settings import Settings
 
@@ -62,7 +62,6 @@ def dashboard_routers(sessions: Callable[[], AsyncSession], settings: Settings, 
             "signer": constant(signer),
             "login_throttle": constant(LoginThrottle(limiter, Rate.parse(settings.dashboard_login_limit), settings.proxy_networks)),
         },
-        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         include_in_schema=False,
     )
     pages = Router(
@@ -71,7 +70,6 @@ def dashboard_routers(sessions: Callable[[], AsyncSession], settings: Settings, 
                        team, invite_teammate, remove_teammate, withdraw_invitation, account, change_password],
         guards=[login_guard(sessions, signer)],
         dependencies={"viewer": Provide(viewer_of, sync_to_thread=False)},
-        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         include_in_schema=False,
     )
     static = create_static_files_router(path=f"{PREFIX}/static", directories=[_HERE / "static"], name="dashboard-static")

@@ -163,4 +163,13 @@ def _unexpected_page(request: Request[Any, Any, Any], exc: Exception) -> Respons
     return _error_page(request, HTTPException(status_code=status, detail=problem["detail"]))
 
 
-EXCEPTION_HANDLERS = {HTTPException: _error_page, Exception: _unexpected_page}
+def with_dashboard_pages(api: Callable[[Request[Any, Any, Any], Exception], Response[Any]]) -> dict[type[Exception], Any]:
+    """The app's own handlers, for what no route's handlers took: an unknown URL or a wrong method
+    under the dashboard is one of its pages (a person is looking), anywhere else ``api``'s answer."""
+
+    def answer(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+        if request.url.path != PREFIX and not request.url.path.startswith(f"{PREFIX}/"):
+            return api(request, exc)
+        return _error_page(request, exc) if isinstance(exc, HTTPException) else _unexpected_page(request, exc)
+
+    return {HTTPException: answer, Exception: answer}

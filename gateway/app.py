@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard.routes import dashboard_routers, template_config
+from dashboard.web import with_dashboard_pages
 from delivery.controller import DeliveryController
 from delivery.replays.controller import ReplayController
 from gateway.admission.controller import usage
@@ -32,7 +33,7 @@ from gateway.logs import configure as configure_logs
 from gateway.metrics import exposition
 from gateway.openapi import complete as complete_openapi
 from gateway.openapi import declared_query_only, openapi_config
-from gateway.problems import EXCEPTION_HANDLERS, Problem
+from gateway.problems import Problem, problem_response
 from gateway.requests import JsonRequest
 from gateway.settings import Settings, get_settings
 from gateway.tracing import configure as configure_tracing
@@ -149,7 +150,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 IdempotencyMiddleware, sessions=sessions, box=box, max_body=settings.max_body_bytes, operator_key=settings.operator_key
             ),
         ],
-        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        exception_handlers=with_dashboard_pages(problem_response),
         template_config=template_config(),
         openapi_config=openapi_config(),
         request_max_body_size=settings.max_body_bytes,

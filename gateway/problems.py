@@ -111,6 +111,3 @@ def problem_response(request: Request[Any, Any, Any], exc: Exception) -> Respons
     """Litestar's exception handler for every route: ``render_problem`` as a response."""
     status, body, headers = render_problem(exc, request.url.path, request.app.request_max_body_size)
     return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
-
-
-EXCEPTION_HANDLERS = {HTTPException: problem_response, Exception: problem_response}

@@ -79,6 +79,15 @@ async def test_a_page_that_fails_is_an_error_page_not_json(
     assert "Something went wrong on our side" in response.text and "a bug" not in response.text
 
 
+async def test_an_unknown_dashboard_url_or_method_is_a_page_and_the_api_keeps_its_problems(signed_in: Callable[..., Any]) -> None:
+    _tenant, browser = await signed_in()
+    for response in (await browser.get("/dashboard/no-such-page"), await browser.get("/dashboard/team/invite")):  # the last: POST only
+        assert response.status_code in (404, 405) and response.headers["content-type"].startswith("text/html"), response.text
+        assert response.headers["cache-control"] == "no-store" and response.headers["x-frame-options"] == "DENY"
+    api = await browser.client.get("/api/v1/no-such-route")
+    assert api.status_code == 404 and api.headers["content-type"].startswith("application/problem+json")
+
+
 async def test_every_page_and_form_needs_a_session(stack: Stack) -> None:
     for path in PAGES:
         response = await stack.client.get(path, follow_redirects=False)
