@@ -21,9 +21,12 @@ from dashboard.web import CSRF_FIELD, PREFIX, field, form, page, see_other
 from gateway.limiter import Limiter, Rate
 from gateway.problems import Problem
 from gateway.settings import Settings
-from tenants.crypto import new_token, same
+from tenants.crypto import new_token, same, sha256_hex
 
 _FORM_CSRF = "hookgate_form_csrf"
+# Set at a successful login: this browser has signed in as this email before (signed, not guessable).
+_DEVICE = "hookgate_device"
+_DEVICE_DAYS = 180
 
 
 def _next(target: str) -> str:
@@ -59,25 +62,46 @@ async def _signed_in(db: AsyncSession, user: User, signer: Signer, settings: Set
         )
     )
     response.cookies.append(Cookie(key=_FORM_CSRF, value="", path=PREFIX, max_age=0))
+    response.cookies.append(
+        Cookie(key=_DEVICE, value=signer.sign(_device_mark(user.email)), path=PREFIX, httponly=True, samesite="lax",
+               secure=_secure(settings), max_age=_DEVICE_DAYS * 86_400)
+    )
     return response
+
+
+def _known_device(request: Request[Any, Any, Any], signer: Signer, email: str) -> bool:
+    """Whether this browser signed in as ``email`` before (its device cookie says so)."""
+    cookie = request.cookies.get(_DEVICE)
+    return cookie is not None and signer.unsign(cookie) == _device_mark(email)
+
+
+def _device_mark(email: str) -> str:
+    """What a device cookie signs: not the email itself, and never mistaken for a session token."""
+    return "device-" + sha256_hex(email)
 
 
 class LoginThrottle:
     """GCRA limits on login attempts per client address and per email (the app's limiter: shared
     through Redis in production, so every worker counts the same attempts). Behind a reverse proxy
     every connection comes from the proxy: its ``X-Forwarded-For`` names the client, if the proxy
-    is trusted (``HOOKGATE_TRUSTED_PROXIES``), or one client would lock everyone out."""
+    is trusted (``HOOKGATE_TRUSTED_PROXIES``), or one client would lock everyone out.
+
+    The per-email limit bounds guessing spread over many addresses, so anyone who knows an email
+    can exhaust it. A browser that signed in as that email before (its device cookie) is held to
+    its address's limit only: the owner is not locked out by someone else's failures (OWASP's
+    device cookies)."""
 
     def __init__(self, limiter: Limiter, rate: Rate, proxies: tuple[IPv4Network | IPv6Network, ...] = ()) -> None:
         self.limiter = limiter
         self.rate = rate
         self.proxies = proxies  # a plain class: Litestar's signature model cannot convert a union of networks
 
-    async def wait(self, request: Request[Any, Any, Any], email: str) -> int:
+    async def wait(self, request: Request[Any, Any, Any], email: str, *, known_device: bool = False) -> int:
         """Seconds to wait when this address or this email has tried too often, else 0."""
         peer = request.client.host if request.client else "unknown"
         client = client_address(peer, request.headers.getall("x-forwarded-for", []), self.proxies)
-        for key in (f"login:ip:{client}", f"login:email:{email}"):
+        keys = [f"login:ip:{client}"] if known_device else [f"login:ip:{client}", f"login:email:{email}"]
+        for key in keys:
             decision = await self.limiter.hit(key, self.rate)
             if not decision.allowed:
                 return max(1, math.ceil(decision.retry_after))
@@ -117,7 +141,7 @@ class LoginController(Controller):
         email, target = field(data, "email").lower(), _next(field(data, "next"))
         if not _submitted_by_us(request, data):
             return _form(request, settings, "login.html", 403, next=target, email=email, error="The form expired. Please try again.")
-        wait = await login_throttle.wait(request, email)
+        wait = await login_throttle.wait(request, email, known_device=_known_device(request, signer, email))
         if wait:
             return _form(request, settings, "login.html", 429, next=target, email=email,
                          error=f"Too many attempts. Try again in {wait} seconds.")

@@ -140,17 +140,49 @@ async def test_login_is_rate_limited(stack_factory: Callable[..., Any]) -> None:
     assert "Too many attempts" in _errors(refused.text)[0]
 
 
-async def test_behind_a_trusted_proxy_the_login_limit_counts_each_client(stack_factory: Callable[..., Any]) -> None:
-    """Behind an Ingress every connection is the proxy's: keyed on it, one client's failed logins
-    locked every user out. The client is the last untrusted X-Forwarded-For hop; what a client
-    writes to the left of it does not change whose attempts it spends."""
-    stack = await stack_factory(dashboard_login_limit="0.001/3", trusted_proxies="10.0.0.0/8")
+def _behind_the_proxy(stack: Stack) -> None:
+    """Every request reaches the app from a proxy at 10.0.0.5, as behind an Ingress."""
     app, inner = stack.client.app, stack.client.app.asgi_handler
 
     async def through_the_proxy(scope: Any, receive: Any, send: Any) -> None:
         await inner({**scope, "client": ("10.0.0.5", 40000)} if scope["type"] == "http" else scope, receive, send)
 
     app.asgi_handler = through_the_proxy
+
+
+async def test_someone_elses_failures_do_not_lock_out_a_browser_that_signed_in_before(stack_factory: Callable[..., Any]) -> None:
+    """Anyone who knows an email can spend its login budget; a browser that signed in as it before
+    (its device cookie) is held to its own address's limit only."""
+    stack = await stack_factory(dashboard_login_limit="0.001/3", trusted_proxies="10.0.0.0/8")
+    _behind_the_proxy(stack)
+    tenant = await new_tenant(stack.client)
+    await _user(stack.settings, tenant, "bo@example.com")
+    client = stack.client
+
+    async def attempt(address: str, password: str = PASSWORD, device: str | None = None) -> int:
+        client.cookies.clear()
+        client.headers["x-forwarded-for"] = address
+        form = await client.get("/dashboard/login")
+        if device is not None:
+            client.cookies.set("hookgate_device", device)
+        data = {"email": "bo@example.com", "password": password, "csrf_token": csrf_field(form.text), "next": "/dashboard/"}
+        response = await client.post("/dashboard/login", data=data, follow_redirects=False)
+        return response.status_code if response.status_code != 303 else response.cookies.get("hookgate_device") or 303
+
+    owner = await attempt("198.51.100.7")  # the owner's browser signs in once
+    assert isinstance(owner, str)
+    assert [await attempt("203.0.113.9", "wrong password!") for _ in range(3)] == [400, 400, 429]  # someone spends the budget
+    assert await attempt("192.0.2.1") == 429  # a browser that never signed in: locked out with the right password
+    assert await attempt("192.0.2.1", device=owner.replace(".", "x.", 1)) == 429  # a forged device cookie changes nothing
+    assert isinstance(await attempt("192.0.2.1", device=owner), str)  # the owner's browser signs in
+
+
+async def test_behind_a_trusted_proxy_the_login_limit_counts_each_client(stack_factory: Callable[..., Any]) -> None:
+    """Behind an Ingress every connection is the proxy's: keyed on it, one client's failed logins
+    locked every user out. The client is the last untrusted X-Forwarded-For hop; what a client
+    writes to the left of it does not change whose attempts it spends."""
+    stack = await stack_factory(dashboard_login_limit="0.001/3", trusted_proxies="10.0.0.0/8")
+    _behind_the_proxy(stack)
     tenant = await new_tenant(stack.client)
     await _user(stack.settings, tenant, "bo@example.com")
     stack.client.headers["x-forwarded-for"] = "203.0.113.9"  # the attacker, one unknown email after another
