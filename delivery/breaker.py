@@ -242,6 +242,7 @@ if state == 'half_open' then
   redis.call('HINCRBY', key, 'consecutive', 1)
   redis.call('HSET', key, 'state', 'open', 'cooldown', cooldown, 'retry_at', now + cooldown)
   redis.call('EXPIRE', key, ARGV[9])
+  redis.call('ZADD', KEYS[2], 'NX', now, ARGV[10])  -- listed already, unless it opened before the list existed
   return false  -- it never closed, so there is nothing new to announce
 end
 

@@ -23,7 +23,7 @@ from gateway.admission.service import Admission
 from gateway.doorbell import Doorbell, RedisDoorbell
 from gateway.events.controller import EventController
 from gateway.head import HeadAsGet
-from gateway.health import readiness, ready
+from gateway.health import NOT_MIGRATED, readiness, ready
 from gateway.idempotency.middleware import IdempotencyMiddleware
 from gateway.ingest.controller import INGEST_STATE, ingest
 from gateway.ingest.fast_path import IngestFastPath
@@ -115,7 +115,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         Service. It shows as ``degraded``."""
         checks = await readiness(sessions, runtime.redis)
         if not ready(checks, needs=("database",)):
-            raise Problem(503, "not-ready", "the database is unreachable", checks=checks)
+            behind = checks["database"] == NOT_MIGRATED
+            detail = "the database schema is older than this release: run hookgate migrate" if behind else "the database is unreachable"
+            raise Problem(503, "not-ready", detail, checks=checks)
         return {"status": "ready" if ready(checks) else "degraded", "checks": checks}
 
     app = Litestar(

@@ -92,7 +92,7 @@ def complete(app: Litestar) -> None:
 
 def declared_query_only(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
     """A guard for the API: a query parameter the operation does not declare is the client's mistake."""
-    if not connection.url.path.startswith("/api/"):
+    if not connection.url.path.startswith("/api/") or connection.scope["method"] == "OPTIONS":  # Litestar's own, undocumented
         return
     known = connection.app.state[_QUERY_NAMES].get(handler.operation_id, frozenset())
     if unknown := sorted(set(connection.query_params) - known):

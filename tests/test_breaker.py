@@ -267,6 +267,18 @@ async def test_a_forgotten_circuit_leaves_the_list(redis_client: aioredis.Redis)
     assert await redis_client.zrange("hg:cb:open", 0, -1) == [b"ep_b"]
 
 
+async def test_a_circuit_open_before_the_list_existed_joins_it_at_its_next_failed_probe(redis_client: aioredis.Redis) -> None:
+    """A circuit already open when this release came (no list entry) is listed once a probe fails."""
+    breaker = RedisBreaker(redis_client, CONFIG)
+    for _ in range(CONFIG.failure_threshold):
+        await breaker.record(EP, False)
+    await redis_client.zrem("hg:cb:open", EP)  # as an older release left it
+    await sleep_past(CONFIG.cooldown)
+    assert await breaker.acquire(EP) is None  # the probe
+    assert await breaker.record(EP, False) is None
+    assert await breaker.open_circuits(10) == [EP]
+
+
 async def test_endpoints_are_independent(env: _Env) -> None:
     await env.open("ep_a")
     assert await env.breaker.acquire("ep_b") is None

@@ -195,6 +195,7 @@ async def test_a_github_webhook_left_on_the_form_content_type_is_stored_as_its_j
     assert stored.status_code == 200, stored.text
     detail = await client.get(f"/api/v1/events/{stored.json()['id']}", headers=tenant.auth)
     assert detail.json()["type"] == "pull_request.opened" and detail.content.split(b'"payload":', 1)[1].startswith(event)
+    assert detail.json()["headers"]["content-type"] == "application/json"  # what is stored is the JSON, not the form
 
     tampered = form.replace(b"opened", b"closed")
     _rejected(await client.post(ingest_path(source), content=tampered, headers=headers), "no_matching_signature")

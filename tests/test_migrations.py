@@ -15,10 +15,13 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 
+from gateway.app import create_app
 from gateway.database import Base, create_engine, session_factory
 from gateway.health import readiness
 from gateway.migrate import alembic_config, upgrade_async
-from tests.support.services import create_database, drop_database, test_postgres_url
+from tests.conftest import make_settings
+from tests.support.client import AppClient
+from tests.support.services import create_database, drop_database, test_postgres_url, test_redis_url
 
 
 async def _tables(url: str) -> set[str]:
@@ -154,6 +157,9 @@ async def test_readiness_wants_the_schema_this_code_needs_or_a_newer_one(empty_d
     sessions = session_factory(engine)
     try:
         assert await readiness(sessions, None) == {"database": "not migrated"}
+        async with AppClient(create_app(make_settings(url, test_redis_url()))) as client:
+            answer = await client.get("/readyz")
+        assert answer.status_code == 503 and "run hookgate migrate" in answer.json()["detail"]
         await asyncio.to_thread(command.upgrade, alembic_config(url), "0007")
         assert await readiness(sessions, None) == {"database": "not migrated"}
         await upgrade_async(url)

@@ -262,13 +262,14 @@ async def test_each_pass_moves_one_job_per_tenant(database_url: str) -> None:
     assert chosen == [jobs[4].id, jobs[5].id]  # the busy tenant's oldest, then the quiet one's (the finished job is no one's turn)
 
 
-async def test_a_replay_joins_a_delivery_still_under_way_instead_of_doubling_it(stack_factory) -> None:  # type: ignore[no-untyped-def]
-    """The receiver has not acknowledged a delivery that is still retrying: a second one under another
-    webhook-id would have it process the event twice. The replay makes that one due now instead."""
+async def test_a_replay_joins_a_delivery_still_waiting_instead_of_doubling_it(stack_factory) -> None:  # type: ignore[no-untyped-def]
+    """The receiver has not acknowledged a delivery that is waiting to retry: a second one under another
+    webhook-id would have it process the event twice. The replay makes that one due now instead, with
+    a fresh retry schedule; a bulk job does the same and counts the pair as skipped."""
     stack: Stack = await stack_factory(retry_schedule="0,3600")  # after one failure, the retry waits an hour
     tenant = await new_tenant(stack.client)
     source = await new_source(stack.client, tenant)
-    async with Server(Script([(500, {}, 0.0), (500, {}, 0.0)])) as receiver:
+    async with Server(Script([(500, {}, 0.0), (500, {}, 0.0), (200, {}, 0.0)])) as receiver:
         await stack.endpoint(tenant, receiver.url)
         first, second = stripe_event("invoice_paid"), stripe_event("charge_succeeded")
         event_id = await stack.ingest(source, first)
@@ -279,13 +280,31 @@ async def test_a_replay_joins_a_delivery_still_under_way_instead_of_doubling_it(
         assert replayed.status_code == 202, replayed.text
         [joined] = replayed.json()["deliveries"]
         assert joined["id"] in {d["id"] for d in retrying} and joined["is_replay"] is False
-        await wait_until(lambda: len(receiver.requests) == 3, what="the retry, made due now")
-        assert receiver.requests[2].headers["webhook-id"] == next(r.headers["webhook-id"] for r in receiver.requests[:2]
-                                                                    if json.loads(r.body)["id"] == first["id"])
+        await stack.settled(tenant, 1)  # made due now: its retry succeeded, under the webhook-id it had
+        ids = [(json.loads(r.body)["id"], r.headers["webhook-id"]) for r in receiver.requests]
+        assert ids[2] == next(pair for pair in ids[:2] if pair[0] == first["id"])
 
         since = (utcnow() - timedelta(minutes=5)).isoformat()
         job = await stack.client.post("/api/v1/replays", json={"since": since}, headers=tenant.auth)
         finished = await _finished(stack, tenant, job.json()["id"])
-        assert finished["done"] == 2 and finished["skipped"] == 1  # the one still retrying; the delivered one is replayed
-        deliveries = await stack.deliveries(tenant)
-        assert len(deliveries) == 3 and sum(d["is_replay"] for d in deliveries) == 1
+        assert finished["done"] == 2 and finished["skipped"] == 1  # the waiting one joined; the delivered one is replayed
+        deliveries = await stack.settled(tenant, 3)
+        assert sum(d["is_replay"] for d in deliveries) == 1
+
+
+async def test_a_replay_of_a_delivery_being_sent_gets_its_own(stack_factory) -> None:  # type: ignore[no-untyped-def]
+    """A worker is sending the delivery right now, and this attempt may be its last: the replay does not
+    wait on it, or a failure would swallow the replay."""
+    stack: Stack = await stack_factory(retry_schedule="0", delivery_timeout=4.0)  # one attempt, then dead
+    tenant = await new_tenant(stack.client)
+    source = await new_source(stack.client, tenant)
+    async with Server(Script([(500, {}, 1.5), (200, {}, 0.0)])) as receiver:
+        await stack.endpoint(tenant, receiver.url)
+        event_id = await stack.ingest(source)
+        await wait_until(lambda: receiver.requests, what="the attempt in flight")
+        replayed = await stack.client.post(f"/api/v1/events/{event_id}/replay", headers=tenant.auth)
+        [replay] = replayed.json()["deliveries"]
+        assert replay["is_replay"] is True
+        [dead] = await stack.settled(tenant, 1, status="dead")
+        [delivered] = await stack.settled(tenant, 1)
+        assert (dead["is_replay"], delivered["id"]) == (False, replay["id"])

@@ -1,16 +1,18 @@
 """Replays: new deliveries of a stored event — the original bytes, signed afresh under their own
 ``webhook-id`` (a receiver that deduplicated the original must not drop the replay).
 
-Except where a delivery of the event to that endpoint is still under way (pending or retrying):
-the receiver has not acknowledged it, and a second one under another ``webhook-id`` would have it
-process the event twice once both arrive. That delivery is made due now instead."""
+Except where a delivery of the event to that endpoint is still waiting (pending or retrying, no
+worker sending it): the receiver has not acknowledged it, and a second one under another
+``webhook-id`` would have it process the event twice once both arrive. That delivery is made due
+now with a fresh retry schedule instead, as a redrive revives a dead letter. One a worker is
+sending right now gets a replay of its own: its attempt may be its last, and fail."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Collection
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from delivery.fanout import Subscriber, delivery_row, endpoints_for, subscribed
@@ -30,29 +32,27 @@ async def replay_event(session: AsyncSession, event: Event, endpoint_ids: list[u
     targets: list[Endpoint] | list[Subscriber] = await _chosen(session, event, endpoint_ids) if endpoint_ids else await _subscribed(session, event)
     if not targets:
         raise Problem(409, "no-endpoints", f"no enabled endpoint subscribes to {event.type!r}; name endpoint_ids to replay anyway")
-    under_way = await deliveries_under_way(session, [event.id], [endpoint.id for endpoint in targets])
-    now = utcnow()
-    if under_way:
-        await session.execute(
-            update(Delivery)
-            .where(Delivery.id.in_(under_way.values()), unleased(now))
-            .values(next_attempt_at=now)
-            .execution_options(synchronize_session=False)
-        )
-    rows = [{**delivery_row(event, endpoint.id), "is_replay": True} for endpoint in targets if (event.id, endpoint.id) not in under_way]
+    joined = await join_waiting(session, [(event.id, endpoint.id) for endpoint in targets])
+    rows = [{**delivery_row(event, endpoint.id), "is_replay": True} for endpoint in targets if (event.id, endpoint.id) not in joined]
     if rows:
         await session.execute(insert(Delivery), rows)
-    return [*under_way.values(), *(row["id"] for row in rows)]  # type: ignore[misc]
+    return [*joined.values(), *(row["id"] for row in rows)]  # type: ignore[misc]
 
 
-async def deliveries_under_way(
-    session: AsyncSession, event_ids: Collection[uuid.UUID], endpoint_ids: Collection[uuid.UUID]
-) -> dict[tuple[uuid.UUID, uuid.UUID], uuid.UUID]:
-    """The open (pending or retrying) delivery of each (event, endpoint) pair that has one."""
+async def join_waiting(session: AsyncSession, pairs: Collection[tuple[uuid.UUID, uuid.UUID]]) -> dict[tuple[uuid.UUID, uuid.UUID], uuid.UUID]:
+    """Make the waiting (open, unleased) deliveries of these (event, endpoint) pairs due now with a
+    fresh retry schedule; returns them by pair."""
+    now = utcnow()
     rows = await session.execute(
-        select(Delivery.event_id, Delivery.endpoint_id, Delivery.id).where(
-            Delivery.event_id.in_(event_ids), Delivery.endpoint_id.in_(endpoint_ids), Delivery.status.in_(OPEN_STATUSES)
+        update(Delivery)
+        .where(
+            tuple_(Delivery.event_id, Delivery.endpoint_id).in_(list(pairs)),
+            Delivery.status.in_(OPEN_STATUSES),
+            unleased(now),
         )
+        .values(next_attempt_at=now, retry_offset=Delivery.attempt_count)
+        .returning(Delivery.event_id, Delivery.endpoint_id, Delivery.id)
+        .execution_options(synchronize_session=False)
     )
     return {(event_id, endpoint_id): delivery_id for event_id, endpoint_id, delivery_id in rows}
 

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
 from delivery.fanout import delivery_row, fan_out, subscribed
-from delivery.replays.event_replay import deliveries_under_way
+from delivery.replays.event_replay import join_waiting
 from delivery.replays.models import COMPLETED, ReplayJob
 from gateway.database import utcnow
 from gateway.events.facts import stripe_facts
@@ -97,9 +97,9 @@ async def replay_batch(session: AsyncSession, job: ReplayJob, limit: int) -> Non
     pairs = [(event, endpoint.id) for event in events for endpoint in targets if subscribed(endpoint.event_types, event.type, operational=False)]  # replay_events: sourced events only
     if job.only_failed:
         pairs = await _still_dead(session, pairs)
-    elif pairs:  # a delivery still under way is not doubled under another webhook-id (event_replay)
-        under_way = await deliveries_under_way(session, {event.id for event, _ in pairs}, {endpoint_id for _, endpoint_id in pairs})
-        pairs = [(event, endpoint_id) for event, endpoint_id in pairs if (event.id, endpoint_id) not in under_way]
+    elif pairs:  # a delivery still waiting is made due now, not doubled under another webhook-id (event_replay)
+        joined = await join_waiting(session, [(event.id, endpoint_id) for event, endpoint_id in pairs])
+        pairs = [(event, endpoint_id) for event, endpoint_id in pairs if (event.id, endpoint_id) not in joined]
     rows = [
         {**delivery_row(event, endpoint_id), "priority": REPLAY_PRIORITY, "is_replay": True, "replay_job_id": job.id}
         for event, endpoint_id in pairs

@@ -106,7 +106,8 @@ class IngestService:
         except Problem:
             await self._tally_bad_signature(source.tenant_id)
             raise
-        body = _unwrapped(source.provider, body, headers)
+        if (unwrapped := _unwrapped(source.provider, body, headers)) is not body:
+            body, headers = unwrapped, {**headers, "content-type": "application/json"}  # what is stored is the JSON
         payload = _parse(body, headers)
         identity = providers.identify(source.provider, body, payload, headers)
         facts = stripe_facts(identity.type, payload) if source.provider == "stripe" else NONE
