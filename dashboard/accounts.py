@@ -66,9 +66,14 @@ async def create_operator_user(database_url: str, tenant_id: uuid.UUID, email: s
         await engine.dispose()
 
 
+async def account(session: AsyncSession, email: str) -> User | None:
+    """The account of this address, if there is one."""
+    return await session.scalar(select(User).where(User.email == email.strip().lower()))
+
+
 async def authenticate(session: AsyncSession, email: str, password: str) -> User | None:
     """The user these credentials belong to; unknown emails take as long as wrong passwords."""
-    user = await session.scalar(select(User).where(User.email == email.strip().lower()))
+    user = await account(session, email)
     if not verify(user.password_hash if user else None, password) or user is None:
         return None
     user.last_login_at = utcnow()

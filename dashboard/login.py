@@ -14,7 +14,7 @@ from litestar.response import Redirect, Template
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard import sessions
-from dashboard.accounts import AccountError, accept, authenticate, pending_invite
+from dashboard.accounts import AccountError, accept, account, authenticate, pending_invite
 from dashboard.models import User
 from dashboard.sessions import COOKIE, Signer, Viewer
 from dashboard.web import CSRF_FIELD, PREFIX, field, form, page, see_other
@@ -24,7 +24,8 @@ from gateway.settings import Settings
 from tenants.crypto import new_token, same, sha256_hex
 
 _FORM_CSRF = "hookgate_form_csrf"
-# Set at a successful login: this browser has signed in as this email before (signed, not guessable).
+# Set at a successful login: this browser signed in to this account, with its current password,
+# before (signed, not guessable; a password change or a new account with the address voids it).
 _DEVICE = "hookgate_device"
 _DEVICE_DAYS = 180
 
@@ -63,21 +64,22 @@ async def _signed_in(db: AsyncSession, user: User, signer: Signer, settings: Set
     )
     response.cookies.append(Cookie(key=_FORM_CSRF, value="", path=PREFIX, max_age=0))
     response.cookies.append(
-        Cookie(key=_DEVICE, value=signer.sign(_device_mark(user.email)), path=PREFIX, httponly=True, samesite="lax",
+        Cookie(key=_DEVICE, value=signer.sign(_device_mark(user)), path=PREFIX, httponly=True, samesite="lax",
                secure=_secure(settings), max_age=_DEVICE_DAYS * 86_400)
     )
     return response
 
 
-def _known_device(request: Request[Any, Any, Any], signer: Signer, email: str) -> bool:
-    """Whether this browser signed in as ``email`` before (its device cookie says so)."""
+def _known_device(request: Request[Any, Any, Any], signer: Signer, user: User | None) -> str | None:
+    """The device cookie, if this browser signed in to ``user`` with its current password before."""
     cookie = request.cookies.get(_DEVICE)
-    return cookie is not None and signer.unsign(cookie) == _device_mark(email)
+    return cookie if cookie is not None and user is not None and signer.unsign(cookie) == _device_mark(user) else None
 
 
-def _device_mark(email: str) -> str:
-    """What a device cookie signs: not the email itself, and never mistaken for a session token."""
-    return "device-" + sha256_hex(email)
+def _device_mark(user: User) -> str:
+    """What a device cookie signs: the account and its password's generation (the hash is salted
+    afresh by every change), never mistaken for a session token."""
+    return f"device-{user.id}-{sha256_hex(user.password_hash)}"
 
 
 class LoginThrottle:
@@ -87,21 +89,21 @@ class LoginThrottle:
     is trusted (``HOOKGATE_TRUSTED_PROXIES``), or one client would lock everyone out.
 
     The per-email limit bounds guessing spread over many addresses, so anyone who knows an email
-    can exhaust it. A browser that signed in as that email before (its device cookie) is held to
-    its address's limit only: the owner is not locked out by someone else's failures (OWASP's
-    device cookies)."""
+    can exhaust it. A browser that signed in to that account before (its device cookie) is held to
+    its address's limit and a budget of its own instead: the owner is not locked out by someone
+    else's failures, and the cookie bounds guessing as the email key would (OWASP's device cookies)."""
 
     def __init__(self, limiter: Limiter, rate: Rate, proxies: tuple[IPv4Network | IPv6Network, ...] = ()) -> None:
         self.limiter = limiter
         self.rate = rate
         self.proxies = proxies  # a plain class: Litestar's signature model cannot convert a union of networks
 
-    async def wait(self, request: Request[Any, Any, Any], email: str, *, known_device: bool = False) -> int:
-        """Seconds to wait when this address or this email has tried too often, else 0."""
+    async def wait(self, request: Request[Any, Any, Any], email: str, *, device: str | None = None) -> int:
+        """Seconds to wait when this address, or this email (this known device), tried too often, else 0."""
         peer = request.client.host if request.client else "unknown"
         client = client_address(peer, request.headers.getall("x-forwarded-for", []), self.proxies)
-        keys = [f"login:ip:{client}"] if known_device else [f"login:ip:{client}", f"login:email:{email}"]
-        for key in keys:
+        account = f"login:device:{sha256_hex(device)}" if device is not None else f"login:email:{email}"
+        for key in (f"login:ip:{client}", account):
             decision = await self.limiter.hit(key, self.rate)
             if not decision.allowed:
                 return max(1, math.ceil(decision.retry_after))
@@ -141,7 +143,8 @@ class LoginController(Controller):
         email, target = field(data, "email").lower(), _next(field(data, "next"))
         if not _submitted_by_us(request, data):
             return _form(request, settings, "login.html", 403, next=target, email=email, error="The form expired. Please try again.")
-        wait = await login_throttle.wait(request, email, known_device=_known_device(request, signer, email))
+        device = _known_device(request, signer, await account(db_session, email))
+        wait = await login_throttle.wait(request, email, device=device)
         if wait:
             return _form(request, settings, "login.html", 429, next=target, email=email,
                          error=f"Too many attempts. Try again in {wait} seconds.")

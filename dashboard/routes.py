@@ -55,13 +55,11 @@ def dashboard_routers(sessions: Callable[[], AsyncSession], settings: Settings, 
     def constant(value: object) -> Provide:
         return Provide(lambda: value, use_cache=True, sync_to_thread=False)
 
+    throttle = constant(LoginThrottle(limiter, Rate.parse(settings.dashboard_login_limit), settings.proxy_networks))
     public = Router(
         path=PREFIX,
         route_handlers=[LoginController, InvitationController],
-        dependencies={
-            "signer": constant(signer),
-            "login_throttle": constant(LoginThrottle(limiter, Rate.parse(settings.dashboard_login_limit), settings.proxy_networks)),
-        },
+        dependencies={"signer": constant(signer), "login_throttle": throttle},
         include_in_schema=False,
     )
     pages = Router(
@@ -69,7 +67,7 @@ def dashboard_routers(sessions: Callable[[], AsyncSession], settings: Settings, 
         route_handlers=[overview, logout, SourcePages, EndpointPages, EventPages, DeadLetterPages, replays, AnomalyPages, ApiKeyPages,
                        team, invite_teammate, remove_teammate, withdraw_invitation, account, change_password],
         guards=[login_guard(sessions, signer)],
-        dependencies={"viewer": Provide(viewer_of, sync_to_thread=False)},
+        dependencies={"viewer": Provide(viewer_of, sync_to_thread=False), "login_throttle": throttle},
         include_in_schema=False,
     )
     static = create_static_files_router(path=f"{PREFIX}/static", directories=[_HERE / "static"], name="dashboard-static")

@@ -18,6 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from dashboard import overview as overview_module
+from dashboard.accounts import operator_account_change
 from dashboard.login import client_address
 from dashboard.models import User
 from gateway.cli import main as cli
@@ -175,6 +176,24 @@ async def test_someone_elses_failures_do_not_lock_out_a_browser_that_signed_in_b
     assert await attempt("192.0.2.1") == 429  # a browser that never signed in: locked out with the right password
     assert await attempt("192.0.2.1", device=owner.replace(".", "x.", 1)) == 429  # a forged device cookie changes nothing
     assert isinstance(await attempt("192.0.2.1", device=owner), str)  # the owner's browser signs in
+    # The cookie has a budget of its own: guessing with it is bounded as with the email key.
+    assert [await attempt("198.18.0.1", "wrong password!", device=owner) for _ in range(3)] == [400, 400, 429]
+
+    # A password change voids it: whoever signed in with the old password is held to the email's limit again.
+    await _user(stack.settings, tenant, "al@example.com")
+    client.cookies.clear()
+    client.headers["x-forwarded-for"] = "198.51.100.8"
+    old_device = (await log_in(client, "al@example.com")).cookies["hookgate_device"]
+    client.headers["x-forwarded-for"] = "203.0.113.10"
+    assert [(await log_in(client, "al@example.com", "wrong password!")).status_code for _ in range(3)] == [400, 400, 429]
+    await operator_account_change(stack.settings.database_url, "al@example.com", "a brand new passphrase")
+    for address in ("192.0.2.50", "192.0.2.51"):
+        client.cookies.clear()
+        client.headers["x-forwarded-for"] = address
+        form = await client.get("/dashboard/login")
+        client.cookies.set("hookgate_device", old_device)
+        data = {"email": "al@example.com", "password": "a brand new passphrase", "csrf_token": csrf_field(form.text), "next": "/dashboard/"}
+        assert (await client.post("/dashboard/login", data=data, follow_redirects=False)).status_code == 429
 
 
 async def test_behind_a_trusted_proxy_the_login_limit_counts_each_client(stack_factory: Callable[..., Any]) -> None:
@@ -570,6 +589,24 @@ async def test_a_teammate_is_removed_and_an_invitation_withdrawn(stack: Stack, s
     refused = await admin.post(f"/dashboard/team/{me}/remove")
     assert refused.status_code == 409 and _errors(refused.text) == ["You cannot remove yourself: ask a teammate to."]
     assert (await admin.get("/dashboard/")).status_code == 200
+
+
+async def test_guessing_the_current_password_is_held_to_the_login_limits(stack_factory: Callable[..., Any]) -> None:
+    """A stolen session must not try passwords freely; and the new password is checked first, so an
+    attempt with a mismatched confirmation learns nothing about the current one."""
+    stack = await stack_factory(dashboard_login_limit="0.001/3")
+    tenant = await new_tenant(stack.client)
+    await _user(stack.settings, tenant, "pat@example.com")
+    browser = Browser(stack.client, (await log_in(stack.client, "pat@example.com")).cookies[SESSION], "")  # one login: 1 of 3
+    browser.csrf = csrf_field((await browser.get("/dashboard/account")).text)
+    new = "a brand new passphrase"
+    differ = await browser.post("/dashboard/account/password", {"current": PASSWORD, "password": new, "confirm": new + "!"})
+    assert _errors(differ.text) == ["The two passwords differ."]  # the right current password, but nothing said of it
+    guesses = [(await browser.post("/dashboard/account/password", {"current": f"guess {n}", "password": new, "confirm": new})).status_code
+               for n in range(3)]
+    assert guesses == [400, 400, 429]
+    refused = await browser.post("/dashboard/account/password", {"current": PASSWORD, "password": new, "confirm": new})
+    assert refused.status_code == 429 and "Too many attempts" in _errors(refused.text)[0]
 
 
 async def test_changing_the_password_signs_out_the_other_sessions(stack: Stack, signed_in: Callable[..., Any]) -> None:
