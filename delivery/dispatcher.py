@@ -18,6 +18,10 @@ from delivery.jobs import Job
 from gateway.background import BackgroundLoop
 from gateway.metrics import SWEEPER
 
+# A doorbell fans out within milliseconds (a ring in process in embedded mode, through Redis in
+# production); the sweeper waits this long before it treats an event as stranded, so the two rarely
+# race (if they do, fan-out is idempotent) and a fresh event is not counted as a recovery.
+SWEEP_GRACE_SECONDS = 2.0
 _log = logging.getLogger("hookgate.dispatcher")
 _CLAIM_GAP = 0.02  # seconds between passes that only freed capacity started
 

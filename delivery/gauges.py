@@ -15,7 +15,7 @@ from delivery.breaker import Breaker
 from gateway.database import utcnow
 from gateway.events.models import DEAD, OPEN_STATUSES, Delivery
 from gateway.events.priority import PRIORITIES
-from gateway.metrics import CIRCUIT_OPEN, OLDEST_PENDING, PENDING
+from gateway.metrics import BACKLOG_READ, CIRCUIT_OPEN, OLDEST_PENDING, PENDING
 from gateway.metrics import DEAD as DEAD_LETTERS
 
 _log = logging.getLogger("hookgate.delivery")
@@ -36,6 +36,7 @@ async def refresh(session: AsyncSession, breaker: Breaker) -> None:
         PENDING.labels(priority=priority).set(count)
         OLDEST_PENDING.labels(priority=priority).set((now - oldest).total_seconds() if oldest else 0.0)
     DEAD_LETTERS.set(await session.scalar(select(func.count()).where(Delivery.status == DEAD)) or 0)
+    BACKLOG_READ.set_to_current_time()
     CIRCUIT_OPEN.clear()
     for tenant_id, endpoint_id in await _troubled_circuits(session, breaker):
         CIRCUIT_OPEN.labels(tenant=str(tenant_id), endpoint=str(endpoint_id)).set(1)

@@ -70,7 +70,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     configure_tracing(settings, "gateway")
     runtime = Runtime(settings)
     sessions, box = runtime.sessions, runtime.box
-    dispatcher = runtime.dispatcher(sweep_grace=0.0) if settings.is_embedded else None
+    dispatcher = runtime.dispatcher() if settings.is_embedded else None
     replays = runtime.replay_runner(dispatcher) if dispatcher is not None else None
     monitor = runtime.anomaly_monitor() if dispatcher is not None else None
     doorbell: Doorbell = dispatcher or RedisDoorbell(runtime.redis)

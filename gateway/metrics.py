@@ -72,6 +72,11 @@ OLDEST_PENDING = Gauge(
     multiprocess_mode="max",
 )
 DEAD = Gauge("hookgate_dead_deliveries", "Dead letters kept (dead deliveries not purged).", multiprocess_mode="max")
+BACKLOG_READ = Gauge(
+    "hookgate_backlog_read_timestamp_seconds",
+    "When the backlog gauges were last read from the database (unix time): they hold their last values while it is unreachable.",
+    multiprocess_mode="max",
+)
 CIRCUIT_OPEN = Gauge(
     "hookgate_circuit_open",
     "1 for each endpoint whose circuit is open or half-open (endpoints with waiting deliveries).",

@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from delivery.breaker import Breaker, BreakerConfig, MemoryBreaker, RedisBreaker
-from delivery.dispatcher import Dispatcher
+from delivery.dispatcher import SWEEP_GRACE_SECONDS, Dispatcher
 from delivery.engine import DeliveryEngine
 from delivery.replays.runner import ReplayRunner
 from delivery.sender import DeliveryClient
@@ -81,7 +81,7 @@ class Runtime:
             control = session_factory(self._control_engine.execution_options(isolation_level="AUTOCOMMIT"))
         return DeliveryEngine(self.sessions, settings, self.box, self.breaker, self.limiter, self._client, control)
 
-    def dispatcher(self, *, sweep_grace: float) -> Dispatcher:
+    def dispatcher(self) -> Dispatcher:
         """The delivery loop of this process."""
         settings = self.settings
         return Dispatcher(
@@ -89,7 +89,7 @@ class Runtime:
             concurrency=settings.delivery_concurrency,
             poll_interval=min(1.0, settings.sweeper_interval_seconds),
             sweep_interval=settings.sweeper_interval_seconds,
-            sweep_grace=sweep_grace,
+            sweep_grace=SWEEP_GRACE_SECONDS,
         )
 
     def ingest_engine(self) -> AsyncEngine:

@@ -29,9 +29,6 @@ from ml.online.training import retrain
 _log = logging.getLogger("hookgate.worker")
 _ARQ_RESTART_DELAY = 2.0
 _ARQ_CLOSE_SECONDS = 3.0  # how long a stop waits for arq to let go of Redis
-# The gateway's doorbell fans out within milliseconds; the sweeper waits this long before it
-# treats an event as stranded, so the two rarely race (if they do, fan-out is idempotent).
-SWEEP_GRACE_SECONDS = 2.0
 
 
 async def _retrain(ctx: dict[str, Any]) -> None:
@@ -75,7 +72,7 @@ async def run_worker(settings: Settings | None = None, stop: asyncio.Event | Non
     configure_logs(settings.log_level)
     configure_tracing(settings, "worker")
     runtime = Runtime(settings, pre_ping=False)
-    dispatcher = runtime.dispatcher(sweep_grace=SWEEP_GRACE_SECONDS)
+    dispatcher = runtime.dispatcher()
     replays = runtime.replay_runner(dispatcher)
     monitor = runtime.anomaly_monitor()
     if stop is None:

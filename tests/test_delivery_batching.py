@@ -28,7 +28,7 @@ from delivery.sender import DeliveryClient, SendResult
 from gateway.database import utcnow
 from gateway.events.models import Attempt, Delivery, Event
 from gateway.limiter import MemoryLimiter, Rate
-from gateway.metrics import ATTEMPT_BATCH_ROWS, CIRCUIT_OPEN
+from gateway.metrics import ATTEMPT_BATCH_ROWS, BACKLOG_READ, CIRCUIT_OPEN
 from gateway.wiring import Runtime
 from tenants.crypto import SecretBox
 from tenants.endpoints.models import Endpoint, EndpointSecret
@@ -205,10 +205,13 @@ async def test_the_circuit_gauge_shows_each_open_circuit_that_deliveries_wait_be
                 break
         assert (await breaker.view(str(endpoint[1]))).state == "open"
 
+    before = time.time()
     await worker.engine.refresh_gauges()
 
     shown = {(s.labels["tenant"], s.labels["endpoint"]) for m in CIRCUIT_OPEN.collect() for s in m.samples if s.value == 1}
     assert shown == {(str(waiting[0]), str(waiting[1]))}
+    read = next(s.value for m in BACKLOG_READ.collect() for s in m.samples)  # when, for the alert on stale gauges
+    assert before <= read <= time.time()
 
 
 async def test_a_claim_reads_a_rotation_and_ends_deliveries_to_disabled_endpoints(worker: _Worker) -> None:

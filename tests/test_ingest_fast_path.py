@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.ingest.controller import INGEST_STATE
 from gateway.ingest.fast_path import IngestFastPath
+from gateway.metrics import exposition
 from tests.conftest import TenantHandle, ingest_path, new_source
 from tests.support.stripe_events import signed_stripe, stripe_event
 
@@ -155,3 +156,40 @@ async def test_what_the_fast_path_does_not_take_goes_to_the_router(method: str, 
     fast_path = IngestFastPath(router, object(), max_body=1024)  # type: ignore[arg-type]
     await fast_path({"type": "http", "method": method, "path": path, "headers": headers}, None, None)  # type: ignore[arg-type]
     assert routed == [path]
+
+
+async def test_a_client_that_leaves_mid_body_is_neither_an_ingest_error_nor_a_5xx(app: Litestar, client: Client, tenant: TenantHandle) -> None:
+    """A chunked upload cut short by its client once counted as outcome="error" and a 500: anyone could
+    page the on-call (HookgateIngestErrorRatioHigh) without even a token."""
+    source = await new_source(client, tenant)
+
+    def counted() -> dict[str, float]:
+        found: dict[str, float] = {}
+        for family in text_string_to_metric_families(exposition().decode()):
+            for sample in family.samples:
+                if sample.name == "hookgate_ingest_requests_total" and sample.labels["outcome"] == "error":
+                    found["error"] = found.get("error", 0.0) + sample.value
+                if sample.name == "hookgate_requests_total" and sample.labels.get("path") == "/ingest/{token}":
+                    found[sample.labels["status_code"]] = found.get(sample.labels["status_code"], 0.0) + sample.value
+        return found
+
+    before = counted()
+    messages = iter([{"type": "http.request", "body": b'{"id": "ev', "more_body": True}, {"type": "http.disconnect"}])
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return next(messages)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": ingest_path(source), "raw_path": ingest_path(source).encode(), "query_string": b"", "root_path": "",
+             "headers": [(b"host", b"testserver"), (b"transfer-encoding", b"chunked"), (b"content-type", b"application/json")],
+             "client": ("127.0.0.1", 50000), "server": ("testserver", 80), "state": {}}
+    await app(scope, receive, send)
+
+    assert sent[0]["status"] == 400
+    after = counted()
+    assert after.get("error", 0.0) == before.get("error", 0.0)
+    assert after.get("500", 0.0) == before.get("500", 0.0) and after.get("400", 0.0) == before.get("400", 0.0) + 1

@@ -18,6 +18,7 @@ from litestar import Request, post
 from litestar.exceptions import HTTPException
 
 from gateway.ingest.service import IngestService, observe
+from gateway.problems import Problem
 
 INGEST_STATE = "ingest"
 
@@ -50,9 +51,13 @@ async def ingest(
     started = time.perf_counter()
     try:
         body = await request.body()
-    except HTTPException as exc:  # larger than the limit: refused before the source is looked up
-        observe(None, "too_large" if exc.status_code == 413 else "error", started)
-        raise
+    except HTTPException as exc:
+        if exc.status_code == 413:  # larger than the limit: refused before the source is looked up
+            observe(None, "too_large", started)
+            raise
+        # The client left before its body ended (Litestar's 500 "disconnected prematurely"): nothing
+        # of ours failed, so neither an ingest error (it paged) nor a 5xx; no answer reaches it anyway.
+        raise Problem(400, "incomplete-body", "the request ended before its body did") from None
     service: IngestService = request.app.state[INGEST_STATE]
     accepted = await service.ingest(token, body, headers_of(request.scope["headers"]))
     return IngestReceipt(id=accepted.id, duplicate=accepted.duplicate)
