@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="production HTTP tier on Granian")
     serve.add_argument("--host", default="0.0.0.0")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    serve.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="default: the CPUs this process may run on")
     serve.set_defaults(run=_serve)
 
     commands.add_parser("migrate", help="apply database migrations").set_defaults(run=_migrate)

@@ -72,7 +72,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     secret_grace_seconds: Annotated[
         int, _doc("Default time a replaced secret keeps verifying (sources) or signing (endpoints).")
     ] = 86_400
-    db_pool_size: Annotated[int, _doc("Connections per process in the Postgres pool.")] = 10
+    db_pool_size: Annotated[int, msgspec.Meta(ge=1), _doc("Connections per process in the Postgres pool.")] = 10
     db_command_timeout_seconds: Annotated[
         float,
         msgspec.Meta(gt=0),
@@ -116,6 +116,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     delivery_timeout: Annotated[float, _doc("Total seconds for one delivery attempt.")] = 15.0
     delivery_concurrency: Annotated[
         int,
+        msgspec.Meta(ge=1),
         _doc("Deliveries in flight per worker process (and its HTTP connection pool). A slot is held "
              "from claim to committed outcome, so a worker needs rate × turnaround of them."),
     ] = 512
@@ -234,6 +235,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             if float(getattr(self, name).split("/")[0]) <= 0 or int(getattr(self, name).split("/")[1]) < 1:
                 raise ValueError(f"{name} needs a rate above 0 and a burst of at least 1")
         self.proxy_networks  # noqa: B018 - a malformed entry fails at start, not at the first login
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError("log_level must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        try:  # parsed at start, not at the first failed attempt (which could then never be recorded)
+            delays = self.retry_delays
+        except ValueError:
+            delays = ()
+        if not delays or any(delay < 0 for delay in delays):
+            raise ValueError("retry_schedule must be comma-separated delays in seconds, none negative (e.g. 0,5,300)")
         if self.anomaly_window_seconds % 60:
             raise ValueError("anomaly_window_seconds must be a multiple of 60 (ingest tallies are per minute)")
         if self.lease_seconds <= self.delivery_timeout:

@@ -425,3 +425,21 @@ def test_the_values_in_docs_deploy_install_as_written(chart: Any) -> None:
         assert one(documents, "Deployment", "hg-hookgate-worker")
     assert one(render(chart, {}, base=blocks[0]), "Ingress")["spec"]["tls"][0]["hosts"] == ["hooks.example.com"]
 
+
+
+def test_the_ingress_publishes_what_providers_and_tenants_use_and_not_the_metrics(chart: Any) -> None:
+    """/metrics names every tenant and its traffic: for Prometheus inside the cluster only."""
+    ingress = one(render(chart, {"ingress": {"enabled": True}}), "Ingress")
+    prefixes = [path["path"] for path in ingress["spec"]["rules"][0]["http"]["paths"] if path["pathType"] == "Prefix"]
+
+    def routed(url: str) -> bool:  # Kubernetes' Prefix: whole path elements
+        return any(url == prefix or url.startswith(prefix.rstrip("/") + "/") for prefix in prefixes)
+
+    assert all(routed(url) for url in ("/ingest/tok", "/api/v1/events", "/dashboard", "/dashboard/login", "/schema/openapi.json", "/readyz"))
+    assert not any(routed(url) for url in ("/metrics", "/metricsx", "/"))
+
+
+def test_a_drain_may_evict_pods_that_are_not_ready(chart: Any) -> None:
+    """Every pod is unready while Postgres is down; a PodDisruptionBudget would then block every drain."""
+    budgets = [document for document in render(chart) if document["kind"] == "PodDisruptionBudget"]
+    assert len(budgets) == 2 and all(budget["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow" for budget in budgets)

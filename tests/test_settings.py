@@ -29,3 +29,19 @@ def test_a_lease_shorter_than_an_attempt_is_refused() -> None:
 
 def test_docs_list_every_setting(repo_root: Path) -> None:
     assert settings_reference() in (repo_root / "docs" / "SETTINGS.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "said"),
+    [
+        ("HOOKGATE_RETRY_SCHEDULE", "0,5,soon", "retry_schedule must be comma-separated delays"),  # was only found at a failure
+        ("HOOKGATE_RETRY_SCHEDULE", "0,-5", "retry_schedule must be comma-separated delays"),
+        ("HOOKGATE_DELIVERY_CONCURRENCY", "0", "delivery_concurrency"),  # a worker that never delivered, and said nothing
+        ("HOOKGATE_DB_POOL_SIZE", "0", "db_pool_size"),
+        ("HOOKGATE_LOG_LEVEL", "verbose", "log_level must be DEBUG, INFO"),
+    ],
+)
+def test_a_setting_that_would_fail_later_is_refused_at_start(variable: str, value: str, said: str) -> None:
+    with pytest.raises(SystemExit, match=said):
+        settings_from_env({variable: value})
+    assert settings_from_env({"HOOKGATE_LOG_LEVEL": "debug"}).log_level == "debug"  # names in any case, as logging takes them
