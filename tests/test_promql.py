@@ -44,7 +44,7 @@ def test_every_dashboard_query_parses(tmp_path: Path) -> None:
 
 
 def test_the_process_alerts_fire_when_they_should_and_only_then() -> None:
-    """promtool's rule unit tests (tests/promtool/): no gateway at all, and workers that stopped reading the backlog."""
+    """promtool's rule unit tests (tests/promtool/): no gateway at all, workers that stopped reading the backlog, a first burst of dead letters."""
     tests = Path(__file__).parent / "promtool" / "processes_test.yaml"
     result = subprocess.run([_promtool(), "test", "rules", str(tests)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
