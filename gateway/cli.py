@@ -73,11 +73,18 @@ def _serve(args: argparse.Namespace) -> None:
 
 def _metrics_dir() -> None:
     """prometheus_client's multiprocess mode: each Granian worker writes its metrics to files in
-    one directory and /metrics sums them. A fresh directory per run (stale files would count),
-    unless the operator names one (an emptyDir volume, say)."""
+    one directory and /metrics sums them. A fresh directory per run, unless the operator names one
+    (an emptyDir volume, say): that one is emptied first, as a previous run's files would count
+    (its in-progress requests, cut off by a crash, for ever)."""
     import tempfile
+    from pathlib import Path
 
-    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="hookgate-metrics-"))
+    named = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if named is None:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="hookgate-metrics-")
+        return
+    for stale in Path(named).glob("*.db"):
+        stale.unlink(missing_ok=True)
 
 
 def _migrate(_args: argparse.Namespace) -> None:

@@ -43,6 +43,14 @@ async def test_two_granian_workers_report_one_sum(production_env: dict[str, str]
             accepted = value(found, "hookgate_ingest_requests_total", tenant=tenant["id"], outcome="accepted")
             assert accepted == 20
 
+    # The same directory again (an emptyDir outlives a container's restart): the last run's files
+    # would count for ever (and its in-progress requests, cut off by a crash); they are dropped.
+    with serve(env, tmp_path, workers=2) as gateway:
+        await asyncio.to_thread(gateway.wait_http, f"{base}/healthz")
+        async with httpx.AsyncClient(timeout=10) as http:
+            found = samples((await http.get(f"{base}/metrics")).text)
+        assert value(found, "hookgate_ingest_requests_total", tenant=tenant["id"], outcome="accepted") == 0
+
 
 async def test_the_worker_process_serves_metrics_and_probes(production_env: dict[str, str], tmp_path: Path) -> None:
     port = free_port()
