@@ -13,7 +13,7 @@ import msgspec
 from sqlalchemy import ColumnElement, DateTime, MetaData, Select, Table, any_, bindparam, event, false, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql.base import PGCompiler, PGDialect
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Dialect, ExceptionContext
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
@@ -109,10 +109,21 @@ def create_engine(
     connect_args: dict[str, Any] = {"command_timeout": command_timeout, **({"timeout": command_timeout} if command_timeout else {})}
     if generic_plans:
         connect_args["server_settings"] = {"plan_cache_mode": "force_generic_plan"}
-    return create_async_engine(
+    engine = create_async_engine(
         url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=pre_ping, pool_timeout=5, connect_args=connect_args,
         **_COMMON,
     )
+    if command_timeout:
+        event.listen(engine.sync_engine, "handle_error", _drop_on_timeout)
+    return engine
+
+
+def _drop_on_timeout(context: ExceptionContext) -> None:
+    """A statement past its time limit leaves its connection in an unknown state (after a partition
+    it never answers again): treated as a disconnect, so the pool drops it and the connections
+    opened beside it instead of handing them out again, each to time out in turn."""
+    if isinstance(context.original_exception, TimeoutError):
+        context.is_disconnect = True
 
 
 def _write_lock_for_select_for_update(connection, statement, *_args) -> None:  # type: ignore[no-untyped-def]

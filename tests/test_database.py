@@ -4,7 +4,9 @@ built once; engines that ask for generic plans; Core rendered into statements wr
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from sqlalchemy import String, Uuid, any_, bindparam, event, literal, select, text
@@ -12,6 +14,7 @@ from sqlalchemy.dialects import postgresql
 
 from gateway.database import UTCDateTime, among, create_engine, postgres_sql, session_factory
 from tenants.models import Tenant
+from tests.support.proxy import PartitionProxy
 
 
 async def test_among_selects_exactly_the_given_rows(database_url: str) -> None:
@@ -79,3 +82,26 @@ async def test_postgres_sql_inlines_constants_and_casts_parameters() -> None:
     assert "'it''s' AS name" in sql
     assert "CAST(:when AS TIMESTAMP WITH TIME ZONE) AS at" in sql
     assert "= ANY (CAST(:ids AS UUID[]))" in sql
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+async def test_a_statement_past_its_time_limit_fails_and_its_connection_is_not_pooled_again(database_url: str) -> None:
+    """A connection open during a partition never answers again. Once the network is back, the pool
+    must hand out a working connection, not that one: the worker's claims once timed out pass after
+    pass on it (the partition fault test, in CI). A timeout now counts as a disconnect."""
+    port = urlsplit(database_url).port
+    async with PartitionProxy(port) as proxy:
+        engine = create_engine(database_url.replace(f":{port}/", f":{proxy.port}/"), pool_size=1, pre_ping=False, command_timeout=0.5)
+        autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")  # as the worker's passes and the group commit run
+        try:
+            async with autocommit.connect() as connection:
+                assert await connection.scalar(text("SELECT 1")) == 1
+                proxy.partition()
+                with pytest.raises(TimeoutError):
+                    await connection.execute(text("SELECT 1"))
+            proxy.heal()  # new connections pass again (asyncpg's cancel request too); the one open during the partition never will
+            await asyncio.sleep(0.5)
+            async with autocommit.connect() as connection:
+                assert await connection.scalar(text("SELECT 1")) == 1
+        finally:
+            await engine.dispose()
