@@ -12,6 +12,7 @@ import contextlib
 import logging
 import signal
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from arq.connections import RedisSettings
 from arq.cron import cron
@@ -36,12 +37,27 @@ async def _retrain(ctx: dict[str, Any]) -> None:
     await retrain(runtime.sessions, runtime.settings)
 
 
+def arq_redis(url: str) -> RedisSettings:
+    """arq's connection settings for ``HOOKGATE_REDIS_URL``. arq reads only the address, the
+    password, the database and the scheme of a URL; the TLS options that redis-py takes from its
+    query (a CA bundle for a managed Redis: ``rediss://…?ssl_ca_certs=/etc/…/ca.crt``) are passed
+    on, or arq alone would refuse the server's certificate."""
+    settings = RedisSettings.from_dsn(url)
+    query = {name: values[0] for name, values in parse_qs(urlsplit(url).query).items()}
+    for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs"):
+        if name in query:
+            setattr(settings, name, query[name])
+    if "ssl_check_hostname" in query:
+        settings.ssl_check_hostname = query["ssl_check_hostname"].lower() in ("1", "true", "yes")
+    return settings
+
+
 def _arq_worker(settings: Settings, ctx: dict[str, Any]) -> Worker:
     return Worker(
         functions=[],
         # arq runs each cron tick once across all workers (its job id is the tick).
         cron_jobs=[cron(_retrain, name="retrain_anomaly_models", minute=set(range(0, 60, 10)), timeout=600, max_tries=1)],
-        redis_settings=RedisSettings.from_dsn(settings.redis_url),
+        redis_settings=arq_redis(settings.redis_url),
         ctx=ctx,
         handle_signals=False,
         keep_result=0,

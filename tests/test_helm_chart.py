@@ -443,3 +443,24 @@ def test_a_drain_may_evict_pods_that_are_not_ready(chart: Any) -> None:
     """Every pod is unready while Postgres is down; a PodDisruptionBudget would then block every drain."""
     budgets = [document for document in render(chart) if document["kind"] == "PodDisruptionBudget"]
     assert len(budgets) == 2 and all(budget["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow" for budget in budgets)
+
+
+def test_extra_volumes_reach_every_hookgate_pod_and_the_job_has_its_own_placement(chart: Any) -> None:
+    """A CA bundle for verified TLS to a managed database must reach the migration Job too, which
+    must also be able to run on tainted nodes and get the environment the URL needs."""
+    values = {
+        "extraVolumes": [{"name": "db-ca", "secret": {"secretName": "db-ca"}}],
+        "extraVolumeMounts": [{"name": "db-ca", "mountPath": "/etc/hookgate/ca", "readOnly": True}],
+        "migrations": {"tolerations": [{"key": "dedicated", "operator": "Exists"}], "nodeSelector": {"pool": "db"},
+                       "extraEnv": [{"name": "PGSSLROOTCERT", "value": "/etc/hookgate/ca/ca.crt"}]},
+    }
+    documents = render(chart, values)
+    assert _validate_builtin(documents) == []  # every manifest passes the pinned API schemas, strictly
+    pods = [one(documents, kind, name)["spec"]["template"]["spec"] for kind, name in
+            [("Deployment", "hg-hookgate-gateway"), ("Deployment", "hg-hookgate-worker"), ("Job", "hg-hookgate-migrate")]]
+    for pod in pods:
+        assert {"name": "db-ca", "secret": {"secretName": "db-ca"}} in pod["volumes"]
+        assert {"name": "db-ca", "mountPath": "/etc/hookgate/ca", "readOnly": True} in pod["containers"][0]["volumeMounts"]
+    job = pods[2]
+    assert job["tolerations"] == [{"key": "dedicated", "operator": "Exists"}] and job["nodeSelector"] == {"pool": "db"}
+    assert {"name": "PGSSLROOTCERT", "value": "/etc/hookgate/ca/ca.crt"} in job["containers"][0]["env"]

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from gateway.settings import settings_from_env, settings_reference
+from gateway.worker import arq_redis
 
 
 def test_environment_values_are_typed() -> None:
@@ -45,3 +46,13 @@ def test_a_setting_that_would_fail_later_is_refused_at_start(variable: str, valu
     with pytest.raises(SystemExit, match=said):
         settings_from_env({variable: value})
     assert settings_from_env({"HOOKGATE_LOG_LEVEL": "debug"}).log_level == "debug"  # names in any case, as logging takes them
+
+
+def test_the_arq_side_gets_the_tls_options_of_the_redis_url() -> None:
+    """arq reads only the address, password, database and scheme of a URL: a managed Redis's CA
+    bundle, which Hookgate's own client takes from the query, must reach it too."""
+    arq = arq_redis("rediss://:pw@cache.example:6380/2?ssl_ca_certs=/etc/hookgate/ca/ca.crt&ssl_check_hostname=true")
+    assert (arq.host, arq.port, arq.database, arq.password, arq.ssl) == ("cache.example", 6380, 2, "pw", True)
+    assert (arq.ssl_ca_certs, arq.ssl_check_hostname) == ("/etc/hookgate/ca/ca.crt", True)
+    plain = arq_redis("redis://127.0.0.1:6379/0")
+    assert (plain.ssl, plain.ssl_ca_certs) == (False, None)
