@@ -20,6 +20,7 @@ from tenants.models import ApiKey, Tenant
 from tests.conftest import OPERATOR_KEY, SECRET_KEY, Stack, TenantHandle, new_source, new_tenant
 from tests.support.database import connect
 from tests.support.receiver import Script, Server
+from tests.support.services import free_port
 from tests.support.stripe_events import stripe_event
 
 Client = AsyncTestClient[Litestar]
@@ -168,3 +169,33 @@ async def test_an_upload_cut_short_is_not_acted_on_and_leaves_the_key_free(datab
         await engine.dispose()
     assert called == [] and sent == []
     assert await _count(database_url, select(func.count()).select_from(IdempotentRequest)) == 0
+
+
+async def test_with_the_database_unreachable_it_answers_503_itself() -> None:
+    """Raised instead, the error passed the HTTP metrics middleware as a 200 (it records before the
+    app's handler answers): a database outage vanished from the API's 5xx panel."""
+    called: list[Any] = []
+
+    async def route(scope: Any, receive: Any, send: Any) -> None:
+        called.append(scope)
+
+    engine = create_engine(f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/none", pool_size=1)  # nothing listens there
+    middleware = IdempotencyMiddleware(route, async_sessionmaker(engine), SecretBox(SECRET_KEY), max_body=1000, operator_key=OPERATOR_KEY)
+    messages = iter([{"type": "http.request", "body": b'{"name": "Acme"}', "more_body": False}])
+    sent: list[Any] = []
+
+    async def receive() -> Any:
+        return next(messages)
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    headers = [(b"authorization", b"Bearer hgk_a_key_to_look_up"), (b"idempotency-key", b"k1")]
+    try:
+        await middleware({"type": "http", "method": "POST", "path": "/api/v1/endpoints", "headers": headers}, receive, send)
+    finally:
+        await engine.dispose()
+    assert called == []
+    start = sent[0]
+    assert start["status"] == 503 and (b"retry-after", b"5") in start["headers"]
+    assert (b"content-type", b"application/problem+json") in start["headers"]

@@ -22,9 +22,9 @@ from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from gateway.database import utcnow
+from gateway.database import STORAGE_ERRORS, utcnow
 from gateway.idempotency.models import IdempotentRequest
-from gateway.problems import PROBLEM_JSON, problem_body
+from gateway.problems import PROBLEM_JSON, problem_body, render_problem
 from tenants.auth import active_key, bearer_token
 from tenants.crypto import SecretBox, same
 
@@ -68,13 +68,18 @@ class IdempotencyMiddleware:
             return
         if body is None:  # the client went away mid-upload: nothing to act on, nobody to answer
             return
-        principal = await self._principal(scope)
+        fingerprint = hashlib.sha256(b"\n".join([scope["method"].encode(), scope["path"].encode(), body])).hexdigest()
+        try:
+            principal = await self._principal(scope)
+            stored = await self._claim((principal, key), fingerprint) if principal is not None else None
+        except STORAGE_ERRORS as exc:  # answered here, as the app would: raised, it passed the metrics middleware as a 200
+            status, problem, headers = render_problem(exc, scope["path"], self._max_body)
+            await _answer(send, status, PROBLEM_JSON, msgspec.json.encode(problem), headers=headers)
+            return
         if principal is None:
             await self._app(scope, _replay(body), send)
             return
         row_key = (principal, key)
-        fingerprint = hashlib.sha256(b"\n".join([scope["method"].encode(), scope["path"].encode(), body])).hexdigest()
-        stored = await self._claim(row_key, fingerprint)
         if stored is None:
             await self._act(scope, body, send, row_key)
         elif stored.fingerprint != fingerprint:
@@ -187,13 +192,16 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
             return b"".join(chunks)
 
 
-async def _answer(send: Send, status: int, content_type: str | None, body: bytes, *, replayed: bool = False) -> None:
-    headers = [(b"content-length", str(len(body)).encode())]
+async def _answer(
+    send: Send, status: int, content_type: str | None, body: bytes, *, replayed: bool = False, headers: dict[str, str] | None = None
+) -> None:
+    raw = [(b"content-length", str(len(body)).encode())]
     if content_type:
-        headers.append((b"content-type", content_type.encode("latin-1")))
+        raw.append((b"content-type", content_type.encode("latin-1")))
     if replayed:
-        headers.append((REPLAYED_HEADER.encode(), b"true"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+        raw.append((REPLAYED_HEADER.encode(), b"true"))
+    raw.extend((name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in (headers or {}).items())
+    await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})
 
 
