@@ -70,10 +70,13 @@ async def _signed_in(db: AsyncSession, user: User, signer: Signer, settings: Set
     return response
 
 
-def _known_device(request: Request[Any, Any, Any], signer: Signer, user: User | None) -> str | None:
-    """The device cookie, if this browser signed in to ``user`` with its current password before."""
+async def _known_device(request: Request[Any, Any, Any], db: AsyncSession, signer: Signer, email: str) -> str | None:
+    """The device cookie, if this browser signed in to this email's account with its current
+    password before (the account is looked up only when there is a cookie to check)."""
     cookie = request.cookies.get(_DEVICE)
-    return cookie if cookie is not None and user is not None and signer.unsign(cookie) == _device_mark(user) else None
+    if cookie is None or (user := await account(db, email)) is None:
+        return None
+    return cookie if signer.unsign(cookie) == _device_mark(user) else None
 
 
 def _device_mark(user: User) -> str:
@@ -143,7 +146,7 @@ class LoginController(Controller):
         email, target = field(data, "email").lower(), _next(field(data, "next"))
         if not _submitted_by_us(request, data):
             return _form(request, settings, "login.html", 403, next=target, email=email, error="The form expired. Please try again.")
-        device = _known_device(request, signer, await account(db_session, email))
+        device = await _known_device(request, db_session, signer, email)
         wait = await login_throttle.wait(request, email, device=device)
         if wait:
             return _form(request, settings, "login.html", 429, next=target, email=email,

@@ -6,6 +6,7 @@ Embedded mode keeps the breaker and limiters in process; production shares them 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -53,8 +54,7 @@ class Runtime:
 
     def __post_init__(self) -> None:
         settings = self.settings
-        self.engine = create_engine(settings.database_url, pool_size=settings.db_pool_size, pre_ping=self.pre_ping,
-                                    command_timeout=settings.db_command_timeout_seconds)
+        self.engine = self._engine(pool_size=settings.db_pool_size, pre_ping=self.pre_ping)
         self.sessions = session_factory(self.engine)
         self.box = SecretBox(settings.secret_key)
         config = breaker_config(settings)
@@ -74,12 +74,15 @@ class Runtime:
         )
         control = None
         if not settings.is_embedded:  # SQLite has one writer anyway: a second pool would only contend
-            self._control_engine = create_engine(settings.database_url, pool_size=2, pre_ping=self.pre_ping, generic_plans=True,
-                                                 command_timeout=settings.db_command_timeout_seconds)
+            self._control_engine = self._engine(pool_size=2, pre_ping=self.pre_ping, generic_plans=True)
             # Autocommit: every statement of a pass is atomic on its own (DeliveryEngine.claim), so
             # BEGIN and COMMIT would only be two more round trips before each delivery.
             control = session_factory(self._control_engine.execution_options(isolation_level="AUTOCOMMIT"))
         return DeliveryEngine(self.sessions, settings, self.box, self.breaker, self.limiter, self._client, control)
+
+    def _engine(self, **options: Any) -> AsyncEngine:
+        """An engine on the database whose statements have the process's time limit."""
+        return create_engine(self.settings.database_url, command_timeout=self.settings.db_command_timeout_seconds, **options)
 
     def dispatcher(self) -> Dispatcher:
         """The delivery loop of this process."""
@@ -99,8 +102,7 @@ class Runtime:
         settings = self.settings
         if settings.is_embedded:  # SQLite: one writer, one pool
             return self.engine
-        self._ingest_engine = create_engine(settings.database_url, pool_size=settings.ingest_commit_concurrency, pre_ping=False,
-                                            command_timeout=settings.db_command_timeout_seconds)
+        self._ingest_engine = self._engine(pool_size=settings.ingest_commit_concurrency, pre_ping=False)
         return self._ingest_engine
 
     def replay_runner(self, dispatcher: Dispatcher) -> ReplayRunner:
