@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from http import HTTPStatus
 from typing import Any
@@ -24,6 +25,9 @@ _UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeoutError, RedisConnect
 _UNSTORABLE_TEXT = frozenset({"22021", "22P05"})
 # An ingest URL's last segment is its source's token: whoever holds it can post to the tenant.
 INGEST_PREFIX = "/ingest/"
+# Set in the scope when a request was refused before its route's handler began (a validation,
+# guard or authentication error): nothing acted, so nothing about it is worth remembering.
+REFUSED_UNSTARTED = "hookgate.refused_unstarted"
 
 
 class Problem(HTTPException):
@@ -107,7 +111,22 @@ def _loggable(path: str) -> str:
     return path
 
 
+def _handler_started(request: Request[Any, Any, Any], exc: Exception) -> bool:
+    """Whether ``exc`` went through the route's handler function: Litestar parses, validates and
+    authenticates before it calls the handler, so a traceback without its frame never reached it."""
+    handler = request.scope.get("route_handler")
+    code = getattr(inspect.unwrap(handler.fn), "__code__", None) if handler is not None else None
+    frame = exc.__traceback__
+    while frame is not None:
+        if frame.tb_frame.f_code is code:
+            return True
+        frame = frame.tb_next
+    return False
+
+
 def problem_response(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     """Litestar's exception handler for every route: ``render_problem`` as a response."""
+    if not _handler_started(request, exc):
+        request.scope[REFUSED_UNSTARTED] = True  # type: ignore[literal-required]
     status, body, headers = render_problem(exc, request.url.path, request.app.request_max_body_size)
     return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)

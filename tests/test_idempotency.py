@@ -88,6 +88,23 @@ async def test_client_errors_are_kept_like_successes(client: Client, tenant: Ten
     assert again.headers["idempotent-replayed"] == "true"
 
 
+async def test_a_request_refused_before_its_handler_ran_leaves_the_key_free(
+    client: Client, tenant: TenantHandle, database_url: str
+) -> None:
+    """Stripe's rule: a body that failed validation, or an undeclared parameter, acted on nothing,
+    so the corrected request may use the key; what the handler itself refuses is kept (above)."""
+    headers = {**tenant.auth, "idempotency-key": "fix-and-retry"}
+    invalid = await client.post("/api/v1/sources", json={"name": "s", "provider": 7}, headers=headers)
+    assert invalid.status_code == 400 and invalid.json()["type"].endswith("/validation-error")
+    unknown = await client.post("/api/v1/sources?dry=1", json={"name": "s", "provider": "stripe"}, headers=headers)
+    assert unknown.status_code == 400 and unknown.json()["type"].endswith("/unknown-parameter")
+    assert await _count(database_url, select(func.count()).select_from(IdempotentRequest)) == 0
+    fixed = await client.post("/api/v1/sources", json={"name": "s", "provider": "stripe"}, headers=headers)
+    again = await client.post("/api/v1/sources", json={"name": "s", "provider": "stripe"}, headers=headers)
+    assert fixed.status_code == again.status_code == 201 and again.headers["idempotent-replayed"] == "true"
+    assert again.json() == fixed.json()
+
+
 async def test_concurrent_requests_with_one_key_act_once(client: Client, database_url: str) -> None:
     headers = {**OPERATOR, "idempotency-key": "race"}
     answers = await asyncio.gather(*(client.post("/api/v1/tenants", json={"name": "Race"}, headers=headers) for _ in range(6)))

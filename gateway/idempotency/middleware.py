@@ -4,7 +4,9 @@ answers the first response again instead of acting twice (Stripe's contract).
 Keys are scoped to the credential that sent them, checked first: a request without a valid one
 (a revoked key included) goes on to its route's 401, and nothing is kept or replayed. The same
 key with another method, path or body is a 422; a key whose first request is still running is a 409. Answers of 5xx are not kept, so
-a retry after a server error acts again. The key row is claimed before the handler runs, so two
+a retry after a server error acts again; nor are refusals before the route's handler began (a body
+or parameter that failed validation, an unknown parameter), so the corrected request can use the
+key (Stripe's rule: a result is saved only once an endpoint started executing). The key row is claimed before the handler runs, so two
 concurrent requests with one key cannot both act; a claim whose process died unanswered is
 released after two minutes (if that request had committed, a retry then acts a second time). Kept answers are encrypted at rest: some
 carry secrets shown once (a new API key, a generated signing secret).
@@ -24,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.database import STORAGE_ERRORS, utcnow
 from gateway.idempotency.models import IdempotentRequest
-from gateway.problems import PROBLEM_JSON, problem_body, render_problem
+from gateway.problems import PROBLEM_JSON, REFUSED_UNSTARTED, problem_body, render_problem
 from tenants.auth import active_key, bearer_token
 from tenants.crypto import SecretBox, same
 
@@ -134,14 +136,15 @@ class IdempotencyMiddleware:
         try:
             await self._app(scope, _replay(body), capture)
         finally:
-            await self._settle(row_key, captured)
+            await self._settle(row_key, captured, acted=not scope.get(REFUSED_UNSTARTED))
 
-    async def _settle(self, row_key: tuple[str, str], captured: dict[str, Any]) -> None:
-        """Keep a final answer; release the key after a server error (or none) so a retry acts."""
+    async def _settle(self, row_key: tuple[str, str], captured: dict[str, Any], *, acted: bool) -> None:
+        """Keep a final answer; release the key after a server error (or none), or a refusal before
+        the handler acted, so a retry acts."""
         where = (IdempotentRequest.scope == row_key[0], IdempotentRequest.key == row_key[1])
         async with self._sessions() as session, session.begin():
             status = captured.get("status")
-            if status is None or status >= 500:
+            if status is None or status >= 500 or not acted:
                 await session.execute(delete(IdempotentRequest).where(*where))
             else:
                 await session.execute(
