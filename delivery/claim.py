@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Protocol
 
@@ -156,6 +156,7 @@ _LEASE_SQLITE = (
 class Claimed:
     ids: list[uuid.UUID]  # every delivery leased
     jobs: list[Job]  # those still to attempt (an endpoint gone or disabled ends its deliveries)
+    dead: list[uuid.UUID] = field(default_factory=list)  # the tenant of each delivery so ended
     # Whether due rows may be left that this claim did not take (it was full, or rows were over
     # their tenant's share): only then is finished work a reason to claim again before a ring.
     more: bool = False
@@ -186,7 +187,8 @@ class _PostgresClaim:
         if rung:
             params["ids"] = list(rung)
         more, rows = _counted((await session.execute(_FAN_OUT_AND_CLAIM if rung else _CLAIM, params)).all(), params["limit"])
-        return Claimed(list(dict.fromkeys(row.id for row in rows)), await self._jobs.jobs(session, rows, params["lease"]), more)
+        read = await self._jobs.jobs(session, rows, params["lease"])
+        return Claimed(list(dict.fromkeys(row.id for row in rows)), read.jobs, dead=read.dead, more=more)
 
 
 class _SQLiteClaim:
@@ -203,7 +205,8 @@ class _SQLiteClaim:
         ids = [row.id for row in rows]
         until = now + lease
         leased = list(await session.scalars(_LEASE_SQLITE, {"ids": ids, "now": now, "lease": until})) if ids else []
-        return Claimed(leased, await self._jobs.read(session, leased, until), more)
+        read = await self._jobs.read(session, leased, until)
+        return Claimed(leased, read.jobs, dead=read.dead, more=more)
 
 
 def _counted(rows: Sequence[Row[Any]], limit: int) -> tuple[bool, list[Row[Any]]]:

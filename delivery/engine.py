@@ -29,7 +29,7 @@ from delivery.outcomes import Outcome, OutcomeWriter, Postponements
 from delivery.sender import DeliveryClient, SendResult, send
 from delivery.signing import webhook_headers
 from gateway.database import utcnow
-from gateway.events.models import SUCCEEDED
+from gateway.events.models import DEAD, SUCCEEDED
 from gateway.limiter import Limiter, Rate
 from gateway.metrics import ATTEMPT_LATENCY, ATTEMPTS, DELIVERIES, DELIVERY_LAG, labelled
 from gateway.settings import Settings
@@ -104,7 +104,10 @@ class DeliveryEngine:
                     await fan_out_rung(session, rung)
                 return Claimed([], [], more=True)
             params = {"limit": limit, "default_cap": self._default_cap, "borrow_to": limit - self._reserve}
-            return await self._claim(session, rung, params, timedelta(seconds=self._settings.lease_seconds))
+            claimed = await self._claim(session, rung, params, timedelta(seconds=self._settings.lease_seconds))
+        for tenant_id in claimed.dead:  # committed: finished like any other delivery, with no attempt
+            labelled(DELIVERIES, str(tenant_id), DEAD).inc()
+        return claimed
 
     async def attempt(self, job: Job) -> None:
         """One attempt of a claimed delivery (or a wait, when its breaker or rate limit says so)."""

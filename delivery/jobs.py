@@ -72,6 +72,12 @@ class Job:
     leased_until: datetime  # the claim's lease: its outcome changes the row only while that lease holds
 
 
+@dataclass(frozen=True, slots=True)
+class Read:
+    jobs: list[Job]
+    dead: list[uuid.UUID]  # the tenant of each delivery made dead instead (its endpoint gone, disabled or unreadable)
+
+
 _log = logging.getLogger("hookgate.delivery")
 _UNREADABLE = "endpoint secret cannot be decrypted with HOOKGATE_SECRET_KEY (restore its old key, then redrive)"
 
@@ -81,14 +87,14 @@ class JobReader:
         self._box = box
         self._plaintexts: dict[bytes, str] = {}
 
-    async def read(self, session: AsyncSession, delivery_ids: list[uuid.UUID], leased_until: datetime) -> list[Job]:
+    async def read(self, session: AsyncSession, delivery_ids: list[uuid.UUID], leased_until: datetime) -> Read:
         """The jobs of the still-open deliveries among ``delivery_ids``, in the caller's transaction."""
         if not delivery_ids:
-            return []
+            return Read([], [])
         rows = await session.execute(_read(session.bind.dialect.name), {"ids": delivery_ids, "now": utcnow()})
         return await self.jobs(session, rows, leased_until)
 
-    async def jobs(self, session: AsyncSession, rows: Iterable[Row[Any]], leased_until: datetime) -> list[Job]:
+    async def jobs(self, session: AsyncSession, rows: Iterable[Row[Any]], leased_until: datetime) -> Read:
         """The jobs of these ``jobs_of`` rows; deliveries whose endpoint is gone or disabled are made
         dead instead, and so are those none of whose secrets decrypts (``HOOKGATE_SECRET_KEY`` lost
         the key they were stored under): one such endpoint must not fail the claim of every tenant's
@@ -114,9 +120,8 @@ class JobReader:
             stopped[_UNREADABLE].extend(lost)
             for delivery_id in lost:
                 del live[delivery_id]
-        for why, ids in stopped.items():
-            await _finish_dead(session, list(dict.fromkeys(ids)), why)
-        return [
+        dead = [tenant_id for why, ids in stopped.items() for tenant_id in await _finish_dead(session, list(dict.fromkeys(ids)), why)]
+        return Read(dead=dead, jobs=[
             Job(
                 delivery_id=row.id,
                 tenant_id=row.tenant_id,
@@ -132,7 +137,7 @@ class JobReader:
                 leased_until=leased_until,
             )
             for row in live.values()
-        ]
+        ])
 
     def _plaintext(self, ciphertext: bytes) -> str:
         plaintext = self._plaintexts.get(ciphertext)
@@ -148,10 +153,13 @@ def _newest_first(secrets: list[tuple[datetime, str]]) -> list[str]:
     return [plaintext for _, plaintext in sorted(secrets, key=lambda secret: secret[0], reverse=True)]
 
 
-async def _finish_dead(session: AsyncSession, delivery_ids: list[uuid.UUID], why: str) -> None:
+async def _finish_dead(session: AsyncSession, delivery_ids: list[uuid.UUID], why: str) -> list[uuid.UUID]:
+    """Make these deliveries dead; the tenant of each one this did end."""
     now = utcnow()
-    await session.execute(
+    ended = await session.execute(
         update(_d)
         .where(_d.c.id.in_(delivery_ids), _d.c.status.in_(OPEN_STATUSES))
         .values(status=DEAD, locked_until=None, next_attempt_at=None, completed_at=now, last_error=why)
+        .returning(_d.c.tenant_id)
     )
+    return list(ended.scalars())

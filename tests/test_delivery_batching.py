@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import Engine, event, func, select, text, update
 
 from delivery.breaker import BreakerConfig, MemoryBreaker
@@ -236,8 +237,11 @@ async def test_a_claim_reads_a_rotation_and_ends_deliveries_to_disabled_endpoint
 
     async with worker.runtime.sessions() as session, session.begin():
         await session.execute(update(Endpoint).where(Endpoint.id == endpoint[1]).values(enabled=False))
+    counted = {"name": "hookgate_deliveries_total", "labels": {"tenant": str(endpoint[0]), "outcome": "dead"}}
+    before = REGISTRY.get_sample_value(**counted) or 0.0
     disabled = await worker.claimed(endpoint, 1)
     assert disabled.jobs == []  # leased, then ended in the same transaction
+    assert disabled.dead == [endpoint[0]] and REGISTRY.get_sample_value(**counted) == before + 1  # a finished delivery
     [third] = disabled.ids
     dead = (await worker.deliveries([third]))[third]
     assert dead.status == "dead" and dead.last_error == "endpoint disabled" and dead.completed_at is not None
