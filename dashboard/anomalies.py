@@ -9,11 +9,12 @@ from litestar import Controller, Request, get, post
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard.sessions import Viewer
-from dashboard.web import PREFIX, field, form, page, see_other
+from dashboard.web import PREFIX, field, form, page, see_other, see_other_showing, shown_once
 from gateway.pagination import page_of, paginate
 from ml.online.controller import AnomalyRepository
 from ml.online.models import Anomaly
 from ml.online.schemas import AnomalyOut
+from tenants.crypto import SecretBox
 from tenants.models import ApiKey
 from tenants.service import ApiKeyRepository
 
@@ -49,17 +50,18 @@ class ApiKeyPages(Controller):
         return page(request, "api_keys.html", status_code, keys=keys, **context)
 
     @get(operation_id="dashboardApiKeys", include_in_schema=False)
-    async def api_keys(self, request: Request[Any, Any, Any], viewer: Viewer, db_session: AsyncSession) -> Any:
-        return await self._list(request, ApiKeyRepository(db_session, viewer.tenant_id), errors={})
+    async def api_keys(self, request: Request[Any, Any, Any], viewer: Viewer, db_session: AsyncSession, secret_box: SecretBox) -> Any:
+        new_key = shown_once(request, secret_box).get("key")
+        return await self._list(request, ApiKeyRepository(db_session, viewer.tenant_id), new_key=new_key, errors={})
 
     @post(operation_id="dashboardCreateApiKey", include_in_schema=False)
-    async def create(self, request: Request[Any, Any, Any], viewer: Viewer, db_session: AsyncSession) -> Any:
+    async def create(self, request: Request[Any, Any, Any], viewer: Viewer, db_session: AsyncSession, secret_box: SecretBox) -> Any:
         repo = ApiKeyRepository(db_session, viewer.tenant_id)
         name = field(await form(request), "name")
         if not 1 <= len(name) <= 200:
             return await self._list(request, repo, 400, errors={"name": "Give the key a name of 1 to 200 characters, e.g. “CI deploys”."})
         _key, plaintext = await repo.create(name)
-        return await self._list(request, repo, new_key=plaintext, errors={})
+        return see_other_showing(request, secret_box, f"{PREFIX}/api-keys", "key-created", key=plaintext)
 
     @post("/{key_id:uuid}/revoke", operation_id="dashboardRevokeApiKey", include_in_schema=False)
     async def revoke(self, viewer: Viewer, db_session: AsyncSession, key_id: uuid.UUID) -> Any:

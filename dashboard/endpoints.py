@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard.sessions import Viewer
-from dashboard.web import PREFIX, field, field_errors, form, grace_choice, page, see_other
+from dashboard.web import PREFIX, field, field_errors, form, grace_choice, page, see_other, see_other_showing, shown_once
 from delivery.breaker import Breaker
 from delivery.operational import send_test_and_ring
 from gateway.doorbell import Doorbell
@@ -77,7 +77,7 @@ class EndpointPages(Controller):
             endpoint, secret = await service.create(_converted(values, EndpointCreate))
         except (msgspec.ValidationError, Problem) as exc:
             return page(request, "endpoint_form.html", 400, values=values, errors=field_errors(exc, _FIELDS, _PLAIN), endpoint=None)
-        return await self._detail(request, service, endpoint.id, secrets=[secret], created=True)
+        return see_other_showing(request, service.box, f"{PREFIX}/endpoints/{endpoint.id}", "endpoint-created", secrets=[secret])
 
     async def _detail(self, request: Request[Any, Any, Any], service: EndpointService, endpoint_id: uuid.UUID,
                       status_code: int = 200, **context: Any) -> Any:
@@ -96,7 +96,7 @@ class EndpointPages(Controller):
 
     @get("/{endpoint_id:uuid}", operation_id="dashboardEndpoint", include_in_schema=False)
     async def endpoint(self, request: Request[Any, Any, Any], service: EndpointService, endpoint_id: uuid.UUID) -> Any:
-        return await self._detail(request, service, endpoint_id)
+        return await self._detail(request, service, endpoint_id, secrets=shown_once(request, service.box).get("secrets"))
 
     @post("/{endpoint_id:uuid}", operation_id="dashboardUpdateEndpoint", include_in_schema=False)
     async def update(self, request: Request[Any, Any, Any], service: EndpointService, endpoint_id: uuid.UUID) -> Any:
@@ -128,7 +128,8 @@ class EndpointPages(Controller):
             added = await service.rotate_secret(endpoint_id, SecretRotate(grace_seconds=grace))
         except Problem as exc:
             return await self._detail(request, service, endpoint_id, 409, secret_error=str(exc.detail))
-        return await self._detail(request, service, endpoint_id, secrets=[added.secret], rotated="now" if grace == 0 else "grace")
+        done = "endpoint-rotated-now" if grace == 0 else "endpoint-rotated"
+        return see_other_showing(request, service.box, f"{PREFIX}/endpoints/{endpoint_id}", done, secrets=[added.secret])
 
     @post("/{endpoint_id:uuid}/reveal", operation_id="dashboardRevealEndpointSecret", include_in_schema=False)
     async def reveal(self, request: Request[Any, Any, Any], service: EndpointService, endpoint_id: uuid.UUID) -> Any:

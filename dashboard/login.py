@@ -17,7 +17,7 @@ from dashboard import sessions
 from dashboard.accounts import AccountError, accept, account, authenticate, pending_invite
 from dashboard.models import User
 from dashboard.sessions import COOKIE, Signer, Viewer
-from dashboard.web import CSRF_FIELD, PREFIX, field, form, page, see_other
+from dashboard.web import CSRF_FIELD, PREFIX, field, form, page, secure_cookies, see_other
 from gateway.limiter import Limiter, Rate
 from gateway.problems import Problem
 from gateway.settings import Settings
@@ -35,15 +35,11 @@ def _next(target: str) -> str:
     return target if target.startswith(PREFIX) and not target.startswith("//") and "\\" not in target else PREFIX
 
 
-def _secure(settings: Settings) -> bool:
-    return settings.public_url.startswith("https://")
-
-
 def _form(request: Request[Any, Any, Any], settings: Settings, name: str, status_code: int = 200, **context: Any) -> Template:
     """A pre-session form page with a fresh double-submit token (cookie + hidden field)."""
     token = new_token(24)
     response = page(request, name, status_code=status_code, form_csrf=token, **context)
-    response.cookies.append(Cookie(key=_FORM_CSRF, value=token, path=PREFIX, httponly=True, samesite="lax", secure=_secure(settings)))
+    response.cookies.append(Cookie(key=_FORM_CSRF, value=token, path=PREFIX, httponly=True, samesite="lax", secure=secure_cookies(settings)))
     return response
 
 
@@ -58,14 +54,14 @@ async def _signed_in(db: AsyncSession, user: User, signer: Signer, settings: Set
     response = see_other(target)
     response.cookies.append(
         Cookie(
-            key=COOKIE, value=cookie, path=PREFIX, httponly=True, samesite="lax", secure=_secure(settings),
+            key=COOKIE, value=cookie, path=PREFIX, httponly=True, samesite="lax", secure=secure_cookies(settings),
             max_age=int(settings.dashboard_session_hours * 3600),
         )
     )
     response.cookies.append(Cookie(key=_FORM_CSRF, value="", path=PREFIX, max_age=0))
     response.cookies.append(
         Cookie(key=_DEVICE, value=signer.sign(_device_mark(user)), path=PREFIX, httponly=True, samesite="lax",
-               secure=_secure(settings), max_age=_DEVICE_DAYS * 86_400)
+               secure=secure_cookies(settings), max_age=_DEVICE_DAYS * 86_400)
     )
     return response
 

@@ -12,7 +12,7 @@ from litestar.di import Provide
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard.sessions import Viewer
-from dashboard.web import field, field_errors, form, grace_choice, page
+from dashboard.web import PREFIX, field, field_errors, form, grace_choice, page, see_other_showing, shown_once
 from gateway.problems import Problem
 from gateway.settings import Settings
 from tenants.crypto import SecretBox
@@ -82,13 +82,13 @@ class SourcePages(Controller):
             errors = field_errors(exc, {"$.name": "name", "$.provider": "provider"},
                                   {"name": "Give the source a name (up to 200 characters).", "provider": "Choose a provider from the list."})
             return await self._list(request, service, 400, values=values, errors=errors)
-        return page(request, "source.html", source=service.shape(source), hint=PROVIDERS[source.provider], secrets=[secret],
-                    created=True)
+        return see_other_showing(request, service.box, f"{PREFIX}/sources/{source.id}", "source-created", secrets=[secret])
 
     @get("/{source_id:uuid}", operation_id="dashboardSource", include_in_schema=False)
     async def source(self, request: Request[Any, Any, Any], service: SourceService, source_id: uuid.UUID) -> Any:
         source = await service.repo.get(source_id)
-        return page(request, "source.html", source=service.shape(source), hint=PROVIDERS[source.provider], secrets=None)
+        return page(request, "source.html", source=service.shape(source), hint=PROVIDERS[source.provider],
+                    secrets=shown_once(request, service.box).get("secrets"))
 
     @post("/{source_id:uuid}/reveal", operation_id="dashboardRevealSourceSecret", include_in_schema=False)
     async def reveal(self, request: Request[Any, Any, Any], service: SourceService, source_id: uuid.UUID) -> Any:
@@ -107,6 +107,5 @@ class SourcePages(Controller):
             source = await service.repo.get(source_id)
             return page(request, "source.html", status_code=400, source=service.shape(source), hint=PROVIDERS[source.provider],
                         secrets=None, errors=field_errors(exc, {"invalid-secret": "secret"}))
-        source = await service.repo.get(source_id)
-        return page(request, "source.html", source=service.shape(source), hint=PROVIDERS[source.provider], secrets=[added.secret],
-                    rotated="now" if grace == 0 else "grace")
+        done = "source-rotated-now" if grace == 0 else "source-rotated"
+        return see_other_showing(request, service.box, f"{PREFIX}/sources/{source_id}", done, secrets=[added.secret])

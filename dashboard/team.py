@@ -12,13 +12,14 @@ from litestar import Request, get, post
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dashboard.accounts import AccountError, invite, remove_user
+from dashboard.accounts import AccountError, invite, normal_email, remove_user
 from dashboard.models import Invite, User
 from dashboard.sessions import Viewer
-from dashboard.web import PREFIX, field, form, page, see_other
+from dashboard.web import PREFIX, field, form, page, see_other, see_other_showing, shown_once
 from gateway.database import utcnow
 from gateway.problems import not_found
 from gateway.settings import Settings
+from tenants.crypto import SecretBox
 
 
 async def _team(request: Request[Any, Any, Any], viewer: Viewer, db: AsyncSession, status_code: int = 200, **context: Any) -> Any:
@@ -32,19 +33,21 @@ async def _team(request: Request[Any, Any, Any], viewer: Viewer, db: AsyncSessio
 
 
 @get("/team", operation_id="dashboardTeam", include_in_schema=False)
-async def team(request: Request[Any, Any, Any], viewer: Viewer, db_session: AsyncSession) -> Any:
-    return await _team(request, viewer, db_session)
+async def team(request: Request[Any, Any, Any], viewer: Viewer, db_session: AsyncSession, secret_box: SecretBox) -> Any:
+    return await _team(request, viewer, db_session, **shown_once(request, secret_box))
 
 
 @post("/team/invite", operation_id="dashboardInvite", include_in_schema=False)
-async def invite_teammate(request: Request[Any, Any, Any], viewer: Viewer, db_session: AsyncSession, settings: Settings) -> Any:
+async def invite_teammate(
+    request: Request[Any, Any, Any], viewer: Viewer, db_session: AsyncSession, settings: Settings, secret_box: SecretBox
+) -> Any:
     email = field(await form(request), "email")
     try:
         token = await invite(db_session, viewer.tenant_id, email, viewer.user.id, settings.dashboard_invite_hours)
     except AccountError as exc:
         return await _team(request, viewer, db_session, 400, errors={exc.field: str(exc)}, email=email)
     link = f"{settings.public_url.rstrip('/')}{PREFIX}/invite/{token}"
-    return await _team(request, viewer, db_session, link=link, invited=email)
+    return see_other_showing(request, secret_box, f"{PREFIX}/team", "invited", link=link, invited=normal_email(email))
 
 
 @post("/team/{user_id:uuid}/remove", operation_id="dashboardRemoveTeammate", include_in_schema=False)

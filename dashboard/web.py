@@ -1,5 +1,6 @@
 """What every dashboard page shares: the login guard with its CSRF check, form reading, rendering
-pages and errors, and redirects after a POST (so a reload never repeats an action)."""
+pages and errors, and redirects after a POST (so a reload never repeats an action), with what a
+POST made to be shown once (a new secret, key or invitation link) carried to the page it leads to."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from urllib.parse import quote, urlencode
 import msgspec
 from litestar import MediaType, Request, Response
 from litestar.connection import ASGIConnection
-from litestar.datastructures import FormMultiDict
+from litestar.datastructures import Cookie, FormMultiDict
 from litestar.exceptions import HTTPException
 from litestar.handlers import BaseRouteHandler
 from litestar.response import Redirect, Template
@@ -19,10 +20,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard.sessions import COOKIE, Signer, Viewer, resume
 from gateway.problems import Problem, render_problem
-from tenants.crypto import same
+from gateway.settings import Settings
+from tenants.crypto import SecretBox, same
 
 PREFIX = "/dashboard"
 CSRF_FIELD = "csrf_token"
+_SHOWN = "hookgate_shown"
+_SHOWN_SECONDS = 300  # long enough to follow a redirect on a slow link; a secret left longer is revealed again, not replayed
 _SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
 # Pages hold one tenant's data and sometimes a secret: never cached, never framed, and only our
 # own scripts, styles and form targets.
@@ -49,6 +53,14 @@ NOTICES = {
     "teammate-removed": "Teammate removed: they are signed out and can no longer log in.",
     "invitation-withdrawn": "Invitation withdrawn: its link no longer works.",
     "password-changed": "Password changed. Your other sessions are signed out.",
+    "source-created": "Source created. Copy its secret now or reveal it later here.",
+    "endpoint-created": "Endpoint created. Verify deliveries with this signing secret (you can reveal it again below).",
+    "source-rotated": "New secret added. The previous one keeps working through the grace period.",
+    "source-rotated-now": "New secret added. The previous ones no longer verify.",
+    "endpoint-rotated": "New signing secret. The previous one keeps signing through the grace period.",
+    "endpoint-rotated-now": "New signing secret. The previous ones no longer sign.",
+    "key-created": "API key created.",
+    "invited": "Invitation created.",
 }
 
 
@@ -114,18 +126,48 @@ def page(request: Request[Any, Any, Any], name: str, status_code: int = 200, **c
     if context.get("next_cursor"):
         query = {key: value for key, value in request.query_params.items() if key not in ("cursor", "done")}
         context["older"] = f"{request.url.path}?{urlencode({**query, 'cursor': context['next_cursor']})}"
-    return Template(
+    response = Template(
         template_name=name,
         context={"viewer": viewer, "csrf": viewer.csrf_token if viewer else "", "notice": notice, "path": request.url.path, **context},
         status_code=status_code,
         media_type=MediaType.HTML,
         headers=_HEADERS,
     )
+    if _SHOWN in request.cookies:  # shown once: by this page, or by none if the user went elsewhere
+        response.cookies.append(Cookie(key=_SHOWN, value="", path=PREFIX, max_age=0))
+    return response
 
 
 def see_other(path: str, done: str | None = None) -> Redirect:
     """303 after a POST, with an optional notice key for the next page."""
     return Redirect(path=f"{path}?done={done}" if done else path, status_code=303)
+
+
+def secure_cookies(settings: Settings) -> bool:
+    return settings.public_url.startswith("https://")
+
+
+def see_other_showing(request: Request[Any, Any, Any], box: SecretBox, path: str, done: str, **shown: Any) -> Redirect:
+    """303 to ``path``, whose page shows ``shown`` once (``shown_once``). It travels encrypted in a
+    short-lived cookie bound to the session and that page: never in a URL or history entry, never
+    readable by a script, and a reload of the page neither repeats the POST nor shows it again."""
+    sealed = box.encrypt(msgspec.json.encode({"session": str(viewer_of(request).session.id), "path": path, "shown": shown}).decode())
+    response = see_other(path, done)
+    response.cookies.append(Cookie(key=_SHOWN, value=sealed.decode(), path=PREFIX, max_age=_SHOWN_SECONDS, httponly=True,
+                                   samesite="strict", secure=secure_cookies(request.app.state["settings"])))
+    return response
+
+
+def shown_once(request: Request[Any, Any, Any], box: SecretBox) -> dict[str, Any]:
+    """What the POST before this page made to show here (``see_other_showing``); {} when nothing,
+    or it is stale, another session's or another page's. ``page`` drops the cookie."""
+    sealed = request.cookies.get(_SHOWN)
+    try:
+        carried = msgspec.json.decode(box.decrypt(sealed.encode(), ttl=_SHOWN_SECONDS)) if sealed else {}
+    except (ValueError, msgspec.DecodeError):
+        return {}
+    fits = carried.get("session") == str(viewer_of(request).session.id) and carried.get("path") == request.url.path
+    return carried["shown"] if fits else {}
 
 
 def field_errors(exc: msgspec.ValidationError | Problem, fields: dict[str, str], plain: dict[str, str] | None = None) -> dict[str, str]:

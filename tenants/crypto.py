@@ -44,9 +44,10 @@ class SecretBox:
         except InvalidToken:
             raise ValueError("a stored secret cannot be decrypted with HOOKGATE_SECRET_KEY") from None
 
-    def decrypt(self, ciphertext: bytes) -> str:
+    def decrypt(self, ciphertext: bytes, ttl: int | None = None) -> str:
+        """The plaintext; with ``ttl``, only of a ciphertext made within that many seconds."""
         try:
-            return self._fernet.decrypt(ciphertext).decode()
+            return self._fernet.decrypt(ciphertext, ttl=ttl).decode()
         except InvalidToken:
             raise ValueError("a stored secret cannot be decrypted with HOOKGATE_SECRET_KEY") from None
 

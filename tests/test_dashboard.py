@@ -321,9 +321,10 @@ async def test_endpoint_forms(stack: Stack, signed_in: Callable[..., Any]) -> No
         bad_rate = await browser.post("/dashboard/endpoints", {"url": f"{receiver.url}/x", "rate_limit_per_second": "-1"})
         assert bad_rate.status_code == 400 and "above 0" in _errors(bad_rate.text)[0]
 
-        created = await browser.post("/dashboard/endpoints", {"url": f"{receiver.url}/hook", "event_types": "charge.*\ninvoice.paid",
-                                                              "rate_limit_per_second": "5", "description": "billing"})
-        assert created.status_code == 200
+        created = await browser.follow(await browser.post(
+            "/dashboard/endpoints", {"url": f"{receiver.url}/hook", "event_types": "charge.*\ninvoice.paid",
+                                     "rate_limit_per_second": "5", "description": "billing"}))
+        assert created.status_code == 200 and "Endpoint created" in created.text
         secret = _SECRET.search(created.text).group(1)
         [endpoint] = (await stack.client.get("/api/v1/endpoints", headers=tenant.auth)).json()["data"]
         assert (endpoint["event_types"], endpoint["rate_limit_per_second"], endpoint["description"]) == (
@@ -344,7 +345,7 @@ async def test_endpoint_forms(stack: Stack, signed_in: Callable[..., Any]) -> No
         await browser.post(f"{path}/enabled", {"enabled": "true"})
         assert (await stack.client.get(f"/api/v1/endpoints/{endpoint['id']}", headers=tenant.auth)).json()["enabled"] is True
 
-        rotated = await browser.post(f"{path}/rotate")
+        rotated = await browser.follow(await browser.post(f"{path}/rotate"))
         new_secret = _SECRET.search(rotated.text).group(1)
         assert new_secret != secret
 
@@ -368,7 +369,7 @@ async def test_sources_events_replay_and_api_keys(stack: Stack, signed_in: Calla
         assert all(f'<option value="{provider}"' in form for provider in get_args(Provider))  # each with a setup hint
         missing = await browser.post("/dashboard/sources", {"name": "", "provider": "stripe"})
         assert missing.status_code == 400 and _errors(missing.text) == ["Give the source a name (up to 200 characters)."]
-        created = await browser.post("/dashboard/sources", {"name": "Stripe live", "provider": "stripe"})
+        created = await browser.follow(await browser.post("/dashboard/sources", {"name": "Stripe live", "provider": "stripe"}))
         assert created.status_code == 200 and "Developers → Webhooks" in created.text
         secret = _SECRET.search(created.text).group(1)
         [source] = (await stack.client.get("/api/v1/sources", headers=tenant.auth)).json()["data"]
@@ -376,7 +377,7 @@ async def test_sources_events_replay_and_api_keys(stack: Stack, signed_in: Calla
         bad_own = await browser.post(f"/dashboard/sources/{source['id']}/rotate", {"secret": "not-a-whsec"})
         assert bad_own.status_code == 400 and _errors(bad_own.text)
         own = "whsec_" + "A" * 32
-        rotated = await browser.post(f"/dashboard/sources/{source['id']}/rotate", {"secret": own})
+        rotated = await browser.follow(await browser.post(f"/dashboard/sources/{source['id']}/rotate", {"secret": own}))
         assert own in rotated.text
         revealed = await browser.post(f"/dashboard/sources/{source['id']}/reveal")
         assert own in revealed.text and secret in revealed.text  # the old one still verifies during the grace period
@@ -399,7 +400,7 @@ async def test_sources_events_replay_and_api_keys(stack: Stack, signed_in: Calla
 
         named = await browser.post("/dashboard/api-keys", {"name": ""})
         assert named.status_code == 400 and _errors(named.text)
-        made = await browser.post("/dashboard/api-keys", {"name": "CI"})
+        made = await browser.follow(await browser.post("/dashboard/api-keys", {"name": "CI"}))
         key = re.search(r"(hgk_[A-Za-z0-9_-]+)", made.text).group(1)
         auth = {"authorization": f"Bearer {key}"}
         assert (await stack.client.get("/api/v1/events", headers=auth)).status_code == 200
@@ -409,17 +410,43 @@ async def test_sources_events_replay_and_api_keys(stack: Stack, signed_in: Calla
         assert (await stack.client.get("/api/v1/events", headers=auth)).status_code == 401
 
 
+async def test_what_a_post_makes_is_shown_once_after_its_redirect(stack: Stack, signed_in: Callable[..., Any]) -> None:
+    """Creating and rotating answer with a redirect, so a reload repeats nothing; the page it leads
+    to shows the new secret once, from an encrypted cookie bound to the session and to that page."""
+    tenant, browser = await signed_in()
+    _other, stranger = await signed_in("Other")
+    posted = await browser.post("/dashboard/api-keys", {"name": "CI"})
+    assert posted.status_code == 303 and posted.headers["location"] == "/dashboard/api-keys?done=key-created"
+    carried = dict(posted.cookies.items())
+    assert "hgk_" not in str(carried) and "hgk_" not in posted.headers["location"]  # encrypted, and not in the URL
+    new_key = re.compile(r'id="new-key">(hgk_[^<]+)<')
+    assert not new_key.findall((await stranger.get("/dashboard/api-keys", cookies=carried)).text)  # another session's
+    shown = await browser.get("/dashboard/api-keys", cookies=carried)
+    [key] = new_key.findall(shown.text)
+    assert 'hookgate_shown="";' in shown.headers["set-cookie"] and "Max-Age=0" in shown.headers["set-cookie"]  # once
+    assert (await stack.client.get("/api/v1/events", headers={"authorization": f"Bearer {key}"})).status_code == 200
+    assert (await browser.get("/dashboard/api-keys")).text.count('<td class="primary">CI</td>') == 1  # made once
+
+    first = await browser.post("/dashboard/sources", {"name": "A", "provider": "stripe"})
+    second = await browser.follow(await browser.post("/dashboard/sources", {"name": "B", "provider": "stripe"}))
+    [secret_b] = _SECRET.findall(second.text)
+    assert not _SECRET.findall((await browser.get(first.headers["location"].split("?")[0], cookies=dict(second.cookies.items()))).text)
+    [secret_a] = _SECRET.findall((await browser.follow(first)).text)  # its own page shows it
+    sources = (await stack.client.get("/api/v1/sources", headers=tenant.auth)).json()["data"]
+    assert len(sources) == 2 and secret_a != secret_b
+
+
 async def test_rotating_after_a_leak_stops_the_previous_secrets_now(stack: Stack, signed_in: Callable[..., Any]) -> None:
     tenant, browser = await signed_in()
     source = await new_source(stack.client, tenant)
     leaked = source["secret"]
     path = f"/dashboard/sources/{source['id']}/rotate"
     for _ in range(MAX_ACTIVE_SECRETS - 1):  # each rotation keeps the previous secrets in their grace period
-        assert "keeps working through the grace period" in (await browser.post(path, {})).text
+        assert "keeps working through the grace period" in (await browser.follow(await browser.post(path, {}))).text
     full = await browser.post(path, {})
     assert full.status_code == 400 and "secrets are active" in _errors(full.text)[0]  # said, not a bare 400
 
-    rotated = await browser.post(path, {"expire_previous": "1"})
+    rotated = await browser.follow(await browser.post(path, {"expire_previous": "1"}))
     assert "The previous ones no longer verify" in rotated.text
     [fresh] = _SECRET.findall(rotated.text)
     body, headers = signed_stripe(stripe_event(), leaked)
@@ -433,7 +460,7 @@ async def test_rotating_after_a_leak_stops_the_previous_secrets_now(stack: Stack
         await browser.post(f"{path}/rotate", {})
     full = await browser.post(f"{path}/rotate", {})
     assert full.status_code == 409 and "secrets are active" in _errors(full.text)[0]
-    assert "The previous ones no longer sign" in (await browser.post(f"{path}/rotate", {"expire_previous": "1"})).text
+    assert "The previous ones no longer sign" in (await browser.follow(await browser.post(f"{path}/rotate", {"expire_previous": "1"}))).text
     assert len(_SECRET.findall((await browser.post(f"{path}/reveal")).text)) == 1
 
 
@@ -527,7 +554,7 @@ async def test_a_teammate_joins_through_an_invitation(stack: Stack, signed_in: C
     _other, stranger = await signed_in("Other")
     taken = await inviter.post("/dashboard/team/invite", {"email": "not-an-email"})
     assert taken.status_code == 400 and _errors(taken.text) == ["Enter an email address like name@example.com."]
-    made = await inviter.post("/dashboard/team/invite", {"email": "Zoe@Example.com"})
+    made = await inviter.follow(await inviter.post("/dashboard/team/invite", {"email": "Zoe@Example.com"}))
     link = re.search(r'id="invite-link">([^<]+)<', made.text).group(1)
     path = link.removeprefix(stack.settings.public_url)
     assert path.startswith("/dashboard/invite/")
@@ -575,7 +602,7 @@ async def test_a_teammate_is_removed_and_an_invitation_withdrawn(stack: Stack, s
     assert "leaver@example.com" not in (await admin.get("/dashboard/team")).text
     assert (await admin.post(f"/dashboard/team/{leaver_id}/remove")).status_code == 404
 
-    made = await admin.post("/dashboard/team/invite", {"email": "typo@exmaple.com"})
+    made = await admin.follow(await admin.post("/dashboard/team/invite", {"email": "typo@exmaple.com"}))
     path = re.search(r'id="invite-link">([^<]+)<', made.text).group(1).removeprefix(stack.settings.public_url)
     invite_id = re.search(r'/dashboard/team/invites/([0-9a-f-]{36})/withdraw', made.text).group(1)
     assert (await stranger.post(f"/dashboard/team/invites/{invite_id}/withdraw")).status_code == 404

@@ -32,14 +32,21 @@ class Browser:
         self.client.cookies.clear()
         self.client.cookies.set(SESSION, self.cookie)
 
-    async def get(self, path: str, **params: str) -> Any:
+    async def get(self, path: str, *, cookies: dict[str, str] | None = None, **params: str) -> Any:
         self._use()
+        for name, value in (cookies or {}).items():
+            self.client.cookies.set(name, value)
         return await self.client.get(path, params=params or None, follow_redirects=False)
 
     async def post(self, path: str, data: dict[str, Any] | None = None, *, csrf: bool = True) -> Any:
         self._use()
         fields = {**(data or {}), **({"csrf_token": self.csrf} if csrf else {})}
         return await self.client.post(path, data=fields, follow_redirects=False)
+
+    async def follow(self, redirect: Any) -> Any:
+        """The page a POST's 303 leads to, fetched as a browser would: with the cookies it set."""
+        assert redirect.status_code == 303, redirect.text
+        return await self.get(redirect.headers["location"], cookies=dict(redirect.cookies.items()))
 
 
 async def add_user(database_url: str, tenant_id: str, email: str) -> None:
