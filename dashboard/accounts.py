@@ -90,8 +90,14 @@ async def set_password(session: AsyncSession, user: User, password: str, *, keep
 async def remove_user(session: AsyncSession, user: User) -> None:
     """The account and its sessions, gone (committed): the person is signed out everywhere at once."""
     await session.execute(delete(LoginSession).where(LoginSession.user_id == user.id))
+    await _withdraw_pending(session, user.tenant_id, user.email)  # a spare link must not let them back in
     await session.delete(user)
     await session.commit()
+
+
+async def _withdraw_pending(session: AsyncSession, tenant_id: uuid.UUID, email: str) -> None:
+    """The tenant's unused invitations for this address (in the caller's transaction)."""
+    await session.execute(delete(Invite).where(Invite.tenant_id == tenant_id, Invite.email == email, Invite.accepted_at.is_(None)))
 
 
 async def _by_email(session: AsyncSession, email: str) -> User:
@@ -119,6 +125,7 @@ async def invite(session: AsyncSession, tenant_id: uuid.UUID, email: str, by: uu
     email = normal_email(email)
     if await session.scalar(select(User.id).where(User.email == email)) is not None:
         raise AccountError("email", "This person already has an account.")
+    await _withdraw_pending(session, tenant_id, email)  # one live link per address: a new one replaces it
     token = new_token(32)
     now = utcnow()
     session.add(
@@ -140,6 +147,8 @@ async def pending_invite(session: AsyncSession, token: str) -> Invite | None:
 async def accept(session: AsyncSession, pending: Invite, password: str) -> User:
     """The invited account, created in the commit that uses up the invitation."""
     pending.accepted_at = utcnow()
+    await session.flush()
+    await _withdraw_pending(session, pending.tenant_id, pending.email)
     try:
         return await create_user(session, pending.tenant_id, pending.email, password)
     except AccountError:

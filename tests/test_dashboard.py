@@ -585,6 +585,30 @@ async def test_a_teammate_joins_through_an_invitation(stack: Stack, signed_in: C
     assert again.status_code == 400 and _errors(again.text) == ["This person already has an account."]
 
 
+async def test_an_address_has_one_live_invitation_and_none_outlives_its_member(stack: Stack, signed_in: Callable[..., Any]) -> None:
+    """Inviting again replaces the link; removing a member withdraws a link still pending for them,
+    so a spare link cannot sign a removed teammate back up."""
+    tenant, admin = await signed_in("Acme")
+
+    async def invitation(email: str) -> str:
+        made = await admin.follow(await admin.post("/dashboard/team/invite", {"email": email}))
+        return re.search(r'id="invite-link">([^<]+)<', made.text).group(1).removeprefix(stack.settings.public_url)
+
+    first, second = await invitation("carol@example.com"), await invitation("carol@example.com")
+    assert (await admin.get("/dashboard/team")).text.count('invited</span>') == 1
+    stack.client.cookies.clear()
+    assert (await stack.client.get(first)).status_code == 404 and (await stack.client.get(second)).status_code == 200
+
+    spare = await invitation("dave@example.com")
+    await _user(stack.settings, tenant, "dave@example.com")  # the operator made the account meanwhile
+    team = (await admin.get("/dashboard/team")).text
+    dave = re.search(r'/dashboard/team/([0-9a-f-]{36})/remove" data-confirm="Remove dave@example.com', team).group(1)
+    assert (await admin.post(f"/dashboard/team/{dave}/remove")).status_code == 303
+    stack.client.cookies.clear()
+    assert (await stack.client.get(spare)).status_code == 404
+    assert 'invited</span>' in (await admin.get("/dashboard/team")).text  # carol's, untouched
+
+
 async def test_a_teammate_is_removed_and_an_invitation_withdrawn(stack: Stack, signed_in: Callable[..., Any]) -> None:
     tenant, admin = await signed_in("Acme")
     _other, stranger = await signed_in("Other")
