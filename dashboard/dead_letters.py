@@ -7,7 +7,7 @@ import uuid
 from typing import Any
 
 from litestar import Controller, Request, get, post
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard.events import WINDOWS, endpoint_names
@@ -44,9 +44,10 @@ class DeadLetterPages(Controller):
         rows = await repo.fetch(paginate(query, Delivery.created_at, Delivery.id, cursor, PAGE_SIZE))
         result = page_of(rows, PAGE_SIZE, "created_at", lambda row: row)
         events = await _events(db_session, [d.event_id for d in result.data])
+        matching = await db_session.scalar(select(func.count()).select_from(query.subquery()))  # what "Redrive all" would take
         return page(request, "dead_letters.html", deliveries=result.data, next_cursor=result.next_cursor, events=events,
                     endpoints=await endpoint_names(db_session, viewer.tenant_id), filters={"endpoint_id": endpoint_id, "window": window},
-                    windows=WINDOWS, error=request.query_params.get("error"))
+                    windows=WINDOWS, error=request.query_params.get("error"), matching=matching)
 
     @post("/redrive", operation_id="dashboardRedrive", include_in_schema=False)
     async def redrive(self, request: Request[Any, Any, Any], viewer: Viewer, db_session: AsyncSession) -> Any:
@@ -65,7 +66,8 @@ class DeadLetterPages(Controller):
     @post("/purge", operation_id="dashboardPurge", include_in_schema=False)
     async def purge(self, request: Request[Any, Any, Any], viewer: Viewer, db_session: AsyncSession) -> Any:
         repo = DeliveryRepository(db_session, viewer.tenant_id)
-        chosen = ids(await form(request), "delivery_id")
+        data = await form(request)
+        chosen, kept = ids(data, "delivery_id"), {name: field(data, name) for name in ("endpoint_id", "window") if field(data, name)}
         if not chosen:
             return see_other(f"{PREFIX}/dead-letters?error=none-selected")
         for delivery_id in chosen:
@@ -75,7 +77,18 @@ class DeadLetterPages(Controller):
                 if exc.status_code != 409:
                     raise  # 404: gone, or another tenant's (the same answer, by design)
                 await db_session.rollback()
-        return see_other(f"{PREFIX}/dead-letters", "purged")
+        return see_other(f"{PREFIX}/dead-letters", "purged", **kept)  # back to the filtered list the user was working in
+
+
+@post("/replays/{job_id:uuid}/cancel", operation_id="dashboardCancelReplay", include_in_schema=False)
+async def cancel_replay(viewer: Viewer, db_session: AsyncSession, job_id: uuid.UUID) -> Any:
+    try:
+        await ReplayService(db_session, viewer.tenant_id).cancel(job_id)
+    except Problem as exc:
+        if exc.status_code != 409:
+            raise
+        return see_other(f"{PREFIX}/replays", "replay-finished")  # it finished meanwhile: nothing left to stop
+    return see_other(f"{PREFIX}/replays", "replay-cancelled")
 
 
 @get("/replays", operation_id="dashboardReplays", include_in_schema=False)

@@ -42,13 +42,15 @@ def _service(db_session: AsyncSession, viewer: Viewer, secret_box: SecretBox, se
 
 
 def _values(data: Any) -> dict[str, Any]:
-    """The form as the API's JSON shape: event types one per line or comma-separated, blank rate = none."""
+    """The form as the API's JSON shape: event types one per line or comma-separated (none is an
+    error, not "every type": emptying the field must not subscribe the endpoint to everything),
+    blank rate = none."""
     types = [t.strip() for t in field(data, "event_types").replace(",", "\n").splitlines() if t.strip()]
     rate = field(data, "rate_limit_per_second")
     return {
         "url": field(data, "url"),
         "description": field(data, "description"),
-        "event_types": types or ["*"],
+        "event_types": types,
         "rate_limit_per_second": rate or None,
     }
 

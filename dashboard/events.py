@@ -17,7 +17,7 @@ from dashboard.web import PREFIX, field, form, optional_uuid, page, see_other
 from delivery.replays.event_replay import replay_and_ring
 from gateway.database import utcnow
 from gateway.doorbell import Doorbell
-from gateway.events.models import Attempt, Delivery, Event
+from gateway.events.models import FAILED, PENDING, Attempt, Delivery, Event
 from gateway.events.repository import EventRepository
 from gateway.pagination import page_of, paginate
 from gateway.problems import Problem
@@ -28,7 +28,18 @@ from tenants.sources.models import Source
 from tenants.sources.service import SourceRepository
 
 WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7)}
-STATUSES = ("pending", "succeeded", "failed", "dead")
+# The delivery filter's choices, as the list shows them: "failed" is the API's name for a delivery
+# that will be retried (dead is final), which reads the other way round on its own.
+STATUSES = {
+    "waiting": "waiting (pending or retrying)",
+    "pending": "pending (not tried yet)",
+    "failed": "retrying (failed, will retry)",
+    "succeeded": "succeeded",
+    "dead": "dead (gave up)",
+}
+_WAITING = (PENDING, FAILED)
+# Source filter values besides a source's id: provider events, or Hookgate's own notices.
+_FROM_SOURCES, _FROM_HOOKGATE = "sources", "hookgate"
 PAGE_SIZE = 50
 
 
@@ -64,9 +75,12 @@ class EventPages(Controller):
     ) -> Any:
         repo, source_repo = EventRepository(db_session, viewer.tenant_id), SourceRepository(db_session, viewer.tenant_id)
         sources = await source_repo.fetch(source_repo.scoped())
-        query = where_equal(repo.scoped(), {Event.type: type, Event.source_id: optional_uuid(source_id)})
+        query = where_equal(repo.scoped(), {Event.type: type.strip(), Event.source_id: optional_uuid(source_id)})
+        if source_id in (_FROM_SOURCES, _FROM_HOOKGATE):
+            query = query.where(Event.source_id.is_not(None) if source_id == _FROM_SOURCES else Event.source_id.is_(None))
         if status in STATUSES:
-            query = query.where(exists().where(Delivery.event_id == Event.id, Delivery.status == status))
+            wanted = _WAITING if status == "waiting" else (status,)
+            query = query.where(exists().where(Delivery.event_id == Event.id, Delivery.status.in_(wanted)))
         if window in WINDOWS:
             query = within(query, Event.received_at, utcnow() - WINDOWS[window], None)
         rows = await repo.fetch(paginate(query, Event.received_at, Event.id, cursor, PAGE_SIZE))

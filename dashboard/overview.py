@@ -88,7 +88,9 @@ async def overview(
         db_session, select(Delivery.id).where(Delivery.tenant_id == tenant_id, Delivery.status.in_([PENDING, FAILED]))
     )
     dead = await _count(db_session, select(Delivery.id).where(Delivery.tenant_id == tenant_id, Delivery.status == DEAD))
-    anomalies = await _count(db_session, select(Anomaly.id).where(Anomaly.tenant_id == tenant_id, Anomaly.ended_at.is_(None)))
+    anomalies = await _count(db_session, select(Anomaly.id).where(
+        Anomaly.tenant_id == tenant_id, Anomaly.ended_at.is_(None), Anomaly.acknowledged_at.is_(None)
+    ))
     service = EndpointService(db_session, tenant_id, secret_box, settings, breaker)
     endpoints = await service.repo.fetch(service.repo.scoped())
     states = [(endpoint, (await service.shape(endpoint)).breaker.state) for endpoint in endpoints]
@@ -102,7 +104,8 @@ async def overview(
         finished=sum(h.finished for h in hours),
         backlog=backlog,
         dead=dead,
-        open_circuits=[endpoint for endpoint, state in states if state in ("open", "half_open")],
+        # A disabled endpoint's breaker stays as it was, but nothing waits on it.
+        open_circuits=[endpoint for endpoint, state in states if endpoint.enabled and state in ("open", "half_open")],
         anomalies=anomalies,
         endpoint_count=len(endpoints),
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from litestar import Router
 from litestar.contrib.jinja import JinjaTemplateEngine
@@ -17,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard.account import account, change_password
 from dashboard.anomalies import AnomalyPages, ApiKeyPages
-from dashboard.dead_letters import DeadLetterPages, replays
+from dashboard.dead_letters import DeadLetterPages, cancel_replay, replays
 from dashboard.endpoints import EndpointPages
 from dashboard.events import EventPages
 from dashboard.login import InvitationController, LoginController, LoginThrottle, logout
@@ -33,16 +34,24 @@ _HERE = Path(__file__).parent
 
 
 def _when(value: datetime | None) -> Markup:
-    """A UTC time, short on the page and exact in the tooltip and the markup."""
+    """A UTC time, short on the page (marked UTC) and exact in the tooltip and the markup, from which
+    the page's script shows it in the browser's own time zone."""
     if value is None:
         return Markup("—")
     return Markup('<time datetime="{}" title="{}">{}</time>').format(
-        value.isoformat(), value.strftime("%Y-%m-%d %H:%M:%S UTC"), value.strftime("%d %b %H:%M:%S")
+        value.isoformat(), value.strftime("%Y-%m-%d %H:%M:%S UTC"), value.strftime("%d %b %Y %H:%M:%S UTC")
     )
+
+
+def _endpoint_label(endpoint: Any) -> str:
+    """An endpoint as a choice in a list: several can share a URL, and deleted ones stay named."""
+    described = f"{endpoint.url} — {endpoint.description[:60]}" if endpoint.description else endpoint.url
+    return f"{described} (deleted)" if endpoint.deleted_at is not None else described
 
 
 def _engine(engine: JinjaTemplateEngine) -> None:
     engine.engine.filters["when"] = _when
+    engine.engine.filters["endpoint_label"] = _endpoint_label
 
 
 def template_config() -> TemplateConfig[JinjaTemplateEngine]:
@@ -64,7 +73,7 @@ def dashboard_routers(sessions: Callable[[], AsyncSession], settings: Settings, 
     )
     pages = Router(
         path=PREFIX,
-        route_handlers=[overview, logout, SourcePages, EndpointPages, EventPages, DeadLetterPages, replays, AnomalyPages, ApiKeyPages,
+        route_handlers=[overview, logout, SourcePages, EndpointPages, EventPages, DeadLetterPages, replays, cancel_replay, AnomalyPages, ApiKeyPages,
                        team, invite_teammate, remove_teammate, withdraw_invitation, account, change_password],
         guards=[login_guard(sessions, signer)],
         dependencies={"viewer": Provide(viewer_of, sync_to_thread=False), "login_throttle": throttle},

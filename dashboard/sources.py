@@ -13,9 +13,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard.sessions import Viewer
 from dashboard.web import PREFIX, field, field_errors, form, grace_choice, page, see_other_showing, shown_once
+from gateway.database import utcnow
 from gateway.problems import Problem
 from gateway.settings import Settings
 from tenants.crypto import SecretBox
+from tenants.secrets import active_rows
 from tenants.sources.directory import SourceDirectory
 from tenants.sources.models import Source
 from tenants.sources.schemas import SecretCreate, SourceCreate
@@ -84,18 +86,22 @@ class SourcePages(Controller):
             return await self._list(request, service, 400, values=values, errors=errors)
         return see_other_showing(request, service.box, f"{PREFIX}/sources/{source.id}", "source-created", secrets=[secret])
 
+    async def _detail(self, request: Request[Any, Any, Any], service: SourceService, source_id: uuid.UUID,
+                      status_code: int = 200, **context: Any) -> Any:
+        """The source's page; ``active`` lists the secrets that verify now (expired ones are kept, not shown)."""
+        source = await service.repo.get(source_id)
+        return page(request, "source.html", status_code, source=service.shape(source), hint=PROVIDERS[source.provider],
+                    active=active_rows(source.secrets, utcnow()), **context)
+
     @get("/{source_id:uuid}", operation_id="dashboardSource", include_in_schema=False)
     async def source(self, request: Request[Any, Any, Any], service: SourceService, source_id: uuid.UUID) -> Any:
-        source = await service.repo.get(source_id)
-        return page(request, "source.html", source=service.shape(source), hint=PROVIDERS[source.provider],
-                    secrets=shown_once(request, service.box).get("secrets"))
+        return await self._detail(request, service, source_id, secrets=shown_once(request, service.box).get("secrets"))
 
     @post("/{source_id:uuid}/reveal", operation_id="dashboardRevealSourceSecret", include_in_schema=False)
     async def reveal(self, request: Request[Any, Any, Any], service: SourceService, source_id: uuid.UUID) -> Any:
         """A POST (with the CSRF token), so a secret is never in a URL, a history entry or a cache."""
         secrets = [secret.secret for secret in await service.reveal(source_id)]
-        source = await service.repo.get(source_id)
-        return page(request, "source.html", source=service.shape(source), hint=PROVIDERS[source.provider], secrets=secrets)
+        return await self._detail(request, service, source_id, secrets=secrets)
 
     @post("/{source_id:uuid}/rotate", operation_id="dashboardRotateSourceSecret", include_in_schema=False)
     async def rotate(self, request: Request[Any, Any, Any], service: SourceService, source_id: uuid.UUID) -> Any:
@@ -104,8 +110,7 @@ class SourcePages(Controller):
         try:
             added = await service.add_secret(source_id, SecretCreate(secret=own, expire_previous_after_seconds=grace))
         except Problem as exc:
-            source = await service.repo.get(source_id)
-            return page(request, "source.html", status_code=400, source=service.shape(source), hint=PROVIDERS[source.provider],
-                        secrets=None, errors=field_errors(exc, {"invalid-secret": "secret"}))
+            return await self._detail(request, service, source_id, 400, secrets=None, own=own or "",
+                                      errors=field_errors(exc, {"invalid-secret": "secret"}))
         done = "source-rotated-now" if grace == 0 else "source-rotated"
         return see_other_showing(request, service.box, f"{PREFIX}/sources/{source_id}", done, secrets=[added.secret])

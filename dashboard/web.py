@@ -41,7 +41,7 @@ _HEADERS = {
 NOTICES = {
     "endpoint-saved": "Changes saved.",
     "endpoint-enabled": "Endpoint enabled: new events will be delivered to it.",
-    "endpoint-disabled": "Endpoint disabled: events are no longer delivered to it.",
+    "endpoint-disabled": "Endpoint disabled: events are no longer delivered to it, and its waiting deliveries become dead letters (redrive them once it is enabled again).",
     "endpoint-deleted": "Endpoint deleted. Its past deliveries stay in the event log.",
     "test-sent": "Test event sent. It shows up below within a few seconds.",
     "replayed": "Replay queued: a new delivery is on its way.",
@@ -61,6 +61,8 @@ NOTICES = {
     "endpoint-rotated-now": "New signing secret. The previous ones no longer sign.",
     "key-created": "API key created.",
     "invited": "Invitation created.",
+    "replay-cancelled": "Replay job cancelled: its deliveries not yet tried are withdrawn (a redrive's go back to the dead letters).",
+    "replay-finished": "That job had already finished: nothing to cancel.",
 }
 
 
@@ -138,9 +140,10 @@ def page(request: Request[Any, Any, Any], name: str, status_code: int = 200, **c
     return response
 
 
-def see_other(path: str, done: str | None = None) -> Redirect:
-    """303 after a POST, with an optional notice key for the next page."""
-    return Redirect(path=f"{path}?done={done}" if done else path, status_code=303)
+def see_other(path: str, done: str | None = None, **query: str) -> Redirect:
+    """303 after a POST, with an optional notice key for the next page (and its filters, ``query``)."""
+    query = {**query, "done": done} if done else query
+    return Redirect(path=f"{path}?{urlencode(query)}" if query else path, status_code=303)
 
 
 def secure_cookies(settings: Settings) -> bool:
@@ -182,14 +185,16 @@ def field_errors(exc: msgspec.ValidationError | Problem, fields: dict[str, str],
         text, _, path = str(exc).partition(" - at `")
         key = path.rstrip("`")
     name = fields.get(key, "_")
-    text = (plain or {}).get(name, text) if not isinstance(exc, Problem) else text
+    # A service names the API field it is about ("event_types: …"): next to that field, it need not.
+    text = (plain or {}).get(name, text) if not isinstance(exc, Problem) else text.removeprefix(f"{name}: ")
     return {name: text[:1].upper() + text[1:]}
 
 
 def _error_page(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     """Errors as pages: no session → the login page; 404 the same for missing and another tenant's."""
     if isinstance(exc, LoginRequired):
-        back = request.url.path if request.method == "GET" else PREFIX
+        query = request.url.query
+        back = (f"{request.url.path}?{query}" if query else request.url.path) if request.method == "GET" else PREFIX  # filters kept
         return Redirect(path=f"{PREFIX}/login?next={quote(back)}", status_code=303)
     status = exc.status_code
     detail = exc.detail if status < 500 else "Something went wrong on our side. Try again in a moment."

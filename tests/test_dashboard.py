@@ -99,6 +99,8 @@ async def test_every_page_and_form_needs_a_session(stack: Stack) -> None:
     stack.client.cookies.set(SESSION, "made-up.signature")
     forged = await stack.client.get("/dashboard/", follow_redirects=False)
     assert forged.status_code == 303
+    filtered = await stack.client.get("/dashboard/events?type=invoice.paid&status=failed", follow_redirects=False)
+    assert filtered.headers["location"] == "/dashboard/login?next=/dashboard/events%3Ftype%3Dinvoice.paid%26status%3Dfailed"
 
 
 async def test_login_wrong_password_csrf_open_redirect_and_logout(stack: Stack) -> None:
@@ -339,6 +341,9 @@ async def test_endpoint_forms(stack: Stack, signed_in: Callable[..., Any]) -> No
         assert (after["url"], after["event_types"], after["rate_limit_per_second"]) == (f"{receiver.url}/v2", ["*"], None)
         kept = await browser.post(path, {"url": "not a url", "event_types": "*"})
         assert kept.status_code == 400 and 'value="not a url"' in kept.text and _errors(kept.text)
+        emptied = await browser.post(path, {"url": f"{receiver.url}/v2", "event_types": ""})  # not "every type"
+        assert emptied.status_code == 400 and _errors(emptied.text) == ["Give at least one event type, or * for every type"]
+        assert (await stack.client.get(f"/api/v1/endpoints/{endpoint['id']}", headers=tenant.auth)).json()["event_types"] == ["*"]
 
         await browser.post(f"{path}/enabled", {"enabled": "false"})
         assert (await stack.client.get(f"/api/v1/endpoints/{endpoint['id']}", headers=tenant.auth)).json()["enabled"] is False
@@ -376,9 +381,11 @@ async def test_sources_events_replay_and_api_keys(stack: Stack, signed_in: Calla
         assert source["ingest_url"] in (await browser.get("/dashboard/sources")).text
         bad_own = await browser.post(f"/dashboard/sources/{source['id']}/rotate", {"secret": "not-a-whsec"})
         assert bad_own.status_code == 400 and _errors(bad_own.text)
+        assert "<details open>" in bad_own.text and 'value="not-a-whsec"' in bad_own.text  # shown, and kept to correct
         own = "whsec_" + "A" * 32
         rotated = await browser.follow(await browser.post(f"/dashboard/sources/{source['id']}/rotate", {"secret": own}))
         assert own in rotated.text
+        assert "2 active secrets." in (await browser.get(f"/dashboard/sources/{source['id']}")).text
         revealed = await browser.post(f"/dashboard/sources/{source['id']}/reveal")
         assert own in revealed.text and secret in revealed.text  # the old one still verifies during the grace period
 
@@ -449,6 +456,7 @@ async def test_rotating_after_a_leak_stops_the_previous_secrets_now(stack: Stack
     rotated = await browser.follow(await browser.post(path, {"expire_previous": "1"}))
     assert "The previous ones no longer verify" in rotated.text
     [fresh] = _SECRET.findall(rotated.text)
+    assert "1 active secret." in (await browser.get(f"/dashboard/sources/{source['id']}")).text  # the expired are not counted
     body, headers = signed_stripe(stripe_event(), leaked)
     refused = await stack.client.post(ingest_path(source), content=body, headers=headers)
     assert refused.status_code == 400
@@ -498,7 +506,7 @@ async def test_dead_letters_redrive_purge_and_anomalies(stack_factory: Callable[
             await stack.ingest(source)
         dead = await stack.settled(tenant, 3, status="dead")
         page = await browser.get("/dashboard/dead-letters")
-        assert all(d["id"] in page.text for d in dead)
+        assert all(d["id"] in page.text for d in dead) and "Redrive all 3 that match" in page.text
         none = await browser.post("/dashboard/dead-letters/redrive", {"scope": "selected"})
         assert none.headers["location"] == "/dashboard/dead-letters?error=none-selected"
 
@@ -511,15 +519,25 @@ async def test_dead_letters_redrive_purge_and_anomalies(stack_factory: Callable[
         assert remaining == {dead[1]["id"], dead[2]["id"]}
 
         # dead[0] was redriven meanwhile (as from another tab): skipped, and the rest of the selection still goes
-        purged = await browser.post("/dashboard/dead-letters/purge", {"delivery_id": [dead[0]["id"], dead[1]["id"]]})
-        assert purged.status_code == 303 and "error" not in purged.headers["location"]
+        purged = await browser.post("/dashboard/dead-letters/purge", {"delivery_id": [dead[0]["id"], dead[1]["id"]], "window": "24h"})
+        assert purged.status_code == 303 and purged.headers["location"] == "/dashboard/dead-letters?window=24h&done=purged"
         left = {d["id"]: d["status"] for d in await stack.deliveries(tenant)}
         assert dead[1]["id"] not in left and left[dead[0]["id"]] == "succeeded"
         await browser.post("/dashboard/dead-letters/redrive", {"scope": "all"})
         await stack.settled(tenant, 2)
         assert await stack.deliveries(tenant, status="dead") == []
+        for _ in range(200):  # the jobs see their deliveries through, then finish
+            jobs = (await stack.client.get("/api/v1/replays", headers=tenant.auth)).json()["data"]
+            if all(job["status"] == "completed" for job in jobs):
+                break
+            await asyncio.sleep(0.05)
+        assert "/cancel" not in (await browser.get("/dashboard/replays")).text  # only queued or running jobs offer it
+        cancelled = await browser.post(f"/dashboard/replays/{jobs[0]['id']}/cancel")  # as from a page loaded earlier
+        assert cancelled.headers["location"] == "/dashboard/replays?done=replay-finished"
+        assert (await browser.post(f"/dashboard/replays/{uuid.uuid4()}/cancel")).status_code == 404
 
         anomaly_id = await _anomaly(stack, tenant)
+        assert '<span class="num">1</span> anomalies to look at' in (await browser.get("/dashboard/")).text
         assert "card testing" in (await browser.get("/dashboard/anomalies")).text
         assert "41 failed charges" in (await browser.get(f"/dashboard/anomalies/{anomaly_id}")).text
         await browser.post(f"/dashboard/anomalies/{anomaly_id}/acknowledge")
@@ -531,7 +549,7 @@ async def test_dead_letters_redrive_purge_and_anomalies(stack_factory: Callable[
         finally:
             await engine.dispose()
         overview = await browser.get("/dashboard/")
-        assert "<svg" in overview.text and "open anomalies" in overview.text
+        assert "<svg" in overview.text and '<span class="num">0</span> anomalies to look at' in overview.text  # acknowledged
 
 
 async def test_overview_counts_the_last_day(stack: Stack, signed_in: Callable[..., Any]) -> None:
@@ -547,6 +565,35 @@ async def test_overview_counts_the_last_day(stack: Stack, signed_in: Callable[..
         assert '<span class="num">2</span> events in 24 h' in text
         assert "2 of 2 finished deliveries succeeded" in text
         assert re.search(r"<title>\d\d:00 UTC: 2 events received</title>", text)
+
+
+async def test_the_overview_tiles_lead_to_what_they_count(stack_factory: Callable[..., Any]) -> None:
+    """Waiting is pending or retrying ("failed" to the API); the event count is of the tenant's
+    sources, not Hookgate's own notices; a disabled endpoint is no open circuit to look at."""
+    stack: Stack = await stack_factory(retry_schedule="0,3600", breaker_failure_threshold=1, breaker_min_volume=1)
+    tenant = await new_tenant(stack.client, "Acme")
+    browser = await browser_for(stack.client, stack.settings.database_url, tenant.id, "Acme")
+    async with Server(Script([(500, {}, 0.0)])) as receiver:
+        endpoint = await stack.endpoint(tenant, f"{receiver.url}/hook")
+        stripe = await stack.ingest(await new_source(stack.client, tenant))
+        assert (await browser.post(f"/dashboard/endpoints/{endpoint['id']}/test")).status_code == 303
+        await stack.settled(tenant, 2, status="failed")  # each tried once, retrying in an hour (or its circuit's probe)
+    overview = (await browser.get("/dashboard/")).text
+    assert '<span class="num">1</span> events in 24 h' in overview and '<span class="num">1</span> open circuits' in overview
+    backlog = int(re.search(r'<span class="num">(\d+)</span> deliveries waiting', overview).group(1))
+
+    def listed(html: str) -> set[str]:
+        return set(re.findall(r'href="/dashboard/events/([0-9a-f-]{36})"', html))
+
+    waiting = listed((await browser.get("/dashboard/events", status="waiting")).text)
+    retrying = listed((await browser.get("/dashboard/events", status="failed")).text)
+    assert stripe in retrying and retrying <= waiting and len(waiting) == backlog >= 2  # one delivery per event here
+    assert listed((await browser.get("/dashboard/events", window="24h", source_id="sources")).text) == {stripe}
+    notices = listed((await browser.get("/dashboard/events", source_id="hookgate")).text)  # the test event, the circuit's notice
+    assert notices and stripe not in notices and waiting - {stripe} <= notices
+
+    await browser.post(f"/dashboard/endpoints/{endpoint['id']}/enabled", {"enabled": "false"})
+    assert '<span class="num">0</span> open circuits' in (await browser.get("/dashboard/")).text
 
 
 async def test_a_teammate_joins_through_an_invitation(stack: Stack, signed_in: Callable[..., Any]) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Dialog, Page, async_playwright, expect
 from standardwebhooks.webhooks import Webhook
 
 from tests.support.processes import HOOKGATE, Process
@@ -115,6 +115,23 @@ async def test_newcomer_goes_from_nothing_to_a_delivered_replayed_and_redriven_e
             assert endpoint_secret.startswith("whsec_")
             await _shot(page, shots, "endpoint")
 
+            # stopping the previous secrets at once asks first: declined, nothing is rotated
+            asked: list[str] = []
+
+            async def decline(dialog: Dialog) -> None:
+                asked.append(dialog.message)
+                await dialog.dismiss()
+
+            page.on("dialog", decline)
+            await page.get_by_label("Stop signing with the previous secrets now").check()
+            await page.get_by_role("button", name="Rotate secret").click()
+            await wait_until(lambda: len(asked) == 1, what="the confirmation")
+            assert asked[0].startswith("Stop signing with the previous secrets now?")
+            page.remove_listener("dialog", decline)
+            await page.reload()
+            await page.get_by_role("button", name="Reveal secret").click()
+            await expect(page.locator(".secrets code")).to_have_text([endpoint_secret])
+
             # Stripe posts a signed event to the ingest URL
             event = stripe_event("charge_succeeded")
             body, headers = signed_stripe(event, stripe_secret)
@@ -176,6 +193,14 @@ async def test_newcomer_goes_from_nothing_to_a_delivered_replayed_and_redriven_e
             await _shot(page, shots, "overview")
             await page.get_by_role("link", name="API keys").click()
             await _shot(page, shots, "api-keys")
+
+            # times in the browser's own time zone
+            elsewhere = await browser.new_context(timezone_id="America/Los_Angeles", viewport=LAPTOP)
+            await elsewhere.add_cookies(await page.context.cookies())
+            there = await elsewhere.new_page()
+            await there.goto(f"http://127.0.0.1:{port}/dashboard/events")
+            await expect(there.locator("td time").first).to_have_text(re.compile(r"(PST|PDT|GMT-[78])$"))
+            await elsewhere.close()
 
             # the same pages on a phone
             phone = await browser.new_page(viewport=PHONE)

@@ -13,12 +13,27 @@
       });
     });
   });
-  // Confirm destructive actions.
-  document.querySelectorAll("[data-confirm]").forEach(function (element) {
-    var form = element.tagName === "FORM" ? element : element.form;
-    var check = function (event) { if (!window.confirm(element.dataset.confirm)) event.preventDefault(); };
-    if (element.tagName === "FORM") form.addEventListener("submit", check); else element.addEventListener("click", check);
+  // Confirm destructive actions: a form's or its submit button's data-confirm (data-confirm-if: only
+  // when that checkbox of the form is ticked). Delegated, so forms a live refresh brings are covered.
+  document.addEventListener("submit", function (event) {
+    var form = event.target, button = event.submitter;
+    var element = button && button.dataset.confirm ? button : (form.dataset.confirm ? form : null);
+    if (!element) return;
+    var only = element.dataset.confirmIf;
+    if (only && !(form.elements[only] && form.elements[only].checked)) return;
+    if (!window.confirm(element.dataset.confirm)) event.preventDefault();
   });
+  // Times in the browser's own time zone (without this file the page shows them in UTC, marked so).
+  var localTimes = function (root) {
+    root.querySelectorAll("time[datetime]").forEach(function (time) {
+      var at = new Date(time.getAttribute("datetime"));
+      if (isNaN(at)) return;
+      time.textContent = at.toLocaleString(undefined, {
+        year: "numeric", month: "short", day: "2-digit", hour: "2-digit", minute: "2-digit", second: "2-digit", timeZoneName: "short"
+      });
+    });
+  };
+  localTimes(document);
   // Live refresh: re-fetch the page and swap the marked region, unless the user is typing or has ticked boxes.
   document.querySelectorAll("[data-refresh]").forEach(function (region, index) {
     var seconds = parseInt(region.dataset.refresh, 10) || 10;
@@ -29,7 +44,9 @@
       }).then(function (html) {
         if (!html) return;
         var fresh = new DOMParser().parseFromString(html, "text/html").querySelectorAll("[data-refresh]")[index];
-        if (fresh) region.innerHTML = fresh.innerHTML;
+        if (!fresh) return;
+        region.innerHTML = fresh.innerHTML;
+        localTimes(region);
       }).catch(function () {});
     }, seconds * 1000);
   });

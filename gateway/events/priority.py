@@ -33,8 +33,10 @@ def patterns_error(patterns: Sequence[str]) -> str | None:
     """What is wrong with a list of type patterns (``*``, exact types, prefixes such as ``invoice.*``:
     the only ones ``matches`` and ``matching`` know), or None. Control characters are refused: one
     NUL reaches the SQL that matches every tenant's filters in one statement, and fails it."""
-    if not 1 <= len(patterns) <= MAX_PATTERNS:
-        return f"1 to {MAX_PATTERNS} patterns are allowed"
+    if not patterns:
+        return "give at least one event type, or * for every type"
+    if len(patterns) > MAX_PATTERNS:
+        return f"at most {MAX_PATTERNS} patterns are allowed"
     for pattern in patterns:
         if not 1 <= len(pattern) <= MAX_PATTERN_LENGTH:
             return f"each event type must be 1 to {MAX_PATTERN_LENGTH} characters long"
