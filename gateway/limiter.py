@@ -103,6 +103,8 @@ class MemoryLimiter:
         interval, tolerance = _gcra(rate)
         now = round(self._clock() * _MICROS)
         tat = max(self._tat.get(key, now), now)
+        if tat > now + tolerance + interval:  # left by a slower rate: see _HIT_LUA
+            tat = self._tat[key] = now + tolerance + interval
         wait = tat - tolerance - now
         decision = Decision(allowed=False, retry_after=wait / _MICROS) if wait > 0 else _ALLOWED
         if decision.allowed:
@@ -147,6 +149,13 @@ local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
 -- absent or past TAT: the key is idle
 local tat = math.max(tonumber(redis.call('GET', KEYS[1])) or now, now)
+-- A TAT beyond now + tolerance + interval was stored under a slower rate (the limit was raised
+-- since): at this rate no TAT is ever further out, so the key is set to that, as if its burst had
+-- just been spent, instead of owing the old rate's debt for minutes.
+if tat > now + tolerance + interval then
+  tat = now + tolerance + interval
+  redis.call('SET', KEYS[1], tat, 'PX', math.ceil((tat - now) / 1000))
+end
 local slack = now + tolerance - tat
 local allowed = 0
 if slack >= 0 then

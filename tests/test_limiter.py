@@ -65,6 +65,17 @@ async def test_keys_are_independent(env: _Env) -> None:
     assert await _hits(env, "b", 4) == [True, True, True, False]
 
 
+async def test_a_raised_limit_applies_at_once(env: _Env) -> None:
+    """The debt a slow rate left (its TAT far ahead) is not owed at the new, faster rate: the key
+    waits at most one of the new intervals, as if its new burst had just been spent."""
+    slow, fast = Rate(per_second=0.01, burst=50), Rate(per_second=1000, burst=500)
+    assert [(await env.limiter.hit("k", slow)).allowed for _ in range(51)] == [True] * 50 + [False]  # owes ~100 s
+    raised = await env.limiter.hit("k", fast)
+    assert raised.allowed or raised.retry_after <= 1 / fast.per_second + 0.01
+    await env.advance(0.05)
+    assert (await env.limiter.hit("k", fast)).allowed
+
+
 def test_rate_rejects_nonsense() -> None:
     with pytest.raises(ValueError):
         Rate(per_second=0, burst=1)
