@@ -162,6 +162,64 @@ async def test_redrive_retries_exactly_the_dead_letters_once_the_receiver_recove
         assert unknown.status_code == 404
 
 
+async def test_a_redrive_skips_a_dead_letter_whose_event_a_replay_has_delivered(stack_factory) -> None:  # type: ignore[no-untyped-def]
+    """Replayed and delivered under a new webhook-id, the event is no longer its dead letter's to
+    send: reviving that one too would have the receiver process the event twice."""
+    stack: Stack = await stack_factory(retry_schedule="0,0.2")
+    tenant = await new_tenant(stack.client)
+    source = await new_source(stack.client, tenant)
+    down = Script([(500, {}, 0.0)])
+    async with Server(down) as receiver:
+        endpoint = await stack.endpoint(tenant, receiver.url)
+        replayed, other = stripe_event("charge_dispute_created"), stripe_event("invoice_paid")
+        replayed_id = await stack.ingest(source, replayed)
+        await stack.ingest(source, other)
+        await stack.settled(tenant, 2, status="dead")
+        down.answers = [(200, {}, 0.0)]
+        tried = len(receiver.requests)
+        assert (await stack.client.post(f"/api/v1/events/{replayed_id}/replay", headers=tenant.auth)).status_code == 202
+        await stack.settled(tenant, 1)
+
+        response = await stack.client.post("/api/v1/deliveries/redrive", json={"endpoint_id": endpoint["id"]}, headers=tenant.auth)
+        job = await _finished(stack, tenant, response.json()["id"])
+        assert (job["total"], job["done"], job["skipped"]) == (2, 2, 1)
+        await stack.settled(tenant, 2)
+        assert sorted(_payload_ids(receiver)[tried:]) == sorted([replayed["id"], other["id"]])  # each once since the fix
+
+
+async def test_a_replay_that_joined_a_job_s_delivery_outlives_the_job_s_cancel(stack_factory) -> None:  # type: ignore[no-untyped-def]
+    """A single replay answered with a bulk job's waiting delivery owns it from then on: cancelling
+    the job withdraws its other untried deliveries, not the one that replay promised."""
+    stack: Stack = await stack_factory(replay_batch_size=20, replay_max_in_flight=20, delivery_concurrency=2)
+    tenant = await new_tenant(stack.client)
+    source = await new_source(stack.client, tenant)
+    start = utcnow() - timedelta(hours=1)
+    await add_events(
+        stack.settings.database_url, uuid.UUID(tenant.id), uuid.UUID(source["id"]),
+        [("charge.succeeded", start + timedelta(seconds=i)) for i in range(100)],
+    )
+    async with Server(Script([(200, {}, 0.5)])) as slow:
+        await stack.endpoint(tenant, slow.url)
+        created = (await stack.client.post("/api/v1/replays", json={"since": start.isoformat()}, headers=tenant.auth)).json()
+        await wait_until(lambda: len(slow.requests) >= 2, timeout=30, what="the replay to start")
+        waiting = await stack.deliveries(tenant, replay_job_id=created["id"], status="pending")
+        last = max(waiting, key=lambda row: row["created_at"])  # the last in the queue: not leased yet
+        replayed = await stack.client.post(f"/api/v1/events/{last['event_id']}/replay", headers=tenant.auth)
+        [joined] = replayed.json()["deliveries"]
+        assert joined["id"] == last["id"]
+
+        cancelled = await stack.client.post(f"/api/v1/replays/{created['id']}/cancel", headers=tenant.auth)
+        assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+        kept = await stack.client.get(f"/api/v1/deliveries/{joined['id']}", headers=tenant.auth)
+        assert kept.status_code == 200 and kept.json()["replay_job_id"] is None
+        for _ in range(300):  # it is still on its way: delivered, as the replay's 202 said
+            status = (await stack.client.get(f"/api/v1/deliveries/{joined['id']}", headers=tenant.auth)).json()["status"]
+            if status == "succeeded":
+                break
+            await asyncio.sleep(0.1)
+        assert status == "succeeded"
+
+
 async def test_only_failed_replays_just_the_events_whose_delivery_died(stack_factory) -> None:  # type: ignore[no-untyped-def]
     stack: Stack = await stack_factory(retry_schedule="0")
     tenant = await new_tenant(stack.client)

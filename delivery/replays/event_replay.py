@@ -41,7 +41,8 @@ async def replay_event(session: AsyncSession, event: Event, endpoint_ids: list[u
 
 async def join_waiting(session: AsyncSession, pairs: Collection[tuple[uuid.UUID, uuid.UUID]]) -> dict[tuple[uuid.UUID, uuid.UUID], uuid.UUID]:
     """Make the waiting (open, unleased) deliveries of these (event, endpoint) pairs due now with a
-    fresh retry schedule; returns them by pair."""
+    fresh retry schedule; returns them by pair. A joined delivery leaves the replay job that queued
+    it: the caller was promised it, so cancelling that job must not withdraw it."""
     now = utcnow()
     rows = await session.execute(
         update(Delivery)
@@ -50,7 +51,7 @@ async def join_waiting(session: AsyncSession, pairs: Collection[tuple[uuid.UUID,
             Delivery.status.in_(OPEN_STATUSES),
             unleased(now),
         )
-        .values(next_attempt_at=now, retry_offset=Delivery.attempt_count)
+        .values(next_attempt_at=now, retry_offset=Delivery.attempt_count, replay_job_id=None)
         .returning(Delivery.event_id, Delivery.endpoint_id, Delivery.id)
         .execution_options(synchronize_session=False)
     )

@@ -64,7 +64,7 @@ def replay_events(job: ReplayJob) -> Select[Any]:
 def dead_letters(job: ReplayJob) -> Select[Any]:
     """Exactly the dead deliveries a redrive was asked for: dead when it was created, in its filters."""
     query = (
-        select(Delivery.id, Delivery.endpoint_id, Delivery.created_at)
+        select(Delivery.id, Delivery.event_id, Delivery.endpoint_id, Delivery.created_at)
         .where(Delivery.tenant_id == job.tenant_id, Delivery.status == DEAD, Delivery.completed_at <= job.created_at)
         .order_by(Delivery.created_at, Delivery.id)
     )
@@ -113,7 +113,9 @@ async def replay_batch(session: AsyncSession, job: ReplayJob, limit: int) -> Non
 
 async def redrive_batch(session: AsyncSession, job: ReplayJob, limit: int) -> None:
     """Revive the next ``limit`` dead letters in place: same delivery, same webhook-id (the receiver
-    never acknowledged it), a fresh retry schedule. Those whose endpoint is gone are skipped."""
+    never acknowledged it), a fresh retry schedule. Skipped: those whose endpoint is gone, and those
+    whose event another delivery to that endpoint has since delivered or is retrying (a replay):
+    reviving them would send the event again under another webhook-id than the one it arrived by."""
     letters = (await session.execute(_after(dead_letters(job), Delivery.created_at, Delivery.id, job).limit(limit))).all()
     if not letters:
         _complete(job)
@@ -127,7 +129,12 @@ async def redrive_batch(session: AsyncSession, job: ReplayJob, limit: int) -> No
             )
         )
     )
-    revive = [letter.id for letter in letters if letter.endpoint_id in live]
+    statuses = await _statuses(session, [(letter.event_id, letter.endpoint_id) for letter in letters])
+    revive = [
+        letter.id
+        for letter in letters
+        if letter.endpoint_id in live and not statuses[(letter.event_id, letter.endpoint_id)] & _SETTLED_OR_OPEN
+    ]
     if revive:
         await session.execute(
             update(Delivery)
@@ -198,22 +205,30 @@ async def _targets(session: AsyncSession, job: ReplayJob) -> list[Endpoint]:
     return [endpoint]
 
 
-async def _still_dead(session: AsyncSession, pairs: list[tuple[Any, uuid.UUID]]) -> list[tuple[Any, uuid.UUID]]:
-    """``only_failed``: pairs whose delivery died and that no other delivery has since settled or is retrying."""
+_SETTLED_OR_OPEN = frozenset({SUCCEEDED, *OPEN_STATUSES})
+
+
+async def _statuses(session: AsyncSession, pairs: list[tuple[uuid.UUID, uuid.UUID]]) -> dict[tuple[uuid.UUID, uuid.UUID], set[str]]:
+    """The statuses of every delivery of these (event, endpoint) pairs."""
     statuses: dict[tuple[uuid.UUID, uuid.UUID], set[str]] = defaultdict(set)
     rows = await session.execute(
         select(Delivery.event_id, Delivery.endpoint_id, Delivery.status).where(
-            Delivery.event_id.in_({event.id for event, _ in pairs}),
+            Delivery.event_id.in_({event_id for event_id, _ in pairs}),
             Delivery.endpoint_id.in_({endpoint_id for _, endpoint_id in pairs}),
         )
     )
     for event_id, endpoint_id, status in rows:
         statuses[(event_id, endpoint_id)].add(status)
-    settled_or_open = {SUCCEEDED, *OPEN_STATUSES}
+    return statuses
+
+
+async def _still_dead(session: AsyncSession, pairs: list[tuple[Any, uuid.UUID]]) -> list[tuple[Any, uuid.UUID]]:
+    """``only_failed``: pairs whose delivery died and that no other delivery has since settled or is retrying."""
+    statuses = await _statuses(session, [(event.id, endpoint_id) for event, endpoint_id in pairs])
     return [
         (event, endpoint_id)
         for event, endpoint_id in pairs
-        if DEAD in statuses[(event.id, endpoint_id)] and not statuses[(event.id, endpoint_id)] & settled_or_open
+        if DEAD in statuses[(event.id, endpoint_id)] and not statuses[(event.id, endpoint_id)] & _SETTLED_OR_OPEN
     ]
 
 
