@@ -4,9 +4,11 @@ worker (or the embedded dispatcher) doing the batches, progress read back throug
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections import Counter
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -40,6 +42,27 @@ async def _finished(stack: Stack, tenant: TenantHandle, job_id: str, timeout: fl
         assert asyncio.get_running_loop().time() < deadline, f"job still {job['status']}: {job}"
         await asyncio.sleep(0.1)
     return job
+
+
+@contextlib.asynccontextmanager
+async def _slow_replay(
+    stack_factory: Any, *, events: int, delay: float, concurrency: int, started: int
+) -> AsyncIterator[tuple[Stack, TenantHandle, Server, dict[str, Any]]]:
+    """A replay job over ``events`` stored events, under way to a receiver answering in ``delay``
+    seconds, paced by 20 in flight."""
+    stack: Stack = await stack_factory(replay_batch_size=20, replay_max_in_flight=20, delivery_concurrency=concurrency)
+    tenant = await new_tenant(stack.client)
+    source = await new_source(stack.client, tenant)
+    start = utcnow() - timedelta(hours=1)
+    await add_events(
+        stack.settings.database_url, uuid.UUID(tenant.id), uuid.UUID(source["id"]),
+        [("charge.succeeded", start + timedelta(seconds=i)) for i in range(events)],
+    )
+    async with Server(Script([(200, {}, delay)])) as slow:
+        await stack.endpoint(tenant, slow.url)
+        created = (await stack.client.post("/api/v1/replays", json={"since": start.isoformat()}, headers=tenant.auth)).json()
+        await wait_until(lambda: len(slow.requests) >= started, timeout=30, what="the replay to start")
+        yield stack, tenant, slow, created
 
 
 async def test_bulk_replay_delivers_exactly_the_window_and_types(stack_factory) -> None:  # type: ignore[no-untyped-def]
@@ -87,18 +110,7 @@ async def test_bulk_replay_delivers_exactly_the_window_and_types(stack_factory) 
 
 
 async def test_a_replay_can_be_cancelled_and_withdraws_what_it_has_not_sent(stack_factory) -> None:  # type: ignore[no-untyped-def]
-    stack: Stack = await stack_factory(replay_batch_size=20, replay_max_in_flight=20, delivery_concurrency=4)
-    tenant = await new_tenant(stack.client)
-    source = await new_source(stack.client, tenant)
-    start = utcnow() - timedelta(hours=1)
-    await add_events(
-        stack.settings.database_url, uuid.UUID(tenant.id), uuid.UUID(source["id"]),
-        [("charge.succeeded", start + timedelta(seconds=i)) for i in range(400)],
-    )
-    async with Server(Script([(200, {}, 0.05)])) as slow:
-        await stack.endpoint(tenant, slow.url)
-        created = (await stack.client.post("/api/v1/replays", json={"since": start.isoformat()}, headers=tenant.auth)).json()
-        await wait_until(lambda: len(slow.requests) >= 30, timeout=30, what="the replay to start")
+    async with _slow_replay(stack_factory, events=400, delay=0.05, concurrency=4, started=30) as (stack, tenant, slow, created):
 
         cancelled = await stack.client.post(f"/api/v1/replays/{created['id']}/cancel", headers=tenant.auth)
         assert cancelled.status_code == 200, cancelled.text
@@ -190,18 +202,7 @@ async def test_a_redrive_skips_a_dead_letter_whose_event_a_replay_has_delivered(
 async def test_a_replay_that_joined_a_job_s_delivery_outlives_the_job_s_cancel(stack_factory) -> None:  # type: ignore[no-untyped-def]
     """A single replay answered with a bulk job's waiting delivery owns it from then on: cancelling
     the job withdraws its other untried deliveries, not the one that replay promised."""
-    stack: Stack = await stack_factory(replay_batch_size=20, replay_max_in_flight=20, delivery_concurrency=2)
-    tenant = await new_tenant(stack.client)
-    source = await new_source(stack.client, tenant)
-    start = utcnow() - timedelta(hours=1)
-    await add_events(
-        stack.settings.database_url, uuid.UUID(tenant.id), uuid.UUID(source["id"]),
-        [("charge.succeeded", start + timedelta(seconds=i)) for i in range(100)],
-    )
-    async with Server(Script([(200, {}, 0.5)])) as slow:
-        await stack.endpoint(tenant, slow.url)
-        created = (await stack.client.post("/api/v1/replays", json={"since": start.isoformat()}, headers=tenant.auth)).json()
-        await wait_until(lambda: len(slow.requests) >= 2, timeout=30, what="the replay to start")
+    async with _slow_replay(stack_factory, events=100, delay=0.5, concurrency=2, started=2) as (stack, tenant, slow, created):
         waiting = await stack.deliveries(tenant, replay_job_id=created["id"], status="pending")
         last = max(waiting, key=lambda row: row["created_at"])  # the last in the queue: not leased yet
         replayed = await stack.client.post(f"/api/v1/events/{last['event_id']}/replay", headers=tenant.auth)
