@@ -42,6 +42,10 @@ _log = logging.getLogger("hookgate.delivery")
 _OUTCOME_BATCH = 200
 _OUTCOME_COMMITS = 1
 _SHARED_STATE_ERRORS = (RedisError, OSError)
+# A rate-limited endpoint's refused deliveries return one interval apart, up to this far ahead (a
+# longer backlog comes back in waves of this length: a newer, more urgent event waits at most this).
+_SPREAD_SECONDS = 30.0
+_RETURNS_KEPT = 10_000
 
 
 class DeliveryEngine:
@@ -71,6 +75,7 @@ class DeliveryEngine:
         self._default_cap = settings.tenant_delivery_concurrency
         # Slots of this worker that tenants over their concurrency cap may not borrow.
         self._reserve = max(1, settings.delivery_concurrency // 8)
+        self._returns: dict[uuid.UUID, float] = {}  # per rate-limited endpoint: when its next refused delivery returns
 
     async def fan_out_pending(self, older_than: float = 0.0) -> int:
         """The sweeper's half for events: fan out whatever was stored but not fanned out; returns how many events."""
@@ -156,12 +161,24 @@ class DeliveryEngine:
             if job.rate:
                 decision = await self._limiter.hit(f"ep:{job.endpoint_id}", Rate(job.rate, max(1, int(job.rate))))
                 if not decision.allowed:
-                    return time.time() + decision.retry_after
+                    return self._queued_after(job, time.time() + decision.retry_after)
             retry_at = await self._breaker.acquire(str(job.endpoint_id))
         except _SHARED_STATE_ERRORS:
             _log.warning("breaker/limiter unreachable; sending without them", exc_info=True)
             return None
         return retry_at
+
+    def _queued_after(self, job: Job, earliest: float) -> float:
+        """When a delivery the endpoint's rate limit refused comes back: one interval after the last
+        one this worker sent back (at most ``_SPREAD_SECONDS`` ahead). All at ``earliest``, a backlog
+        returned every interval to be claimed and postponed whole again: thousands of row updates a
+        second to send one request a second, at every other tenant's expense."""
+        now = time.time()
+        if len(self._returns) > _RETURNS_KEPT:
+            self._returns = {endpoint: at for endpoint, at in self._returns.items() if at > now}
+        slot = min(max(earliest, self._returns.get(job.endpoint_id, 0.0)), now + _SPREAD_SECONDS)
+        self._returns[job.endpoint_id] = slot + 1 / (job.rate or 1)
+        return slot
 
     async def _report(self, job: Job, ok: bool) -> str | None:
         """Tell the breaker; an unreachable one must not stop the outcome from being recorded."""

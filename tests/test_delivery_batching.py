@@ -274,7 +274,9 @@ async def test_two_workers_writing_outcomes_of_the_same_deliveries_number_attemp
     assert all(d.attempt_count == 2 for d in deliveries.values())
 
 
-async def test_rate_limited_deliveries_wait_together_without_spending_attempts(worker: _Worker) -> None:
+async def test_rate_limited_deliveries_wait_their_turn_without_spending_attempts(worker: _Worker) -> None:
+    """Sent back one interval apart (at the endpoint's rate), not all at once: together, the whole
+    backlog came back every interval to be claimed and postponed again."""
     async with Server(Script()) as receiver:
         endpoint = await worker.endpoint(receiver.url)
         async with worker.runtime.sessions() as session, session.begin():
@@ -290,6 +292,25 @@ async def test_rate_limited_deliveries_wait_together_without_spending_attempts(w
     assert len(waiting) == 19 and await worker.attempts_by_delivery() == {next(d for d in claimed if d not in {w.id for w in waiting}): 1}
     now = utcnow()
     assert all(d.attempt_count == 0 and d.locked_until is None and d.next_attempt_at > now for d in waiting)
+    returns = sorted(d.next_attempt_at for d in waiting)
+    gaps = [(later - earlier).total_seconds() for earlier, later in itertools.pairwise(returns)]
+    assert all(0.9 < gap < 1.1 for gap in gaps) and (returns[-1] - now).total_seconds() < 20  # 1/s: the rate
+
+
+async def test_a_long_rate_limited_backlog_returns_no_further_out_than_the_spread(worker: _Worker) -> None:
+    """At one request per 10 s, twenty refused deliveries would stretch over minutes: they come back
+    within 30 s (then wave by wave), so a newer, more urgent event of that endpoint is not queued behind all of them."""
+    async with Server(Script()) as receiver:
+        endpoint = await worker.endpoint(receiver.url)
+        async with worker.runtime.sessions() as session, session.begin():
+            await session.execute(update(Endpoint).where(Endpoint.id == endpoint[1]).values(rate_limit_per_second=0.1))
+        claim = await worker.claimed(endpoint, 20)
+        await asyncio.gather(*(worker.engine.attempt(job) for job in claim.jobs))
+    now = utcnow()
+    returns = sorted(d.next_attempt_at for d in (await worker.deliveries(claim.ids)).values() if d.status == "pending")
+    assert len(returns) == 19 and (returns[2] - returns[1]).total_seconds() == pytest.approx(10, abs=0.2)
+    assert 29 < (returns[-1] - now).total_seconds() <= 30.5
+    assert (returns[-1] - returns[3]).total_seconds() < 0.5  # from the fourth on, at the spread's end: the next wave
 
 
 class _CountedClaims:
