@@ -55,11 +55,11 @@ def _dev(args: argparse.Namespace) -> None:
         "Hookgate is running in embedded mode (SQLite, no Redis).\n"
         f"  API:          {settings.public_url}/api/v1   (OpenAPI: {settings.public_url}/schema)\n"
         f"  operator key: {info.operator_key}\n"
-        f"  tenant key:   {info.api_key}\n"
+        f"  tenant key:   {info.api_key}   (tenant {info.tenant_id})\n"
         f"  ingest URL:   {info.ingest_url}\n"
         f"  dashboard:    {settings.public_url}/dashboard/login   (user {info.dashboard_email}, password {info.dashboard_password})\n"
         f"  Stripe secret (whsec_): {info.source_secret}\n"
-        f"  data:         {Path(args.data_dir).resolve()}\n",
+        f"  data:         {Path(args.data_dir).resolve()}   (other hookgate commands: HOOKGATE_DATABASE_URL={settings.database_url})\n",
         flush=True,
     )
     _granian(settings, args.host, args.port, 1)

@@ -27,6 +27,7 @@ from tenants.sources.service import SourceService
 
 @dataclass(frozen=True)
 class DevInfo:
+    tenant_id: str
     operator_key: str
     api_key: str
     ingest_url: str
@@ -89,6 +90,7 @@ async def _demo(settings: Settings, demo_file: Path) -> DevInfo:
             if await session.scalar(select(User.id).where(User.email == DEMO_EMAIL)) is None:
                 await create_user(session, source.tenant_id, DEMO_EMAIL, password)
             return DevInfo(
+                tenant_id=demo["tenant_id"],
                 operator_key=settings.operator_key,
                 api_key=demo["api_key"],
                 ingest_url=service.shape(source).ingest_url,

@@ -6,6 +6,8 @@ the same place by ``hookgate settings``, so the documentation cannot drift from 
 
 from __future__ import annotations
 
+import difflib
+import logging
 import os
 from functools import lru_cache
 from ipaddress import IPv4Network, IPv6Network, ip_network
@@ -14,6 +16,7 @@ from typing import Annotated, Literal
 import msgspec
 
 _PREFIX = "HOOKGATE_"
+_log = logging.getLogger("hookgate.settings")
 
 
 def _doc(text: str) -> msgspec.Meta:
@@ -263,9 +266,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return tuple(float(part) for part in self.retry_schedule.split(",") if part.strip())
 
 
+# HOOKGATE_* variables that are not settings: read by one command or by the test suite.
+_NOT_SETTINGS = frozenset({"USER_PASSWORD", "TEST_DATABASE_URL", "TEST_REDIS_URL", "FAULT_REPORT"})
+
+
 def settings_from_env(environ: dict[str, str] | os._Environ[str] = os.environ) -> Settings:
-    """Build settings from ``HOOKGATE_*`` variables; strings are coerced to the field types."""
+    """Build settings from ``HOOKGATE_*`` variables; strings are coerced to the field types. A
+    ``HOOKGATE_*`` variable that is no setting is warned about (a typo would otherwise leave the
+    default in force without a word), not refused: the Helm chart's schema refuses them."""
     fields = {name for name in Settings.__struct_fields__}
+    for key in environ:
+        name = key[len(_PREFIX):]
+        if key.startswith(_PREFIX) and name.lower() not in fields and name not in _NOT_SETTINGS:
+            close = difflib.get_close_matches(name.lower(), fields, n=1)
+            hint = f" (did you mean {_PREFIX}{close[0].upper()}?)" if close else ""
+            _log.warning("%s is not a Hookgate setting%s: it is ignored", key, hint)
     raw = {
         key[len(_PREFIX):].lower(): value
         for key, value in environ.items()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import sqlite3
 import stat
+import subprocess
 from contextlib import closing
 from pathlib import Path
 
@@ -38,6 +40,14 @@ def test_dev_mode_end_to_end(tmp_path: Path) -> None:
         operator, demo_key = _printed(out, "operator key:"), _printed(out, "tenant key:")
         demo_url, demo_secret = _printed(out, "ingest URL:"), _printed(out, "Stripe secret (whsec_):")
         assert demo_url.startswith(f"{base}/ingest/") and demo_secret.startswith("whsec_")
+        # the README's "users create" beside dev works with what dev prints: the tenant and the database
+        tenant_id, database = _printed(out, "(tenant").rstrip(")"), _printed(out, "(other hookgate commands:").rstrip(")")
+        created = subprocess.run(
+            [*HOOKGATE, "users", "create", "--tenant", tenant_id, "--email", "ana@example.com"],
+            env={**os.environ, database.split("=", 1)[0]: database.split("=", 1)[1], "HOOKGATE_USER_PASSWORD": "a long enough password"},
+            capture_output=True, text=True, timeout=60, check=False,
+        )
+        assert created.returncode == 0, created.stderr
 
         with httpx.Client(base_url=base, timeout=10) as http:
             # the printed demo source accepts a Stripe-signed charge.succeeded

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,15 @@ def test_environment_values_are_typed() -> None:
         {"HOOKGATE_MAX_BODY_BYTES": "2048", "HOOKGATE_ALLOW_PRIVATE_ENDPOINTS": "true", "OTHER": "x", "HOOKGATE_UNKNOWN": "1"}
     )
     assert settings.max_body_bytes == 2048 and settings.allow_private_endpoints is True
+
+
+def test_a_misspelt_variable_is_warned_about_with_the_likely_name(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="hookgate.settings")
+    settings = settings_from_env({"HOOKGATE_DELIVERY_TIMEOUTS": "99", "HOOKGATE_USER_PASSWORD": "x", "HOOKGATE_LOG_LEVEL": "info"})
+    assert settings.delivery_timeout != 99  # ignored, as before, but no longer silently:
+    assert [record.getMessage() for record in caplog.records] == [
+        "HOOKGATE_DELIVERY_TIMEOUTS is not a Hookgate setting (did you mean HOOKGATE_DELIVERY_TIMEOUT?): it is ignored"
+    ]
 
 
 def test_a_bad_value_stops_with_its_name() -> None:
