@@ -105,6 +105,10 @@ class Breaker(Protocol):
         """Up to ``limit`` endpoints whose breaker is open or half-open."""
         ...
 
+    async def open_since(self, endpoint_id: str) -> float | None:
+        """Unix time the endpoint's circuit last left closed; None while it is closed."""
+        ...
+
     async def reset(self, endpoint_id: str) -> None: ...
 
 
@@ -115,6 +119,7 @@ class _Circuit:
     consecutive: int = 0
     retry_at: float | None = None
     buckets: dict[int, list[int]] = field(default_factory=dict)  # index -> [results, failures]
+    opened_at: float | None = None
 
 
 class MemoryBreaker:
@@ -165,7 +170,7 @@ class MemoryBreaker:
             results >= config.min_volume and failures / results >= config.failure_ratio
         ):
             self._circuits[endpoint_id] = _Circuit(
-                config.cooldown, "open", circuit.consecutive, now + config.cooldown
+                config.cooldown, "open", circuit.consecutive, now + config.cooldown, opened_at=now
             )
             return "opened"
         return None
@@ -176,6 +181,10 @@ class MemoryBreaker:
 
     async def open_circuits(self, limit: int) -> list[str]:
         return [endpoint_id for endpoint_id, circuit in self._circuits.items() if circuit.state != "closed"][:limit]
+
+    async def open_since(self, endpoint_id: str) -> float | None:
+        circuit = self._circuits.get(endpoint_id)
+        return circuit.opened_at if circuit is not None else None
 
     async def reset(self, endpoint_id: str) -> None:
         self._circuits.pop(endpoint_id, None)
@@ -415,6 +424,10 @@ class RedisBreaker:
         if isinstance(reply, Exception):
             raise reply
         return [_text(endpoint) for endpoint in reply]
+
+    async def open_since(self, endpoint_id: str) -> float | None:
+        opened = await self._redis.zscore(self._open_key, endpoint_id)  # scored when it opened (Redis TIME)
+        return float(opened) if opened is not None else None
 
     async def reset(self, endpoint_id: str) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:

@@ -24,7 +24,8 @@ from delivery import gauges
 from delivery.breaker import Breaker
 from delivery.claim import Claimed, fair_claim
 from delivery.fanout import STRANDED_BATCH, fan_out_rung, fan_out_stranded
-from delivery.jobs import Job, JobReader
+from delivery.jobs import Job, JobReader, finish_waiting
+from delivery.operational import disable_endpoint
 from delivery.outcomes import Outcome, OutcomeWriter, Postponements
 from delivery.sender import DeliveryClient, SendResult, send
 from delivery.signing import webhook_headers
@@ -46,6 +47,7 @@ _SHARED_STATE_ERRORS = (RedisError, OSError)
 # longer backlog comes back in waves of this length: a newer, more urgent event waits at most this).
 _SPREAD_SECONDS = 30.0
 _RETURNS_KEPT = 10_000
+_AGE_CHECK_SECONDS = 30.0
 
 
 class DeliveryEngine:
@@ -76,6 +78,7 @@ class DeliveryEngine:
         # Slots of this worker that tenants over their concurrency cap may not borrow.
         self._reserve = max(1, settings.delivery_concurrency // 8)
         self._returns: dict[uuid.UUID, float] = {}  # per rate-limited endpoint: when its next refused delivery returns
+        self._opened: dict[uuid.UUID, tuple[float, float | None]] = {}  # per endpoint: (ask again after, open since)
 
     async def fan_out_pending(self, older_than: float = 0.0) -> int:
         """The sweeper's half for events: fan out whatever was stored but not fanned out; returns how many events."""
@@ -118,7 +121,8 @@ class DeliveryEngine:
         """One attempt of a claimed delivery (or a wait, when its breaker or rate limit says so)."""
         retry_at = await self._gate(job)
         if retry_at is not None:
-            await self._waits.postpone(job.delivery_id, datetime.fromtimestamp(retry_at, UTC), job.leased_until)  # spends no attempt
+            if not await self._given_up(job):
+                await self._waits.postpone(job.delivery_id, datetime.fromtimestamp(retry_at, UTC), job.leased_until)  # spends no attempt
             return
         with self._span(job) as span:
             started = utcnow()
@@ -167,6 +171,40 @@ class DeliveryEngine:
             _log.warning("breaker/limiter unreachable; sending without them", exc_info=True)
             return None
         return retry_at
+
+    async def _given_up(self, job: Job) -> bool:
+        """Whether the endpoint's circuit has stayed open past ``endpoint_disable_after_open_seconds``:
+        then the endpoint is disabled (``endpoint.disabled``, as Svix disables an endpoint that failed
+        for days) and its waiting deliveries are made dead, this one included. Held back without
+        spending attempts, they would otherwise wait for ever, one probe per cool-down, and never
+        reach the dead letters. Deliveries other workers hold end at their next claim."""
+        limit = self._settings.endpoint_disable_after_open_seconds
+        since = await self._open_since(job.endpoint_id) if limit else None
+        if since is None or time.time() - since < limit:
+            return False
+        opened = datetime.fromtimestamp(since, UTC).isoformat(timespec="seconds")
+        why = f"endpoint disabled: its circuit was open from {opened}, longer than {limit:g} s"
+        async with self._sessions() as session, session.begin():
+            await disable_endpoint(session, job.tenant_id, job.endpoint_id, f"circuit open since {opened}")
+            dead = await finish_waiting(session, job.endpoint_id, job.delivery_id, why)
+        for _ in dead:
+            labelled(DELIVERIES, str(job.tenant_id), DEAD).inc()
+        return True
+
+    async def _open_since(self, endpoint_id: uuid.UUID) -> float | None:
+        """The breaker's ``open_since``, asked at most every ``_AGE_CHECK_SECONDS`` per endpoint: it is
+        a round trip, and every held-back delivery asks."""
+        now = time.monotonic()
+        known = self._opened.get(endpoint_id)
+        if known is None or known[0] < now:
+            try:
+                since = await self._breaker.open_since(str(endpoint_id))
+            except _SHARED_STATE_ERRORS:
+                return None
+            if len(self._opened) > _RETURNS_KEPT:
+                self._opened = {endpoint: entry for endpoint, entry in self._opened.items() if entry[0] >= now}
+            known = self._opened[endpoint_id] = (now + _AGE_CHECK_SECONDS, since)
+        return known[1]
 
     def _queued_after(self, job: Job, earliest: float) -> float:
         """When a delivery the endpoint's rate limit refused comes back: one interval after the last

@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, Select, TableClause, and_, bindparam, column, select, table, update
+from sqlalchemy import ColumnElement, Row, Select, TableClause, and_, bindparam, column, or_, select, table, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.database import UTCDateTime, among, utcnow
 from gateway.events.models import DEAD, OPEN_STATUSES, Delivery, Event
+from gateway.events.repository import unleased
 from tenants.crypto import SecretBox
 from tenants.endpoints.models import Endpoint, EndpointSecret
 
@@ -120,7 +121,7 @@ class JobReader:
             stopped[_UNREADABLE].extend(lost)
             for delivery_id in lost:
                 del live[delivery_id]
-        dead = [tenant_id for why, ids in stopped.items() for tenant_id in await _finish_dead(session, list(dict.fromkeys(ids)), why)]
+        dead = [tenant_id for why, ids in stopped.items() for tenant_id in await _finish_dead(session, _d.c.id.in_(set(ids)), why)]
         return Read(dead=dead, jobs=[
             Job(
                 delivery_id=row.id,
@@ -153,12 +154,18 @@ def _newest_first(secrets: list[tuple[datetime, str]]) -> list[str]:
     return [plaintext for _, plaintext in sorted(secrets, key=lambda secret: secret[0], reverse=True)]
 
 
-async def _finish_dead(session: AsyncSession, delivery_ids: list[uuid.UUID], why: str) -> list[uuid.UUID]:
-    """Make these deliveries dead; the tenant of each one this did end."""
+async def finish_waiting(session: AsyncSession, endpoint_id: uuid.UUID, held: uuid.UUID, why: str) -> list[uuid.UUID]:
+    """Make dead the endpoint's open deliveries no worker holds, and ``held`` (the caller's own);
+    the tenant of each one this ended."""
+    return await _finish_dead(session, and_(_d.c.endpoint_id == endpoint_id, or_(_d.c.id == held, unleased(utcnow()))), why)
+
+
+async def _finish_dead(session: AsyncSession, which: ColumnElement[bool], why: str) -> list[uuid.UUID]:
+    """Make the open deliveries ``which`` selects dead; the tenant of each one this ended."""
     now = utcnow()
     ended = await session.execute(
         update(_d)
-        .where(_d.c.id.in_(delivery_ids), _d.c.status.in_(OPEN_STATUSES))
+        .where(which, _d.c.status.in_(OPEN_STATUSES))
         .values(status=DEAD, locked_until=None, next_attempt_at=None, completed_at=now, last_error=why)
         .returning(_d.c.tenant_id)
     )

@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 import msgspec
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from delivery.fanout import delivery_row, fan_out, insert_deliveries
@@ -14,6 +15,7 @@ from gateway.database import new_id, utcnow
 from gateway.doorbell import Doorbell, ring_safely
 from gateway.events.models import Event
 from gateway.problems import Problem
+from tenants.endpoints.models import Endpoint
 from tenants.endpoints.service import EndpointRepository
 
 DELIVERY_DEAD = "delivery.dead"
@@ -48,6 +50,18 @@ async def emit(
     await session.flush()
     await fan_out(session, [event], exclude=exclude)
     return event
+
+
+async def disable_endpoint(session: AsyncSession, tenant_id: uuid.UUID, endpoint_id: uuid.UUID, reason: str) -> bool:
+    """Disable the endpoint and tell the tenant's other endpoints (``endpoint.disabled``), in the
+    caller's transaction; False if it was disabled already (by whoever announced it then)."""
+    disabled = await session.scalar(
+        update(Endpoint).where(Endpoint.id == endpoint_id, Endpoint.enabled.is_(True)).values(enabled=False).returning(Endpoint.id)
+    )
+    if disabled is None:
+        return False
+    await emit(session, tenant_id, ENDPOINT_DISABLED, {"endpoint_id": str(endpoint_id), "reason": reason}, exclude=endpoint_id)
+    return True
 
 
 async def send_test(session: AsyncSession, tenant_id: uuid.UUID, endpoint_id: uuid.UUID) -> tuple[Event, uuid.UUID]:

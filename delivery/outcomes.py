@@ -30,7 +30,6 @@ from gateway.database import among, new_id, utcnow
 from gateway.events.models import DEAD, FAILED, OPEN_STATUSES, SUCCEEDED, Attempt, Delivery, Event
 from gateway.metrics import ATTEMPT_BATCH_ROWS
 from gateway.settings import Settings
-from tenants.endpoints.models import Endpoint
 
 _d, _a = Delivery.__table__, Attempt.__table__
 # What an outcome may change on its delivery row; written back whole, one executemany per batch.
@@ -213,16 +212,8 @@ async def _announce(
     session: AsyncSession, gone: list[Outcome], dead: list[tuple[Outcome, dict[str, Any]]], outcomes: list[Outcome]
 ) -> None:
     """Disable endpoints that answered 410 and emit the operational events, in the batch's transaction."""
-    for outcome in sorted(gone, key=lambda o: o.endpoint_id):
-        disabled = await session.scalar(
-            update(Endpoint).where(Endpoint.id == outcome.endpoint_id, Endpoint.enabled.is_(True)).values(enabled=False).returning(Endpoint.id)
-        )
-        if disabled is None:
-            continue  # another 410 of this endpoint disabled it already, and announced it
-        await operational.emit(
-            session, outcome.tenant_id, operational.ENDPOINT_DISABLED,
-            {"endpoint_id": str(outcome.endpoint_id), "reason": "410 Gone"}, exclude=outcome.endpoint_id,
-        )
+    for outcome in sorted(gone, key=lambda o: o.endpoint_id):  # another 410 of this endpoint may have announced it already
+        await operational.disable_endpoint(session, outcome.tenant_id, outcome.endpoint_id, "410 Gone")
     notices = await _dead_notices(session, [row["event_id"] for _, row in dead]) if dead else set()
     for outcome, row in dead:
         if row["event_id"] in notices:

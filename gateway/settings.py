@@ -141,6 +141,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         _doc("How long a worker sends to an endpoint on Redis's word that its circuit is closed, without "
              "asking before each attempt (its own next failure ends it sooner). 0: ask every time."),
     ] = 1.0
+    endpoint_disable_after_open_seconds: Annotated[
+        float,
+        msgspec.Meta(ge=0),
+        _doc("An endpoint whose circuit has stayed open this long is disabled (`endpoint.disabled`) and its "
+             "waiting deliveries made dead: held back without spending attempts, they would otherwise wait "
+             "for ever. About the default retry schedule's span (3 days); 0: never."),
+    ] = 259_200.0
     sweeper_interval_seconds: Annotated[
         float, _doc("How often the sweeper looks for due or orphaned work.")
     ] = 5.0

@@ -188,6 +188,19 @@ async def test_probe_failure_reopens_with_doubled_cooldown_capped(env: _Env) -> 
     assert (await env.breaker.view(EP)).cooldown == CONFIG.cooldown
 
 
+async def test_a_circuit_says_since_when_it_is_open_until_it_closes(env: _Env) -> None:
+    assert await env.peer.open_since(EP) is None
+    await env.open()
+    opened = env.now()
+    assert await env.peer.open_since(EP) == pytest.approx(opened, abs=SLACK)
+    await env.probe()
+    assert await env.breaker.record(EP, False) is None  # a failed probe: open since the first time, still
+    assert await env.peer.open_since(EP) == pytest.approx(opened, abs=SLACK)
+    await env.probe()
+    assert await env.breaker.record(EP, True) == "closed"
+    assert await env.peer.open_since(EP) is None
+
+
 async def test_unreported_probe_is_handed_out_again(env: _Env) -> None:
     await env.open()
     await env.probe()

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 from typing import Any
 
+import msgspec
 import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import Engine, event, func, select, text, update
@@ -311,6 +312,38 @@ async def test_a_long_rate_limited_backlog_returns_no_further_out_than_the_sprea
     assert len(returns) == 19 and (returns[2] - returns[1]).total_seconds() == pytest.approx(10, abs=0.2)
     assert 29 < (returns[-1] - now).total_seconds() <= 30.5
     assert (returns[-1] - returns[3]).total_seconds() < 0.5  # from the fourth on, at the spread's end: the next wave
+
+
+async def test_an_endpoint_whose_circuit_stays_open_past_the_limit_is_disabled_and_its_backlog_dead(worker: _Worker) -> None:
+    """Held back by an open circuit, deliveries spend no attempts: without a limit on how long the
+    circuit may stay open they would never reach the dead letters (one probe per cool-down)."""
+    runtime = worker.runtime
+    settings = msgspec.structs.replace(runtime.settings, endpoint_disable_after_open_seconds=0.5)
+    breaker = MemoryBreaker(BreakerConfig(cooldown=60, max_cooldown=60))
+    engine = DeliveryEngine(runtime.sessions, settings, runtime.box, breaker, MemoryLimiter(), DeliveryClient(connect_timeout=1.0))
+    tenant_id, endpoint_id = await worker.endpoint("http://127.0.0.1:9/")
+    await add_backlog(worker.database_url, tenant_id, endpoint_id, 3)
+    for _ in range(BreakerConfig().failure_threshold):
+        await breaker.record(str(endpoint_id), False)
+    counted = {"name": "hookgate_deliveries_total", "labels": {"tenant": str(tenant_id), "outcome": "dead"}}
+    before = REGISTRY.get_sample_value(**counted) or 0.0
+
+    [early] = (await engine.claim(1)).jobs
+    await engine.attempt(early)  # open for less than the limit: it waits, as before
+    assert (await worker.deliveries([early.delivery_id]))[early.delivery_id].status == "pending"
+
+    await asyncio.sleep(0.6)
+    async with runtime.sessions() as session, session.begin():
+        await session.execute(update(Delivery).where(Delivery.endpoint_id == endpoint_id).values(next_attempt_at=utcnow()))
+    [late] = (await engine.claim(1)).jobs
+    await engine.attempt(late)
+    async with runtime.sessions() as session:
+        deliveries = list(await session.scalars(select(Delivery).where(Delivery.endpoint_id == endpoint_id)))
+        assert (await session.get(Endpoint, endpoint_id)).enabled is False
+        [notice] = await session.scalars(select(Event).where(Event.tenant_id == tenant_id, Event.type == "endpoint.disabled"))
+    assert [d.status for d in deliveries] == ["dead"] * 3 and all("circuit was open" in d.last_error for d in deliveries)
+    assert all(d.attempt_count == 0 for d in deliveries) and b"circuit open since" in notice.body
+    assert REGISTRY.get_sample_value(**counted) == before + 3
 
 
 class _CountedClaims:
