@@ -109,6 +109,26 @@ async def test_bulk_replay_delivers_exactly_the_window_and_types(stack_factory) 
         assert len(rows) == len(wanted) + len(charges) and all(row["is_replay"] and row["replay_job_id"] == created["id"] for row in rows)
 
 
+async def test_a_replay_to_many_endpoints_keeps_its_deliveries_in_flight_under_the_cap(stack_factory) -> None:  # type: ignore[no-untyped-def]
+    """The cap counts deliveries, and an event makes one per endpoint: a batch takes as many events as
+    the room left allows, divided among the endpoints (it took that many events, five times the cap)."""
+    stack: Stack = await stack_factory(replay_batch_size=20, replay_max_in_flight=20, retry_schedule="0,3600")
+    tenant = await new_tenant(stack.client)
+    source = await new_source(stack.client, tenant)
+    start = utcnow() - timedelta(hours=1)
+    await add_events(stack.settings.database_url, uuid.UUID(tenant.id), uuid.UUID(source["id"]),
+                     [("charge.succeeded", start + timedelta(seconds=i)) for i in range(100)])
+    async with Server(Script([(503, {}, 0.0)])) as down:
+        for path in range(5):
+            await stack.endpoint(tenant, f"{down.url}/{path}")
+        created = (await stack.client.post("/api/v1/replays", json={"since": start.isoformat()}, headers=tenant.auth)).json()
+        await wait_until(lambda: len(down.requests) >= 20, timeout=30, what="the first deliveries")
+        await asyncio.sleep(1.0)  # passes enough for more batches, had the job room for them
+        waiting = await stack.deliveries(tenant, replay_job_id=created["id"])
+        assert 0 < len([d for d in waiting if d["status"] in ("pending", "failed")]) <= 20
+        assert (await _job(stack, tenant, created["id"]))["done"] == 4  # 4 events × 5 endpoints fill the 20
+
+
 async def test_a_replay_can_be_cancelled_and_withdraws_what_it_has_not_sent(stack_factory) -> None:  # type: ignore[no-untyped-def]
     async with _slow_replay(stack_factory, events=400, delay=0.05, concurrency=4, started=30) as (stack, tenant, slow, created):
 

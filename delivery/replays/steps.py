@@ -88,9 +88,11 @@ async def room(session: AsyncSession, job: ReplayJob, max_in_flight: int) -> int
 
 
 async def replay_batch(session: AsyncSession, job: ReplayJob, limit: int) -> None:
-    """New replay deliveries (own webhook-id) for the next ``limit`` events of the window."""
+    """New replay deliveries (own webhook-id) for the next events of the window: at most ``limit``
+    deliveries (the job's room in flight), so as many events as that many deliveries to every target."""
     targets = await _targets(session, job)
-    events = (await session.execute(_after(replay_events(job), Event.received_at, Event.id, job).limit(limit))).all()
+    per_event = max(1, len(targets))
+    events = (await session.execute(_after(replay_events(job), Event.received_at, Event.id, job).limit(max(1, limit // per_event)))).all()
     if not events:
         _complete(job)
         return
