@@ -18,6 +18,7 @@ from delivery.replays.event_replay import replay_and_ring
 from gateway.database import utcnow
 from gateway.doorbell import Doorbell
 from gateway.events.models import FAILED, PENDING, Attempt, Delivery, Event
+from gateway.events.priority import matching
 from gateway.events.repository import EventRepository
 from gateway.pagination import page_of, paginate
 from gateway.problems import Problem
@@ -71,11 +72,17 @@ class EventPages(Controller):
         source_id: str = "",
         status: str = "",
         window: str = "",
+        q: str = "",
         cursor: str | None = None,
     ) -> Any:
         repo, source_repo = EventRepository(db_session, viewer.tenant_id), SourceRepository(db_session, viewer.tenant_id)
         sources = await source_repo.fetch(source_repo.scoped())
-        query = where_equal(repo.scoped(), {Event.type: type.strip(), Event.source_id: optional_uuid(source_id)})
+        type, q = type.strip(), q.strip()
+        query = where_equal(repo.scoped(), {Event.source_id: optional_uuid(source_id)})
+        if type:  # exact, or a prefix as endpoints take it (charge.*)
+            query = query.where(matching(Event.type, [type]) if type.endswith("*") else Event.type == type)
+        if q:  # the provider's event id (evt_…), or Hookgate's
+            query = query.where(Event.id == found if (found := optional_uuid(q)) else Event.external_id == q)
         if source_id in (_FROM_SOURCES, _FROM_HOOKGATE):
             query = query.where(Event.source_id.is_not(None) if source_id == _FROM_SOURCES else Event.source_id.is_(None))
         if status in STATUSES:
@@ -86,7 +93,7 @@ class EventPages(Controller):
         rows = await repo.fetch(paginate(query, Event.received_at, Event.id, cursor, PAGE_SIZE))
         result = page_of(rows, PAGE_SIZE, "received_at", lambda row: row)
         states = await _delivery_states(db_session, [row.id for row in result.data])
-        filters = {"type": type, "source_id": source_id, "status": status, "window": window}
+        filters = {"type": type, "source_id": source_id, "status": status, "window": window, "q": q}
         return page(request, "events.html", events=result.data, next_cursor=result.next_cursor, states=states, filters=filters,
                     sources={s.id: s for s in sources}, statuses=STATUSES, windows=WINDOWS)
 
@@ -114,12 +121,13 @@ class EventPages(Controller):
     ) -> Any:
         endpoint_id = optional_uuid(field(await form(request), "endpoint_id"))
         try:
-            await replay_and_ring(db_session, viewer.tenant_id, event_id, [endpoint_id] if endpoint_id else None, doorbell)
+            _event, deliveries = await replay_and_ring(db_session, viewer.tenant_id, event_id, [endpoint_id] if endpoint_id else None, doorbell)
         except Problem as exc:
             if exc.status_code == 404:
                 raise
             return see_other(f"{PREFIX}/events/{event_id}?error={exc.kind}")
-        return see_other(f"{PREFIX}/events/{event_id}", "replayed")
+        joined = deliveries and not any(delivery.is_replay for delivery in deliveries)  # each waiting one made due now
+        return see_other(f"{PREFIX}/events/{event_id}", "replay-joined" if joined else "replayed")
 
 
 async def _delivery_states(session: AsyncSession, event_ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, int]]:

@@ -45,6 +45,7 @@ NOTICES = {
     "endpoint-deleted": "Endpoint deleted. Its past deliveries stay in the event log.",
     "test-sent": "Test event sent. It shows up below within a few seconds.",
     "replayed": "Replay queued: a new delivery is on its way.",
+    "replay-joined": "Its delivery was still waiting to be retried: it goes now, with the same webhook-id and a fresh schedule (no second copy).",
     "redrive-started": "Redrive started: the dead letters are being retried (progress below).",
     "purged": "Dead letters purged.",
     "acknowledged": "Anomaly acknowledged.",

@@ -397,6 +397,10 @@ async def test_sources_events_replay_and_api_keys(stack: Stack, signed_in: Calla
         assert event["id"] in listed.text
         assert event["id"] not in (await browser.get("/dashboard/events", type="invoice.paid")).text
         assert event["id"] not in (await browser.get("/dashboard/events", status="dead")).text
+        for found in ({"type": "charge.*"}, {"type": " charge.succeeded "}, {"q": event["id"]}, {"q": event_id}):
+            assert f"/dashboard/events/{event_id}" in (await browser.get("/dashboard/events", **found)).text, found
+        for missed in ({"type": "charge"}, {"type": "invoice.*"}, {"q": "evt_none"}, {"q": str(uuid.uuid4())}):
+            assert f"/dashboard/events/{event_id}" not in (await browser.get("/dashboard/events", **missed)).text, missed
         detail = await browser.get(f"/dashboard/events/{event_id}")
         assert detail.status_code == 200 and '"object": "event"' in unescape(detail.text) and "succeeded" in detail.text
 
@@ -505,6 +509,7 @@ async def test_dead_letters_redrive_purge_and_anomalies(stack_factory: Callable[
         for _ in range(3):
             await stack.ingest(source)
         dead = await stack.settled(tenant, 3, status="dead")
+        assert "Dead: HTTP 500" in (await browser.get(f"/dashboard/events/{dead[0]['event_id']}")).text  # says why
         page = await browser.get("/dashboard/dead-letters")
         assert all(d["id"] in page.text for d in dead) and "Redrive all 3 that match" in page.text
         none = await browser.post("/dashboard/dead-letters/redrive", {"scope": "selected"})
@@ -592,6 +597,8 @@ async def test_the_overview_tiles_lead_to_what_they_count(stack_factory: Callabl
     notices = listed((await browser.get("/dashboard/events", source_id="hookgate")).text)  # the test event, the circuit's notice
     assert notices and stripe not in notices and waiting - {stripe} <= notices
 
+    joined = await browser.post(f"/dashboard/events/{stripe}/replay")  # its delivery still waits to be retried
+    assert joined.headers["location"] == f"/dashboard/events/{stripe}?done=replay-joined"
     await browser.post(f"/dashboard/endpoints/{endpoint['id']}/enabled", {"enabled": "false"})
     assert '<span class="num">0</span> open circuits' in (await browser.get("/dashboard/")).text
 

@@ -34,6 +34,9 @@
     });
   };
   localTimes(document);
+  // After a refused submit, the first field at fault has the focus (a screen reader reads its error).
+  var invalid = document.querySelector("[aria-invalid=true]");
+  if (invalid) invalid.focus();
   // Live refresh: re-fetch the page and swap the marked region, unless the user is typing or has ticked boxes.
   document.querySelectorAll("[data-refresh]").forEach(function (region, index) {
     var seconds = parseInt(region.dataset.refresh, 10) || 10;
