@@ -176,7 +176,8 @@ async def test_newcomer_goes_from_nothing_to_a_delivered_replayed_and_redriven_e
             # fixed: redrive the chosen dead letter
             script.answers = [(200, {}, 0.0)]
             tried = len(receiver.requests)
-            await dead_row.get_by_role("checkbox").check()
+            await page.get_by_label("Select every dead letter on this page").check()
+            await expect(dead_row.get_by_role("checkbox")).to_be_checked()
             await page.get_by_role("button", name="Redrive selected").click()
             await expect(page).to_have_url(re.compile(r"/dashboard/replays"))
             await expect(page.get_by_text("Redrive started")).to_be_visible()

@@ -23,6 +23,13 @@
     if (only && !(form.elements[only] && form.elements[only].checked)) return;
     if (!window.confirm(element.dataset.confirm)) event.preventDefault();
   });
+  // "Select all": ticks or clears the boxes of that name in its form (hidden without this file).
+  document.querySelectorAll("input[data-select-all]").forEach(function (all) {
+    all.hidden = false;
+    all.addEventListener("change", function () {
+      all.form.querySelectorAll('input[name="' + all.dataset.selectAll + '"]').forEach(function (box) { box.checked = all.checked; });
+    });
+  });
   // Times in the browser's own time zone (without this file the page shows them in UTC, marked so).
   var localTimes = function (root) {
     root.querySelectorAll("time[datetime]").forEach(function (time) {
