@@ -84,8 +84,8 @@ async def overview(
 ) -> Any:
     tenant_id = viewer.tenant_id
     hours = await last_day(db_session, tenant_id, utcnow())
-    backlog = await _count(
-        db_session, select(Delivery.id).where(Delivery.tenant_id == tenant_id, Delivery.status.in_([PENDING, FAILED]))
+    backlog = await _count(  # events, as the list the tile leads to shows them (an event waits on one or more endpoints)
+        db_session, select(Delivery.event_id).where(Delivery.tenant_id == tenant_id, Delivery.status.in_([PENDING, FAILED])).distinct()
     )
     dead = await _count(db_session, select(Delivery.id).where(Delivery.tenant_id == tenant_id, Delivery.status == DEAD))
     anomalies = await _count(db_session, select(Anomaly.id).where(

@@ -208,13 +208,14 @@ class DeliveryEngine:
 
     def _queued_after(self, job: Job, earliest: float) -> float:
         """When a delivery the endpoint's rate limit refused comes back: one interval after the last
-        one this worker sent back (at most ``_SPREAD_SECONDS`` ahead). All at ``earliest``, a backlog
-        returned every interval to be claimed and postponed whole again: thousands of row updates a
-        second to send one request a second, at every other tenant's expense."""
+        one this worker sent back (that queue reaching at most ``_SPREAD_SECONDS`` ahead), and never
+        before ``earliest``, when the limit lets one through. All at ``earliest``, a backlog returned
+        every interval to be claimed and postponed whole again: thousands of row updates a second
+        to send one request a second, at every other tenant's expense."""
         now = time.time()
         if len(self._returns) > _RETURNS_KEPT:
             self._returns = {endpoint: at for endpoint, at in self._returns.items() if at > now}
-        slot = min(max(earliest, self._returns.get(job.endpoint_id, 0.0)), now + _SPREAD_SECONDS)
+        slot = max(earliest, min(self._returns.get(job.endpoint_id, 0.0), now + _SPREAD_SECONDS))  # never before the limit allows
         self._returns[job.endpoint_id] = slot + 1 / (job.rate or 1)
         return slot
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+import re
 from functools import lru_cache
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Annotated, Literal
@@ -273,8 +274,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return tuple(float(part) for part in self.retry_schedule.split(",") if part.strip())
 
 
-# HOOKGATE_* variables that are not settings: read by one command or by the test suite.
+# HOOKGATE_* variables that are not settings: read by one command or by the test suite, or set by
+# Kubernetes for a Service named hookgate… (service links: <NAME>_SERVICE_HOST, <NAME>_PORT_8000_TCP, …).
 _NOT_SETTINGS = frozenset({"USER_PASSWORD", "TEST_DATABASE_URL", "TEST_REDIS_URL", "FAULT_REPORT"})
+_SERVICE_LINK = re.compile(r".*_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT(_\d+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?)?)")
 
 
 def settings_from_env(environ: dict[str, str] | os._Environ[str] = os.environ) -> Settings:
@@ -284,7 +287,8 @@ def settings_from_env(environ: dict[str, str] | os._Environ[str] = os.environ) -
     fields = {name for name in Settings.__struct_fields__}
     for key in environ:
         name = key[len(_PREFIX):]
-        if key.startswith(_PREFIX) and name.lower() not in fields and name not in _NOT_SETTINGS:
+        known = name.lower() in fields or name in _NOT_SETTINGS or _SERVICE_LINK.fullmatch(key)
+        if key.startswith(_PREFIX) and not known:
             close = difflib.get_close_matches(name.lower(), fields, n=1)
             hint = f" (did you mean {_PREFIX}{close[0].upper()}?)" if close else ""
             _log.warning("%s is not a Hookgate setting%s: it is ignored", key, hint)

@@ -11,7 +11,7 @@ import itertools
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -298,20 +298,32 @@ async def test_rate_limited_deliveries_wait_their_turn_without_spending_attempts
     assert all(0.9 < gap < 1.1 for gap in gaps) and (returns[-1] - now).total_seconds() < 20  # 1/s: the rate
 
 
-async def test_a_long_rate_limited_backlog_returns_no_further_out_than_the_spread(worker: _Worker) -> None:
-    """At one request per 10 s, twenty refused deliveries would stretch over minutes: they come back
-    within 30 s (then wave by wave), so a newer, more urgent event of that endpoint is not queued behind all of them."""
+async def _refused_returns(worker: _Worker, *, rate: float, count: int) -> tuple[datetime, list[datetime]]:
+    """``count`` deliveries to an endpoint limited to ``rate``, attempted at once: when the ones its
+    limit refused are due again (sorted), and the time they were asked."""
     async with Server(Script()) as receiver:
         endpoint = await worker.endpoint(receiver.url)
         async with worker.runtime.sessions() as session, session.begin():
-            await session.execute(update(Endpoint).where(Endpoint.id == endpoint[1]).values(rate_limit_per_second=0.1))
-        claim = await worker.claimed(endpoint, 20)
+            await session.execute(update(Endpoint).where(Endpoint.id == endpoint[1]).values(rate_limit_per_second=rate))
+        claim = await worker.claimed(endpoint, count)
         await asyncio.gather(*(worker.engine.attempt(job) for job in claim.jobs))
-    now = utcnow()
-    returns = sorted(d.next_attempt_at for d in (await worker.deliveries(claim.ids)).values() if d.status == "pending")
+    return utcnow(), sorted(d.next_attempt_at for d in (await worker.deliveries(claim.ids)).values() if d.status == "pending")
+
+
+async def test_a_long_rate_limited_backlog_returns_no_further_out_than_the_spread(worker: _Worker) -> None:
+    """At one request per 10 s, twenty refused deliveries would stretch over minutes: they come back
+    within 30 s (then wave by wave), so a newer, more urgent event of that endpoint is not queued behind all of them."""
+    now, returns = await _refused_returns(worker, rate=0.1, count=20)
     assert len(returns) == 19 and (returns[2] - returns[1]).total_seconds() == pytest.approx(10, abs=0.2)
     assert 29 < (returns[-1] - now).total_seconds() <= 30.5
     assert (returns[-1] - returns[3]).total_seconds() < 0.5  # from the fourth on, at the spread's end: the next wave
+
+
+async def test_a_very_slow_rate_sends_refused_deliveries_back_when_the_limit_allows_not_sooner(worker: _Worker) -> None:
+    """At one request per 100 s the limit's own wait is past the spread: coming back sooner would
+    only be refused again (and postponed again, the churn the spread is there to stop)."""
+    now, returns = await _refused_returns(worker, rate=0.01, count=5)
+    assert len(returns) == 4 and all(99 < (at - now).total_seconds() <= 101 for at in returns)
 
 
 async def test_an_endpoint_whose_circuit_stays_open_past_the_limit_is_disabled_and_its_backlog_dead(worker: _Worker) -> None:

@@ -209,6 +209,7 @@ def test_pods_run_non_root_on_a_read_only_root_filesystem(chart: Any) -> None:
         pod = document["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
         assert pod["automountServiceAccountToken"] is False
+        assert pod["enableServiceLinks"] is False  # no HOOKGATE_SERVICE_HOST & co. for the settings to warn about
         for container in pod["containers"]:
             security = container["securityContext"]
             assert security["readOnlyRootFilesystem"] is True and security["allowPrivilegeEscalation"] is False

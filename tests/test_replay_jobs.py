@@ -219,6 +219,58 @@ async def test_a_redrive_skips_a_dead_letter_whose_event_a_replay_has_delivered(
         assert sorted(_payload_ids(receiver)[tried:]) == sorted([replayed["id"], other["id"]])  # each once since the fix
 
 
+@contextlib.asynccontextmanager
+async def _one_event(stack_factory: Any, status: int) -> AsyncIterator[tuple[Stack, TenantHandle, Script, Server, dict[str, Any], dict[str, Any], str]]:
+    """One invoice.paid ingested for an endpoint whose receiver answers ``status`` (change it through
+    the script); deliveries die after two tries."""
+    stack: Stack = await stack_factory(retry_schedule="0,0.2")
+    tenant = await new_tenant(stack.client)
+    source = await new_source(stack.client, tenant)
+    script = Script([(status, {}, 0.0)])
+    async with Server(script) as receiver:
+        endpoint = await stack.endpoint(tenant, receiver.url)
+        event = stripe_event("invoice_paid")
+        yield stack, tenant, script, receiver, endpoint, event, await stack.ingest(source, event)
+
+
+async def _replay_dies_then_redrive(
+    stack: Stack, tenant: TenantHandle, script: Script, receiver: Server, endpoint: dict[str, Any], event_id: str, *, dead: int
+) -> tuple[dict[str, Any], int]:
+    """Replay the event to a failing receiver until ``dead`` deliveries are dead, fix the receiver and
+    redrive the endpoint: the finished job, and how many requests the receiver had before."""
+    assert (await stack.client.post(f"/api/v1/events/{event_id}/replay", headers=tenant.auth)).status_code == 202
+    await stack.settled(tenant, dead, status="dead")
+    script.answers = [(200, {}, 0.0)]
+    tried = len(receiver.requests)
+    response = await stack.client.post("/api/v1/deliveries/redrive", json={"endpoint_id": endpoint["id"]}, headers=tenant.auth)
+    return await _finished(stack, tenant, response.json()["id"]), tried
+
+
+async def test_a_dead_replay_is_redriven_though_the_original_was_delivered_before_it(stack_factory) -> None:  # type: ignore[no-untyped-def]
+    """Delivered, lost by the receiver, replayed, and the replay died: nothing was delivered since
+    that dead letter was made, so a redrive sends it, as Svix's recovery would."""
+    async with _one_event(stack_factory, 200) as (stack, tenant, script, receiver, endpoint, event, event_id):
+        await stack.settled(tenant, 1)
+        script.answers = [(500, {}, 0.0)]
+        job, tried = await _replay_dies_then_redrive(stack, tenant, script, receiver, endpoint, event_id, dead=1)
+        assert (job["total"], job["skipped"]) == (1, 0)
+        await stack.settled(tenant, 2)
+        assert _payload_ids(receiver)[tried:] == [event["id"]]
+
+
+async def test_an_original_and_its_replay_both_dead_are_redriven_once(stack_factory) -> None:  # type: ignore[no-untyped-def]
+    """Both dead letters of one event and endpoint: the redrive revives the newer only, so the
+    receiver gets the event once, not twice under two webhook-ids."""
+    async with _one_event(stack_factory, 500) as (stack, tenant, script, receiver, endpoint, event, event_id):
+        await stack.settled(tenant, 1, status="dead")
+        job, tried = await _replay_dies_then_redrive(stack, tenant, script, receiver, endpoint, event_id, dead=2)
+        assert (job["total"], job["done"], job["skipped"]) == (2, 2, 1)
+        [revived] = await stack.settled(tenant, 1)
+        assert revived["is_replay"] is True and len(await stack.deliveries(tenant, status="dead")) == 1
+        await asyncio.sleep(0.5)  # time for a second copy, were one on its way
+        assert _payload_ids(receiver)[tried:] == [event["id"]]
+
+
 async def test_a_replay_that_joined_a_job_s_delivery_outlives_the_job_s_cancel(stack_factory) -> None:  # type: ignore[no-untyped-def]
     """A single replay answered with a bulk job's waiting delivery owns it from then on: cancelling
     the job withdraws its other untried deliveries, not the one that replay promised."""
@@ -239,6 +291,21 @@ async def test_a_replay_that_joined_a_job_s_delivery_outlives_the_job_s_cancel(s
                 break
             await asyncio.sleep(0.1)
         assert status == "succeeded"
+
+
+async def test_a_bulk_replay_over_another_s_window_leaves_its_deliveries_in_that_job(stack_factory) -> None:  # type: ignore[no-untyped-def]
+    """A second bulk job joins the first's waiting deliveries without taking them from it, so
+    cancelling both withdraws them all: nothing is left queued in no job."""
+    async with _slow_replay(stack_factory, events=100, delay=0.5, concurrency=2, started=2) as (stack, tenant, _slow, first):
+        second = (await stack.client.post("/api/v1/replays", json={"since": first["since"]}, headers=tenant.auth)).json()
+        for _ in range(100):  # the second job's first batch has run
+            if (await _job(stack, tenant, second["id"]))["done"]:
+                break
+            await asyncio.sleep(0.1)
+        for job_id in (second["id"], first["id"]):
+            assert (await stack.client.post(f"/api/v1/replays/{job_id}/cancel", headers=tenant.auth)).status_code == 200
+        orphans = [d for d in await stack.deliveries(tenant, status="pending") if d["replay_job_id"] is None and d["attempts"] == 0]
+        assert orphans == []
 
 
 async def test_only_failed_replays_just_the_events_whose_delivery_died(stack_factory) -> None:  # type: ignore[no-untyped-def]

@@ -20,7 +20,9 @@ def test_environment_values_are_typed() -> None:
 
 def test_a_misspelt_variable_is_warned_about_with_the_likely_name(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="hookgate.settings")
-    settings = settings_from_env({"HOOKGATE_DELIVERY_TIMEOUTS": "99", "HOOKGATE_USER_PASSWORD": "x", "HOOKGATE_LOG_LEVEL": "info"})
+    kubernetes = {"HOOKGATE_SERVICE_HOST": "10.0.0.1", "HOOKGATE_PORT": "tcp://10.0.0.1:8000", "HOOKGATE_PORT_8000_TCP_ADDR": "10.0.0.1",
+                  "HOOKGATE_WORKER_METRICS_SERVICE_PORT_METRICS": "9101"}  # service links of a Service named hookgate…
+    settings = settings_from_env({"HOOKGATE_DELIVERY_TIMEOUTS": "99", "HOOKGATE_USER_PASSWORD": "x", "HOOKGATE_LOG_LEVEL": "info", **kubernetes})
     assert settings.delivery_timeout != 99  # ignored, as before, but no longer silently:
     assert [record.getMessage() for record in caplog.records] == [
         "HOOKGATE_DELIVERY_TIMEOUTS is not a Hookgate setting (did you mean HOOKGATE_DELIVERY_TIMEOUT?): it is ignored"

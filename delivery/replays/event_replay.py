@@ -32,17 +32,20 @@ async def replay_event(session: AsyncSession, event: Event, endpoint_ids: list[u
     targets: list[Endpoint] | list[Subscriber] = await _chosen(session, event, endpoint_ids) if endpoint_ids else await _subscribed(session, event)
     if not targets:
         raise Problem(409, "no-endpoints", f"no enabled endpoint subscribes to {event.type!r}; name endpoint_ids to replay anyway")
-    joined = await join_waiting(session, [(event.id, endpoint.id) for endpoint in targets])
+    joined = await join_waiting(session, [(event.id, endpoint.id) for endpoint in targets], leave_job=True)
     rows = [{**delivery_row(event, endpoint.id), "is_replay": True} for endpoint in targets if (event.id, endpoint.id) not in joined]
     if rows:
         await session.execute(insert(Delivery), rows)
     return [*joined.values(), *(row["id"] for row in rows)]  # type: ignore[misc]
 
 
-async def join_waiting(session: AsyncSession, pairs: Collection[tuple[uuid.UUID, uuid.UUID]]) -> dict[tuple[uuid.UUID, uuid.UUID], uuid.UUID]:
+async def join_waiting(
+    session: AsyncSession, pairs: Collection[tuple[uuid.UUID, uuid.UUID]], *, leave_job: bool = False
+) -> dict[tuple[uuid.UUID, uuid.UUID], uuid.UUID]:
     """Make the waiting (open, unleased) deliveries of these (event, endpoint) pairs due now with a
-    fresh retry schedule; returns them by pair. A joined delivery leaves the replay job that queued
-    it: the caller was promised it, so cancelling that job must not withdraw it."""
+    fresh retry schedule; returns them by pair. ``leave_job``: a single replay's 202 promised them,
+    so they leave the job that queued them (its cancel must not withdraw them); a bulk job's batch
+    leaves them where they are (another job's cancel and pacing still cover them)."""
     now = utcnow()
     rows = await session.execute(
         update(Delivery)
@@ -51,7 +54,7 @@ async def join_waiting(session: AsyncSession, pairs: Collection[tuple[uuid.UUID,
             Delivery.status.in_(OPEN_STATUSES),
             unleased(now),
         )
-        .values(next_attempt_at=now, retry_offset=Delivery.attempt_count, replay_job_id=None)
+        .values(next_attempt_at=now, retry_offset=Delivery.attempt_count, **({"replay_job_id": None} if leave_job else {}))
         .returning(Delivery.event_id, Delivery.endpoint_id, Delivery.id)
         .execution_options(synchronize_session=False)
     )

@@ -116,8 +116,9 @@ async def replay_batch(session: AsyncSession, job: ReplayJob, limit: int) -> Non
 async def redrive_batch(session: AsyncSession, job: ReplayJob, limit: int) -> None:
     """Revive the next ``limit`` dead letters in place: same delivery, same webhook-id (the receiver
     never acknowledged it), a fresh retry schedule. Skipped: those whose endpoint is gone, and those
-    whose event another delivery to that endpoint has since delivered or is retrying (a replay):
-    reviving them would send the event again under another webhook-id than the one it arrived by."""
+    whose event another delivery to that endpoint has delivered since it was made, or is retrying
+    (a replay), or another dead letter of the batch sends again (an original and its dead replay):
+    reviving those would send the event twice, under two webhook-ids."""
     letters = (await session.execute(_after(dead_letters(job), Delivery.created_at, Delivery.id, job).limit(limit))).all()
     if not letters:
         _complete(job)
@@ -131,12 +132,14 @@ async def redrive_batch(session: AsyncSession, job: ReplayJob, limit: int) -> No
             )
         )
     )
-    statuses = await _statuses(session, [(letter.event_id, letter.endpoint_id) for letter in letters])
-    revive = [
-        letter.id
-        for letter in letters
-        if letter.endpoint_id in live and not statuses[(letter.event_id, letter.endpoint_id)] & _SETTLED_OR_OPEN
-    ]
+    superseding = await _superseding(session, letters)
+    revive, taken = [], set()
+    for letter in reversed(letters):  # the newest dead letter of an (event, endpoint) pair speaks for it
+        pair = (letter.event_id, letter.endpoint_id)
+        later = any(status != SUCCEEDED or created_at > letter.created_at for status, created_at in superseding[pair])
+        if letter.endpoint_id in live and pair not in taken and not later:
+            revive.append(letter.id)
+            taken.add(pair)
     if revive:
         await session.execute(
             update(Delivery)
@@ -222,6 +225,22 @@ async def _statuses(session: AsyncSession, pairs: list[tuple[uuid.UUID, uuid.UUI
     for event_id, endpoint_id, status in rows:
         statuses[(event_id, endpoint_id)].add(status)
     return statuses
+
+
+async def _superseding(session: AsyncSession, letters: Sequence[Any]) -> dict[tuple[uuid.UUID, uuid.UUID], list[tuple[str, datetime]]]:
+    """Per (event, endpoint) pair of these dead letters: the status and creation time of each of its
+    deliveries that succeeded or is still open."""
+    found: dict[tuple[uuid.UUID, uuid.UUID], list[tuple[str, datetime]]] = defaultdict(list)
+    rows = await session.execute(
+        select(Delivery.event_id, Delivery.endpoint_id, Delivery.status, Delivery.created_at).where(
+            Delivery.event_id.in_({letter.event_id for letter in letters}),
+            Delivery.endpoint_id.in_({letter.endpoint_id for letter in letters}),
+            Delivery.status.in_(_SETTLED_OR_OPEN),
+        )
+    )
+    for event_id, endpoint_id, status, created_at in rows:
+        found[(event_id, endpoint_id)].append((status, created_at))
+    return found
 
 
 async def _still_dead(session: AsyncSession, pairs: list[tuple[Any, uuid.UUID]]) -> list[tuple[Any, uuid.UUID]]:

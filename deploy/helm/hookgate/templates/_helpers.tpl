@@ -69,6 +69,9 @@ envFrom:
    the release's ServiceAccount exists, so the service account is set by the Deployments only). */}}
 {{- define "hookgate.podSpec" -}}
 automountServiceAccountToken: false
+{{- /* No <SERVICE>_HOST/_PORT variables: with the release called hookgate they would be HOOKGATE_*,
+       which the settings warn about as unknown. Nothing here reads them. */}}
+enableServiceLinks: false
 securityContext:
   {{- toYaml .Values.podSecurityContext | nindent 2 }}
 {{- with .Values.imagePullSecrets }}
