@@ -54,8 +54,8 @@ NOTICES = {
     "teammate-removed": "Teammate removed: they are signed out and can no longer log in.",
     "invitation-withdrawn": "Invitation withdrawn: its link no longer works.",
     "password-changed": "Password changed. Your other sessions are signed out.",
-    "source-created": "Source created. Copy its secret now or reveal it later here.",
-    "endpoint-created": "Endpoint created. Verify deliveries with this signing secret (you can reveal it again below).",
+    "source-created": "Source created.",
+    "endpoint-created": "Endpoint created.",
     "source-rotated": "New secret added. The previous one keeps working through the grace period.",
     "source-rotated-now": "New secret added. The previous ones no longer verify.",
     "endpoint-rotated": "New signing secret. The previous one keeps signing through the grace period.",
@@ -136,7 +136,7 @@ def page(request: Request[Any, Any, Any], name: str, status_code: int = 200, **c
         media_type=MediaType.HTML,
         headers=_HEADERS,
     )
-    if _SHOWN in request.cookies:  # shown once: by this page, or by none if the user went elsewhere
+    if request.state.get(_SHOWN):  # shown once, here (another tab's page must not take it on its way)
         response.cookies.append(Cookie(key=_SHOWN, value="", path=PREFIX, max_age=0))
     return response
 
@@ -164,14 +164,17 @@ def see_other_showing(request: Request[Any, Any, Any], box: SecretBox, path: str
 
 def shown_once(request: Request[Any, Any, Any], box: SecretBox) -> dict[str, Any]:
     """What the POST before this page made to show here (``see_other_showing``); {} when nothing,
-    or it is stale, another session's or another page's. ``page`` drops the cookie."""
+    or it is stale, another session's or another page's. ``page`` then drops the cookie: only the
+    page it was for takes it (another tab's refresh in between must not); unclaimed, it expires."""
     sealed = request.cookies.get(_SHOWN)
     try:
         carried = msgspec.json.decode(box.decrypt(sealed.encode(), ttl=_SHOWN_SECONDS)) if sealed else {}
     except (ValueError, msgspec.DecodeError):
         return {}
-    fits = carried.get("session") == str(viewer_of(request).session.id) and carried.get("path") == request.url.path
-    return carried["shown"] if fits else {}
+    if carried.get("session") != str(viewer_of(request).session.id) or carried.get("path") != request.url.path:
+        return {}
+    request.state[_SHOWN] = True
+    return carried["shown"]  # type: ignore[no-any-return]
 
 
 def field_errors(exc: msgspec.ValidationError | Problem, fields: dict[str, str], plain: dict[str, str] | None = None) -> dict[str, str]:

@@ -432,6 +432,8 @@ async def test_what_a_post_makes_is_shown_once_after_its_redirect(stack: Stack, 
     assert "hgk_" not in str(carried) and "hgk_" not in posted.headers["location"]  # encrypted, and not in the URL
     new_key = re.compile(r'id="new-key">(hgk_[^<]+)<')
     assert not new_key.findall((await stranger.get("/dashboard/api-keys", cookies=carried)).text)  # another session's
+    elsewhere = await browser.get("/dashboard/events", cookies=carried)  # e.g. another tab's refresh on its way
+    assert "hookgate_shown" not in elsewhere.headers.get("set-cookie", "")  # leaves it for its page
     shown = await browser.get("/dashboard/api-keys", cookies=carried)
     [key] = new_key.findall(shown.text)
     assert 'hookgate_shown="";' in shown.headers["set-cookie"] and "Max-Age=0" in shown.headers["set-cookie"]  # once
