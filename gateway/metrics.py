@@ -94,6 +94,11 @@ ANOMALIES = Counter(
     "Anomalies opened, by detector and severity.",
     ["detector", "severity"],
 )
+ANOMALY_WINDOW_SCORED = Gauge(
+    "hookgate_anomaly_window_scored_timestamp_seconds",
+    "End (unix time) of the latest window the anomaly monitor scored: it falls behind when detection stalls.",
+    multiprocess_mode="max",
+)
 
 
 @functools.cache

@@ -195,8 +195,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         int, msgspec.Meta(ge=60), _doc("Length of the anomaly feature windows (a multiple of 60).")
     ] = 60
     anomaly_grace_seconds: Annotated[
-        float, msgspec.Meta(ge=0), _doc("How long after a window closes it is scored, so late requests still count.")
-    ] = 5.0
+        float,
+        msgspec.Meta(ge=0),
+        _doc("How long after a window closes it is scored, so late requests still count: longer than an ingest "
+             "commit may take and still be acknowledged (the statement time limit, 15 s, and a batch's wait)."),
+    ] = 20.0
     anomaly_history_windows: Annotated[
         int,
         msgspec.Meta(ge=1),

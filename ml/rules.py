@@ -94,7 +94,8 @@ _RANGES: dict[str, _Range] = {
     "critical_factor": _COUNT,
     **dict.fromkeys(("large_refund_min", "negative_amount_min"), (lambda v: v >= 1, "must be at least 1 (minor units)")),
     "lag_seconds": (lambda v: v >= 1, "must be at least 1 (seconds)"),
-    "lapse_horizon_windows": (lambda v: v >= 1 and v.is_integer(), "must be a whole number of windows, at least 1"),
+    # Longer horizons would count lapses the baseline (which ends GAP_WINDOWS ago) already counts as usual.
+    "lapse_horizon_windows": (lambda v: 1 <= v <= GAP_WINDOWS and v.is_integer(), f"must be a whole number of windows, 1 to {GAP_WINDOWS}"),
 }
 
 

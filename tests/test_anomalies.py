@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import insert, select
 from standardwebhooks.webhooks import Webhook
 
@@ -21,7 +22,7 @@ from gateway.database import create_engine, session_factory, utcnow
 from gateway.ingest.tallies import IngestTally
 from ml.features import Window
 from ml.forest import MIN_WINDOWS, TenantModel
-from ml.online.models import FeatureWindowRow, WindowRun
+from ml.online.models import FeatureWindowRow, TenantModelRow, WindowRun
 from ml.online.monitor import CATCH_UP_WINDOWS, AnomalyMonitor
 from ml.online.training import retrain
 from ml.online.windows import window_features
@@ -211,6 +212,39 @@ async def test_refunds_summing_past_64_bits_are_scored_with_everyone_else(stack:
         await engine.dispose()
     [anomaly] = await _anomalies(stack, tenant)
     assert anomaly["kind"] == "negative_invoice" and anomaly["score"] <= 1.0
+
+
+async def test_one_tenant_s_unreadable_model_or_window_does_not_stop_the_others(stack: Stack) -> None:
+    """A model another release trained (or a damaged one) and a stored window with a feature this
+    release does not know (a rollback): the window is scored for every tenant, the bad model is
+    deleted so that the retrain job refits it, and its tenant is judged by the rules meanwhile."""
+    broken, other = await new_tenant(stack.client), await new_tenant(stack.client, "Other")
+    source, others = await new_source(stack.client, broken), await new_source(stack.client, other)
+    start = await _fresh_minute()
+    assert await _post(stack, source, _charge("charge_succeeded", customer="cus_b")) == 200
+    refund = _charge("charge_refunded", customer="cus_o", amount=10**9, amount_refunded=10**9)
+    assert await _post(stack, others, refund) == 200
+    engine = create_engine(stack.settings.database_url, pool_size=2)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(insert(TenantModelRow), [{"tenant_id": uuid.UUID(broken.id), "trained_at": utcnow(), "windows": 1,
+                                                               "blob": b"a model of another feature set"}])
+            await connection.execute(insert(FeatureWindowRow), [{
+                "tenant_id": uuid.UUID(broken.id), "start": start - timedelta(minutes=1), "seconds": 60,
+                "features": {"events": 0, "families": {}, "max_debit": 0}, "last_active": start - timedelta(minutes=1),
+            }])
+        monitor = AnomalyMonitor(session_factory(engine), stack.settings, retrains=False)
+        assert await monitor.score_window(start) == 2
+        scored = REGISTRY.get_sample_value("hookgate_anomaly_window_scored_timestamp_seconds")
+        assert scored == (start + timedelta(minutes=1)).timestamp()  # the stall alert's clock moved
+        assert await monitor.score_window(start - timedelta(days=1)) is not None  # a late, older window (no one scored it)
+        assert REGISTRY.get_sample_value("hookgate_anomaly_window_scored_timestamp_seconds") == scored  # does not move it back
+        async with engine.connect() as connection:
+            assert (await connection.execute(select(TenantModelRow.tenant_id))).all() == []  # for the retrain job to refit
+    finally:
+        await engine.dispose()
+    [anomaly] = await _anomalies(stack, other)
+    assert anomaly["kind"] == "negative_invoice"
 
 
 async def test_scoring_a_window_prunes_tallies_and_claims_past_retention(stack: Stack) -> None:

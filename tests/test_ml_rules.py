@@ -89,7 +89,7 @@ def test_thresholds_overrides() -> None:
 
 @pytest.mark.parametrize(
     "overrides",
-    [{"lapse_horizon_windows": 0}, {"lapse_horizon_windows": 2.5}, {"lapse_min": -1}, {"duplicate_min": 0.5},
+    [{"lapse_horizon_windows": 0}, {"lapse_horizon_windows": 2.5}, {"lapse_horizon_windows": 60}, {"lapse_min": -1}, {"duplicate_min": 0.5},
      {"surprise": 0}, {"surprise": math.inf}, {"lag_seconds": math.nan}, {"drop_ratio": 1.5}, {"failure_floor_rate": 0},
      {"critical_factor": 0.9}, {"large_refund_min": 1e-320}, {"negative_amount_min": 0.5}, {"lag_seconds": 0.5}],
 )

@@ -4,6 +4,7 @@ trained model, the anomalies it raised, and which windows have been scored."""
 from __future__ import annotations
 
 import uuid
+from dataclasses import fields
 from datetime import datetime
 from typing import Any
 
@@ -14,6 +15,7 @@ from gateway.database import Base, UTCDateTime, new_id, utcnow
 from ml.features import Window
 
 _KEYS = ("tenant", "start", "seconds")
+_FEATURES = frozenset(field.name for field in fields(Window)) - set(_KEYS)
 
 
 class FeatureWindowRow(Base):
@@ -29,7 +31,10 @@ class FeatureWindowRow(Base):
     last_active: Mapped[datetime] = mapped_column(UTCDateTime)
 
     def window(self) -> Window:
-        return Window(tenant=str(self.tenant_id), start=self.start, seconds=self.seconds, **self.features)
+        """The stored window; a feature this release does not know (stored by a newer one, before a
+        rollback) is left out, as a missing one reads as its default."""
+        known = {key: value for key, value in self.features.items() if key in _FEATURES}
+        return Window(tenant=str(self.tenant_id), start=self.start, seconds=self.seconds, **known)
 
     @staticmethod
     def features_of(window: Window) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from gateway.background import BackgroundLoop
 from gateway.database import dialect_insert, utcnow
 from gateway.ingest.tallies import IngestTally
-from gateway.metrics import ANOMALIES
+from gateway.metrics import ANOMALIES, ANOMALY_WINDOW_SCORED
 from gateway.settings import Settings
 from ml.baseline import Baseline
 from ml.detection import Finding, detect
@@ -50,6 +50,7 @@ class AnomalyMonitor:
         self._history: dict[uuid.UUID, deque[Window]] = {}
         self._models: dict[uuid.UUID, tuple[datetime, TenantModel]] = {}
         self._baselines: dict[uuid.UUID, tuple[datetime, Baseline]] = {}
+        self._scored_until = 0.0  # end of the newest window this process scored (the stall gauge)
         self._loop = BackgroundLoop(self._run, name="hookgate-anomalies")
 
     def start(self) -> None:
@@ -133,6 +134,8 @@ class AnomalyMonitor:
             )
         for detector, severity in opened:  # a window rolled back and scored again must not count them twice
             ANOMALIES.labels(detector=detector, severity=severity).inc()
+        self._scored_until = max(self._scored_until, (start + timedelta(seconds=self._seconds)).timestamp())  # a late catch-up is older
+        ANOMALY_WINDOW_SCORED.set(self._scored_until)
         return len(windows)
 
     async def _carried(self, session: AsyncSession, start: datetime) -> dict[uuid.UUID, datetime]:
@@ -254,13 +257,20 @@ class AnomalyMonitor:
         return {tenant_id: self._history[tenant_id] for tenant_id in tenant_ids}
 
     async def _current_models(self, session: AsyncSession, tenant_ids: list[uuid.UUID]) -> dict[uuid.UUID, TenantModel]:
-        """The tenants' latest trained models, unpickled again only when retrained."""
+        """The tenants' latest trained models, loaded again only when retrained. One that does not
+        load (trained by a release with another feature set, or damaged) is deleted, so that the
+        retrain job refits it first, and its tenant gets the rules alone meanwhile: one tenant's
+        model must not stop every tenant's window."""
         rows = await session.execute(select(TenantModelRow.tenant_id, TenantModelRow.trained_at).where(TenantModelRow.tenant_id.in_(tenant_ids)))
         versions = {tenant_id: trained_at for tenant_id, trained_at in rows}
         changed = [t for t, at in versions.items() if t not in self._models or self._models[t][0] != at]
-        if changed:
-            for row in await session.scalars(select(TenantModelRow).where(TenantModelRow.tenant_id.in_(changed))):
+        for row in await session.scalars(select(TenantModelRow).where(TenantModelRow.tenant_id.in_(changed))) if changed else ():
+            try:
                 self._models[row.tenant_id] = (row.trained_at, TenantModel.loads(row.blob))
+            except Exception:  # noqa: BLE001 - whatever is wrong with it, a refit replaces it
+                _log.warning("tenant %s: its anomaly model does not load; deleted for a refit", row.tenant_id, exc_info=True)
+                await session.delete(row)
+                del versions[row.tenant_id]
         return {t: self._models[t][1] for t in versions}
 
 

@@ -26,9 +26,11 @@ async def retrain(sessions: async_sessionmaker[AsyncSession], settings: Settings
         due = await _due(session, settings)
     stored = 0
     for tenant_id in due:
-        async with sessions() as session, session.begin():
-            if await _fit(session, settings, tenant_id):
-                stored += 1
+        try:
+            async with sessions() as session, session.begin():
+                stored += await _fit(session, settings, tenant_id)
+        except Exception:  # noqa: BLE001 - the database may be down; one tenant's data must not stop the others' refits
+            _log.exception("tenant %s: anomaly model not refitted", tenant_id)
     if stored:
         _log.info("anomaly models retrained", extra={"models": stored})
     return stored
