@@ -23,6 +23,7 @@ from ml.surprise import binomial_excess
 
 GAP_WINDOWS = 30
 SPAN_WINDOWS = 240
+REFRESH_WINDOWS = 15  # a baseline moves slowly: one per block of this many windows (a third of the CPU)
 CARDS_PER_CUSTOMER = 3.0  # failed cards per failing customer that make a window card testing (``Thresholds`` default)
 _MIN_FAILURES = 20  # fewer failed charges than this: no customer share, the failure rule does not use it
 _MIN_AMOUNTS = 10  # fewer non-zero amounts than this: no amount scale, rules use their floors
@@ -89,7 +90,9 @@ class Baseline:
         left out of its typical failure rate as card testing."""
         if not history:
             return cls()
-        end = len(history) - GAP_WINDOWS if len(history) > 2 * GAP_WINDOWS else len(history)
+        # Always GAP_WINDOWS short of now, however young the history: in a tenant's first hour an
+        # incident had become its own baseline (a 100 % outage "typical" after 15 minutes).
+        end = max(0, len(history) - GAP_WINDOWS)
         recent = history[max(0, end - SPAN_WINDOWS) : end]
         failed = sum(w.charge_failed for w in history[:end])
         customers = sum(w.failed_customers for w in history[:end])
@@ -103,7 +106,7 @@ class Baseline:
             bad_signatures=_stat(recent, lambda w: w.bad_signatures),
             lapses=_stat(recent, lambda w: w.lapses),
             failure_rate=_typical_failure_rate(history[:end], cards_per_customer),
-            lapse_rate=sum(w.lapses for w in history[:end]) / end,
+            lapse_rate=sum(w.lapses for w in history[:end]) / end if end else 0.0,
             failing_customer_share=customers / failed if failed >= _MIN_FAILURES else None,
             lag_p50=lags[len(lags) // 2] if lags else 0.0,
             refund_p90=_p90([w.max_refund for w in history if w.max_refund]),
@@ -112,6 +115,21 @@ class Baseline:
             charge_p90=_p90([w.max_charge for w in history if w.max_charge]),
             seasonal_events=_seasonal(history, at),
         )
+
+
+def refresh_block(start: datetime, seconds: int) -> datetime:
+    """The start of the block of ``REFRESH_WINDOWS`` windows that ``start`` falls in. A baseline is
+    computed once per block from the history before the block, so whichever process scores a
+    window (and however many it scored before) judges it against the same baseline."""
+    period = REFRESH_WINDOWS * seconds
+    return datetime.fromtimestamp(start.timestamp() // period * period, start.tzinfo)
+
+
+def windows_before(history: Sequence[Window], block: datetime) -> Sequence[Window]:
+    """The windows of ``history`` (in order) that start before ``block``."""
+    if not history or history[-1].start < block:
+        return history
+    return history[: bisect.bisect_left(history, block, key=lambda window: window.start)]
 
 
 def payment_failures(window: Window) -> int:

@@ -20,7 +20,7 @@ from typing import Any
 
 import msgspec
 
-from ml.baseline import Baseline
+from ml.baseline import Baseline, refresh_block, windows_before
 from ml.detection import detect
 from ml.features import Window
 from ml.findings import KINDS
@@ -32,7 +32,6 @@ from ml.windows import WindowBuilder
 DETECTORS = ("rules", "forest", "all")
 GRACE_WINDOWS = 10
 HISTORY_WINDOWS = 7 * 1440  # what the online path keeps: a week of 60 s windows
-_BASELINE_EVERY = 15  # windows between baseline refreshes (it moves slowly; see ml.baseline)
 _REFIT_EVERY = 1440  # windows between model refits: daily
 _REORDER_SECONDS = 300  # how far out of received order a file may be
 
@@ -49,6 +48,7 @@ class Label:
 class _TenantState:
     history: list[Window] = field(default_factory=list)
     baseline: Baseline | None = None
+    block: datetime | None = None  # the refresh block the baseline is of
     model: TenantModel | None = None
     fitted_at: int = 0  # `seen` at the last fit
     seen: int = 0  # windows closed so far
@@ -70,8 +70,10 @@ class Replay:
 
     def window(self, window: Window) -> None:
         state = self._tenants.setdefault(window.tenant, _TenantState())
-        if state.seen % _BASELINE_EVERY == 0 or state.baseline is None:
-            state.baseline = Baseline.from_history(state.history, window.start, self.thresholds.card_testing_cards_per_customer)
+        block = refresh_block(window.start, window.seconds)  # as the online monitor does
+        if state.baseline is None or state.block != block:
+            state.baseline = Baseline.from_history(windows_before(state.history, block), block, self.thresholds.card_testing_cards_per_customer)
+            state.block = block
         if self.detectors != "rules" and state.seen - state.fitted_at >= (_REFIT_EVERY if state.model else MIN_WINDOWS):
             state.model = TenantModel.fit(state.history, random_state=self.seed) or state.model
             state.fitted_at = state.seen

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
-from ml.baseline import Baseline
+from ml.baseline import REFRESH_WINDOWS, Baseline, refresh_block, windows_before
 from ml.detection import detect
 from ml.features import Window
 from ml.findings import Finding
@@ -288,6 +288,28 @@ def test_failure_spike_after_card_testing_is_judged_against_ordinary_declines() 
         windows.append(_next(windows, events=2, charge_failed=1, charge_succeeded=1, failed_customers=1, failed_cards=1))
     assert Baseline.from_history(windows, windows[-1].start).failure_rate < 0.05  # not the attack's ~30 %
     assert _run(failure_spike, windows[:-1], windows[-1]) is not None
+
+
+def test_a_young_tenant_s_outage_is_not_its_own_baseline() -> None:
+    """In a tenant's first hour the newest GAP_WINDOWS are left out too: its 100 % outage had become
+    "typical" after 15 windows, and the anomaly was resolved while every charge still failed."""
+    young = _history(20, minutes=50)
+    outage = young[:20] + [replace(w, charge_failed=5, charge_succeeded=0, failed_customers=5, failed_cards=5) for w in young[20:]]
+    baseline = Baseline.from_history(outage, outage[-1].start + timedelta(minutes=1))
+    assert baseline.windows == 20 and baseline.failure_rate < 0.2  # the first 20 windows only
+    assert Baseline.from_history(outage[:25], outage[25].start).windows == 0  # nothing old enough yet: the floors
+
+
+def test_every_window_of_a_block_is_judged_against_one_baseline_whoever_scores_it() -> None:
+    """A baseline per block of REFRESH_WINDOWS windows, from the history before the block: a worker that
+    scored every window and one that scores only the last of the block compute the same."""
+    history = _history(20, minutes=300)
+    block = refresh_block(history[-1].start, 60)
+    assert block <= history[-1].start < block + timedelta(minutes=REFRESH_WINDOWS)
+    assert [w.start for w in windows_before(history, block)] == [w.start for w in history if w.start < block]
+    assert windows_before(history, history[-1].start + timedelta(minutes=1)) is history  # all of it, not copied
+    first = Baseline.from_history(windows_before(history[: history.index(next(w for w in history if w.start >= block)) + 1], block), block)
+    assert first == Baseline.from_history(windows_before(history, block), block)
 
 
 def test_silent_lapse_two_close_together_where_lapses_are_rare() -> None:

@@ -22,7 +22,7 @@ from gateway.database import dialect_insert, utcnow
 from gateway.ingest.tallies import IngestTally
 from gateway.metrics import ANOMALIES, ANOMALY_WINDOW_SCORED
 from gateway.settings import Settings
-from ml.baseline import Baseline
+from ml.baseline import Baseline, refresh_block, windows_before
 from ml.detection import Finding, detect
 from ml.features import Window
 from ml.forest import TenantModel, score_many
@@ -35,7 +35,6 @@ from ml.rules import Thresholds
 from tenants.models import Tenant
 
 _log = logging.getLogger("hookgate.anomalies")
-BASELINE_REFRESH_WINDOWS = 15
 RETRAIN_CHECK_SECONDS = 600  # how often stale models are looked for (arq cron in production)
 CATCH_UP_WINDOWS = 60  # the most windows scored late after a gap; older ones stay unscored
 
@@ -226,11 +225,12 @@ class AnomalyMonitor:
                 await alerts.resolved(session, row)
 
     def _baseline(self, tenant_id: uuid.UUID, window: Window, history: list[Window], thresholds: Thresholds) -> Baseline:
-        """What "typical" is for the tenant: it moves slowly, so it is recomputed every
-        ``BASELINE_REFRESH_WINDOWS`` windows rather than every window (a third of the CPU)."""
+        """What "typical" is for the tenant, once per block of windows (``refresh_block``), from the
+        history before the block: the same in every worker, whichever scored the windows before."""
+        block = refresh_block(window.start, self._seconds)
         cached = self._baselines.get(tenant_id)
-        if cached is None or not 0 <= (window.start - cached[0]).total_seconds() < BASELINE_REFRESH_WINDOWS * self._seconds:
-            cached = (window.start, Baseline.from_history(history, window.start, thresholds.card_testing_cards_per_customer))
+        if cached is None or cached[0] != block:
+            cached = (block, Baseline.from_history(windows_before(history, block), block, thresholds.card_testing_cards_per_customer))
             self._baselines[tenant_id] = cached
         return cached[1]
 
