@@ -330,21 +330,24 @@ async def test_an_endpoint_whose_circuit_stays_open_past_the_limit_is_disabled_a
     """Held back by an open circuit, deliveries spend no attempts: without a limit on how long the
     circuit may stay open they would never reach the dead letters (one probe per cool-down)."""
     runtime = worker.runtime
-    settings = msgspec.structs.replace(runtime.settings, endpoint_disable_after_open_seconds=0.5)
-    breaker = MemoryBreaker(BreakerConfig(cooldown=60, max_cooldown=60))
-    engine = DeliveryEngine(runtime.sessions, settings, runtime.box, breaker, MemoryLimiter(), DeliveryClient(connect_timeout=1.0))
+    settings = msgspec.structs.replace(runtime.settings, endpoint_disable_after_open_seconds=600)
     tenant_id, endpoint_id = await worker.endpoint("http://127.0.0.1:9/")
     await add_backlog(worker.database_url, tenant_id, endpoint_id, 3)
-    for _ in range(BreakerConfig().failure_threshold):
-        await breaker.record(str(endpoint_id), False)
     counted = {"name": "hookgate_deliveries_total", "labels": {"tenant": str(tenant_id), "outcome": "dead"}}
     before = REGISTRY.get_sample_value(**counted) or 0.0
 
-    [early] = (await engine.claim(1)).jobs
-    await engine.attempt(early)  # open for less than the limit: it waits, as before
+    async def engine_with_a_circuit_opened(ago: float) -> DeliveryEngine:
+        breaker = MemoryBreaker(BreakerConfig(cooldown=60, max_cooldown=60), clock=lambda: time.time() - ago)
+        for _ in range(BreakerConfig().failure_threshold):
+            await breaker.record(str(endpoint_id), False)
+        return DeliveryEngine(runtime.sessions, settings, runtime.box, breaker, MemoryLimiter(), DeliveryClient(connect_timeout=1.0))
+
+    recent = await engine_with_a_circuit_opened(ago=0)
+    [early] = (await recent.claim(1)).jobs
+    await recent.attempt(early)  # open for less than the limit: it waits, as before
     assert (await worker.deliveries([early.delivery_id]))[early.delivery_id].status == "pending"
 
-    await asyncio.sleep(0.6)
+    engine = await engine_with_a_circuit_opened(ago=601)  # its clock runs behind: the circuit opened 601 s ago
     async with runtime.sessions() as session, session.begin():
         await session.execute(update(Delivery).where(Delivery.endpoint_id == endpoint_id).values(next_attempt_at=utcnow()))
     [late] = (await engine.claim(1)).jobs
