@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -72,9 +73,12 @@ def _probe_url(container: dict[str, Any], probe: str) -> str:
 
 
 def _stop_within_grace(process: Process, pod: dict[str, Any]) -> int:
-    """SIGTERM to the main process, as the kubelet sends it; the exit code, which must come before the
-    grace period ends."""
+    """SIGTERM to the main process, as the kubelet sends it (after the container's preStop sleep, which
+    also keeps it clear of Granian ignoring a SIGTERM while it still starts a worker: docs/DEPLOY.md);
+    the exit code, which must come before the grace period ends."""
     assert process.proc is not None
+    pre_stop = pod["containers"][0].get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
+    time.sleep(pre_stop)
     os.kill(process.proc.pid, signal.SIGTERM)
     return process.proc.wait(timeout=pod["terminationGracePeriodSeconds"])
 
